@@ -1,0 +1,41 @@
+/* The sandbox steps shared by the jail helper and (later) the Maxima fork
+ * channel: entering a job's confinement and killing everything a job user
+ * runs.  Each function returns 0 on success, -1 with errno set on failure. */
+#ifndef MATHRUN_JAIL_H
+#define MATHRUN_JAIL_H
+
+#include <sys/types.h>
+
+#define JAIL_MAX_CGROUPS 8
+#define JAIL_MAX_ENV 64
+
+struct jail_config {
+    uid_t uid;              /* job user; (uid_t)-1 = unprivileged mode */
+    gid_t gid;
+    uid_t kill_ruid;        /* real uid used for kill(-1) (the helper user) */
+    const char *dir;        /* working directory (the workspace) */
+    const char *tmp;        /* private /tmp, /var/tmp, /dev/shm, or NULL */
+    const char *netns;      /* namespace file to join, or NULL */
+    int unshare_net;        /* 1: a fresh namespace (only loopback, down) */
+    long long cpu;          /* RLIMIT_CPU seconds, -1 = none */
+    long long as;           /* RLIMIT_AS bytes, -1 = none */
+    long long fsize;        /* RLIMIT_FSIZE bytes, -1 = none */
+    long long nofile;       /* RLIMIT_NOFILE, -1 = none */
+    long long nproc;        /* RLIMIT_NPROC (per job user), -1 = none */
+    const char *cgroups[JAIL_MAX_CGROUPS];
+    int ncgroups;
+};
+
+/* In the child, after fork: everything up to (not including) exec. */
+int jail_enter(const struct jail_config *cfg);
+
+/* Kill every process whose real or saved uid is `uid`, atomically against
+ * fork bombs: kill(-1) with euid = uid and ruid = kill_ruid.  Repeats until
+ * none is left (zombies of our own children are reaped on the way).
+ * Returns 0 when none is left, -1 when some survived. */
+int jail_kill_user(uid_t uid, uid_t kill_ruid);
+
+/* Count live (non-zombie) processes with real uid `uid`, from /proc. */
+int jail_count_user_processes(uid_t uid);
+
+#endif

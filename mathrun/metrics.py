@@ -1,0 +1,30 @@
+"""Prometheus metrics, kept in one registry per server (tests build their own)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .sandbox import Status
+
+JOB_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class SandboxMetrics:
+    """Counts and times every sandbox job, and shows the job-user pool."""
+
+    def __init__(self, registry: CollectorRegistry, sandbox):
+        self.jobs = Counter("mathrun_jobs", "Sandbox jobs by how they ended.", ["status"], registry=registry)
+        for status in Status:
+            self.jobs.labels(status.value)
+        self.wall = Histogram("mathrun_job_wall_seconds", "Wall time of sandbox jobs.", buckets=JOB_SECONDS, registry=registry)
+        self.cpu = Histogram("mathrun_job_cpu_seconds", "CPU time of sandbox jobs.", buckets=JOB_SECONDS, registry=registry)
+        users = Gauge("mathrun_job_users", "Job users by state.", ["state"], registry=registry)
+        users.labels("busy").set_function(lambda: sandbox.pool.busy if sandbox.pool else 0)
+        users.labels("free").set_function(lambda: sandbox.pool.free if sandbox.pool else 0)
+        users.labels("waiting").set_function(lambda: sandbox.pool.waiting if sandbox.pool else 0)
+        sandbox.observers.append(self.observe)
+
+    def observe(self, result) -> None:
+        self.jobs.labels(result.status.value).inc()
+        self.wall.observe(result.wall)
+        self.cpu.observe(result.user_cpu + result.system_cpu)

@@ -1,0 +1,133 @@
+"""Memory and process limits through cgroups, where the host has them.
+
+One cgroup per job user, made at start-up and reused: a job's peak memory
+and its OOM kills are read from it.  cgroup v1 (separate ``memory`` and
+``pids`` hierarchies) and v2 (one unified hierarchy) are both handled; with
+neither, ``detect`` returns None and the sandbox falls back to rlimits.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+ROOT = "/sys/fs/cgroup"
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+class SlotCgroup:
+    """The cgroup (one per controller in v1) of one job user."""
+
+    def __init__(self, version: int, memory_dir: str, pids_dir: Optional[str]):
+        self.version = version
+        self.memory_dir = memory_dir
+        self.pids_dir = pids_dir
+
+    @property
+    def dirs(self) -> list[str]:
+        """Directories the jail writes the job's pid into."""
+        return [d for d in (self.memory_dir, self.pids_dir) if d]
+
+    def prepare(self, memory_bytes: Optional[int], processes: Optional[int]) -> None:
+        """Set this job's limits and reset the peak and the OOM count."""
+        if self.version == 1:
+            _write(self._m("memory.limit_in_bytes"), str(memory_bytes or -1))
+            _write(self._m("memory.max_usage_in_bytes"), "0")
+            if self.pids_dir:
+                _write(os.path.join(self.pids_dir, "pids.max"), str(processes or "max"))
+        else:
+            _write(self._m("memory.max"), str(memory_bytes or "max"))
+            if os.path.exists(self._m("memory.swap.max")):
+                _write(self._m("memory.swap.max"), "0")
+            if os.path.exists(self._m("memory.peak")):
+                try:
+                    _write(self._m("memory.peak"), "0")  # resettable since Linux 6.12
+                except OSError:
+                    pass
+            if self.pids_dir:
+                _write(os.path.join(self.pids_dir, "pids.max"), str(processes or "max"))
+        self._oom_before = self.oom_kills()
+
+    def _m(self, name: str) -> str:
+        return os.path.join(self.memory_dir, name)
+
+    def oom_kills(self) -> int:
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        for line in _read(self._m(name)).splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel killed a process of this job for memory."""
+        return self.oom_kills() > getattr(self, "_oom_before", 0)
+
+    def peak_memory(self) -> Optional[int]:
+        name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
+        try:
+            return int(_read(self._m(name)))
+        except (OSError, ValueError):
+            return None
+
+
+class Cgroups:
+    """The ``mathrun`` cgroup subtree and its per-user children."""
+
+    def __init__(self, version: int, memory_root: str, pids_root: Optional[str]):
+        self.version = version
+        self.memory_root = memory_root
+        self.pids_root = pids_root
+
+    def describe(self) -> str:
+        pids = "pids" if self.pids_root else "no pids controller"
+        return f"cgroup v{self.version} (memory, {pids})"
+
+    def slot(self, name: str) -> SlotCgroup:
+        memory = os.path.join(self.memory_root, name)
+        pids = os.path.join(self.pids_root, name) if self.pids_root else None
+        for d in filter(None, (memory, pids)):
+            os.makedirs(d, exist_ok=True)
+        return SlotCgroup(self.version, memory, pids)
+
+
+def detect(root: str = ROOT, name: str = "mathrun") -> Optional[Cgroups]:
+    """The cgroups this host offers for jobs, set up under ``name``, or None."""
+    try:
+        controllers = _read(os.path.join(root, "cgroup.controllers")).split()
+    except OSError:
+        controllers = None
+    if controllers is not None:
+        if "memory" not in controllers:
+            return None
+        base = os.path.join(root, name)
+        try:
+            os.makedirs(base, exist_ok=True)
+            wanted = ["memory"] + (["pids"] if "pids" in controllers else [])
+            _write(os.path.join(root, "cgroup.subtree_control"), " ".join("+" + c for c in wanted))
+            _write(os.path.join(base, "cgroup.subtree_control"), " ".join("+" + c for c in wanted))
+        except OSError:
+            return None
+        return Cgroups(2, base, base if "pids" in controllers else None)
+    memory = os.path.join(root, "memory")
+    if not os.path.exists(os.path.join(memory, "memory.limit_in_bytes")):
+        return None
+    pids = os.path.join(root, "pids")
+    try:
+        os.makedirs(os.path.join(memory, name), exist_ok=True)
+        if os.path.exists(os.path.join(pids, "pids.max")) or os.path.exists(os.path.join(pids, "cgroup.procs")):
+            os.makedirs(os.path.join(pids, name), exist_ok=True)
+        else:
+            pids = None
+    except OSError:
+        return None
+    return Cgroups(1, os.path.join(memory, name), os.path.join(pids, name) if pids else None)

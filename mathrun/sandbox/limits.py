@@ -1,0 +1,81 @@
+"""What a job may use, and how that turns into the jail helper's arguments.
+
+Pure arithmetic, no I/O: the front ends build a :class:`Limits`, cap it with
+the operator's maximum, and the sandbox hands ``jail_args`` to the helper.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Optional
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one job; ``None`` means "not limited".
+
+    ``memory_bytes`` is enforced by a memory cgroup where the host has one
+    (SBCL and other runtimes that reserve their heap up front survive it);
+    without cgroups it falls back to RLIMIT_AS.  ``address_space_bytes`` is
+    always RLIMIT_AS.  ``processes`` counts the job user's processes
+    (RLIMIT_NPROC, and pids.max where cgroups exist).
+    """
+
+    cpu_seconds: Optional[float] = 10.0
+    wall_seconds: Optional[float] = 20.0
+    memory_bytes: Optional[int] = 512 * MiB
+    address_space_bytes: Optional[int] = None
+    file_size_bytes: Optional[int] = 64 * MiB
+    open_files: Optional[int] = 256
+    processes: Optional[int] = 64
+    output_bytes: Optional[int] = 16 * MiB
+    workspace_bytes: Optional[int] = 128 * MiB
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"{f.name} must be a number or None, not {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{f.name} must be positive, not {value!r}")
+
+    def capped_by(self, maximum: "Limits") -> "Limits":
+        """Each limit lowered to the operator's maximum (None there: no cap)."""
+        changes = {}
+        for f in fields(self):
+            mine, cap = getattr(self, f.name), getattr(maximum, f.name)
+            if cap is not None and (mine is None or mine > cap):
+                changes[f.name] = cap
+        return replace(self, **changes)
+
+    def with_changes(self, **changes) -> "Limits":
+        return replace(self, **changes)
+
+    def jail_args(self, memory_in_cgroup: bool) -> list[str]:
+        """The rlimit options of ``mathrun-jail run``.
+
+        RLIMIT_CPU counts whole seconds: a fractional limit is rounded up so
+        that a job never gets less than it asked for; the wall limit (kept
+        by the server) is what stops it promptly.
+        """
+        args = []
+        if self.cpu_seconds is not None:
+            args += ["--cpu", str(math.ceil(self.cpu_seconds))]
+        address_space = self.address_space_bytes
+        if self.memory_bytes is not None and not memory_in_cgroup:
+            if address_space is None or self.memory_bytes < address_space:
+                address_space = self.memory_bytes
+        if address_space is not None:
+            args += ["--as", str(int(address_space))]
+        if self.file_size_bytes is not None:
+            args += ["--fsize", str(int(self.file_size_bytes))]
+        if self.open_files is not None:
+            args += ["--nofile", str(int(self.open_files))]
+        if self.processes is not None:
+            args += ["--nproc", str(int(self.processes))]
+        return args

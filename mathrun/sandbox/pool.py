@@ -1,0 +1,91 @@
+"""Job users, handed out one per running job.
+
+A slot goes back to the pool only after its cleanup has finished, so two jobs
+never share a user (and a user's leftovers can never be charged to the next
+job).  Waiters are served first come, first served; a waiter can give up
+(``Deferred.cancel`` or a timeout) without losing anyone's place.
+"""
+
+from __future__ import annotations
+
+import collections
+import pwd
+from dataclasses import dataclass
+
+from twisted.internet import defer
+
+
+@dataclass(frozen=True)
+class JobUser:
+    name: str
+    uid: int
+    gid: int
+
+
+class PoolExhausted(Exception):
+    """Too many jobs are already waiting for a job user."""
+
+
+def find_job_users(prefix: str, count: int) -> list[JobUser]:
+    """``prefix-1`` … ``prefix-count`` from the user database."""
+    users = []
+    for n in range(1, count + 1):
+        name = f"{prefix}-{n}"
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise LookupError(f"job user {name!r} does not exist (run the set-up step)") from None
+        if entry.pw_uid == 0 or entry.pw_gid == 0:
+            raise ValueError(f"job user {name!r} has uid or gid 0")
+        users.append(JobUser(name, entry.pw_uid, entry.pw_gid))
+    return users
+
+
+class SlotPool:
+    """A fixed set of slots (job users) with a bounded FIFO of waiters."""
+
+    def __init__(self, slots, max_waiting=None):
+        self._free = collections.deque(slots)
+        self._all = tuple(slots)
+        self._busy = set()
+        self._waiting = collections.deque()
+        self.max_waiting = max_waiting
+
+    @property
+    def size(self) -> int:
+        return len(self._all)
+
+    @property
+    def free(self) -> int:
+        return len(self._free)
+
+    @property
+    def busy(self) -> int:
+        return len(self._busy)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def acquire(self) -> defer.Deferred:
+        """A Deferred that fires with a slot; cancel it to stop waiting."""
+        if self._free:
+            slot = self._free.popleft()
+            self._busy.add(slot)
+            return defer.succeed(slot)
+        if self.max_waiting is not None and len(self._waiting) >= self.max_waiting:
+            return defer.fail(PoolExhausted(f"{len(self._waiting)} jobs already waiting"))
+        d = defer.Deferred(canceller=self._waiting.remove)
+        self._waiting.append(d)
+        return d
+
+    def release(self, slot) -> None:
+        """Give a slot back; the longest waiter gets it at once."""
+        if slot not in self._busy:
+            raise ValueError(f"{slot!r} is not in use")
+        self._busy.remove(slot)
+        if self._waiting:
+            self._busy.add(slot)
+            self._waiting.popleft().callback(slot)
+        else:
+            self._free.append(slot)

@@ -1,0 +1,168 @@
+"""How a job ended: the jail's report line, parsed, and the verdict.
+
+``parse_report`` and ``classify`` are pure so that every path through them is
+tested without running anything.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import signal
+from dataclasses import dataclass
+from typing import Optional
+
+from .limits import Limits
+
+
+class Status(enum.Enum):
+    OK = "ok"
+    NONZERO_EXIT = "nonzero exit"
+    SIGNALLED = "signalled"
+    TIME_LIMIT = "time limit"
+    MEMORY_LIMIT = "memory limit"
+    OUTPUT_LIMIT = "output limit"
+    CANCELLED = "cancelled"
+    INTERNAL_ERROR = "internal error"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """Everything the sandbox knows about a finished job.
+
+    CPU times cover the job and all its descendants (wait4 rusage of the
+    jail, which reaps them all).  ``peak_memory`` is the cgroup's peak where
+    there is one, else the largest single process's maximum RSS.
+    """
+
+    status: Status
+    exit_code: Optional[int] = None
+    signal: Optional[int] = None
+    user_cpu: float = 0.0
+    system_cpu: float = 0.0
+    wall: float = 0.0
+    peak_memory: Optional[int] = None
+    leftover: bool = False
+    detail: str = ""
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def describe(self) -> str:
+        """One line for logs and error messages."""
+        parts = [self.status.value]
+        if self.exit_code is not None and self.status is not Status.OK:
+            parts.append(f"exit {self.exit_code}")
+        if self.signal is not None:
+            parts.append(f"signal {signal_name(self.signal)}")
+        if self.detail:
+            parts.append(self.detail)
+        return ", ".join(parts)
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+class ReportError(ValueError):
+    """The jail's report line is not what it writes."""
+
+
+_INT_FIELDS = {"code", "signal", "errno", "maxrss_kb", "leftover", "killed", "remaining"}
+_FLOAT_FIELDS = {"utime", "stime", "wall"}
+_STATUSES = {"exited", "signalled", "failed"}
+
+
+def parse_report(line: bytes) -> dict:
+    """``status=exited code=0 utime=0.1 ...`` into a dict of typed values."""
+    try:
+        text = line.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ReportError("report is not ASCII")
+    if not text or "\n" in text:
+        raise ReportError(f"expected one report line, got {text!r}")
+    report = {}
+    for item in text.split(" "):
+        key, sep, value = item.partition("=")
+        if not sep or key in report:
+            raise ReportError(f"bad report field {item!r}")
+        try:
+            if key in _INT_FIELDS:
+                report[key] = int(value)
+            elif key in _FLOAT_FIELDS:
+                report[key] = float(value)
+            else:
+                report[key] = value
+        except ValueError:
+            raise ReportError(f"bad value in report field {item!r}")
+    status = report.get("status")
+    if status not in _STATUSES:
+        raise ReportError(f"unknown status {status!r}")
+    needed = {"exited": "code", "signalled": "signal", "failed": "errno"}[status]
+    if needed not in report:
+        raise ReportError(f"report of {status} lacks {needed}")
+    return report
+
+
+def classify(
+    report: Optional[dict],
+    limits: Limits,
+    cause: Optional[Status] = None,
+    oom_killed: bool = False,
+    peak_memory: Optional[int] = None,
+    problem: str = "",
+) -> JobResult:
+    """The verdict on one job.
+
+    ``cause`` is why the server stopped it (wall time, output cap, cancel),
+    which wins over how the process died: the server killed it.
+    """
+    if report is None:
+        return JobResult(Status.INTERNAL_ERROR, detail=problem or "no report from the jail")
+    common = dict(
+        user_cpu=report.get("utime", 0.0),
+        system_cpu=report.get("stime", 0.0),
+        wall=report.get("wall", 0.0),
+        peak_memory=peak_memory if peak_memory is not None else report.get("maxrss_kb", 0) * 1024,
+        leftover=bool(report.get("leftover", 0)),
+    )
+    if report.get("remaining", 0):
+        return JobResult(Status.INTERNAL_ERROR, detail="processes of the job survived the kill", **common)
+    if report["status"] == "failed":
+        code = report["errno"]
+        what = "starting the program" if report.get("stage") == "exec" else "entering the sandbox"
+        return JobResult(
+            Status.INTERNAL_ERROR,
+            detail=f"{what} failed: {os.strerror(code)} ({errno.errorcode.get(code, code)})",
+            **common,
+        )
+    exit_code = report.get("code") if report["status"] == "exited" else None
+    sig = report.get("signal") if report["status"] == "signalled" else None
+    outcome = dict(exit_code=exit_code, signal=sig, **common)
+    if cause is not None:
+        detail = {
+            Status.TIME_LIMIT: f"wall-clock limit of {limits.wall_seconds:g} s" if limits.wall_seconds else "",
+            Status.OUTPUT_LIMIT: f"output limit of {limits.output_bytes} bytes" if limits.output_bytes else "",
+        }.get(cause, "")
+        return JobResult(cause, detail=detail, **outcome)
+    if oom_killed:
+        return JobResult(Status.MEMORY_LIMIT, detail=f"memory limit of {limits.memory_bytes} bytes", **outcome)
+    cpu = common["user_cpu"] + common["system_cpu"]
+    if sig == signal.SIGXCPU or (
+        sig == signal.SIGKILL and limits.cpu_seconds is not None and cpu >= limits.cpu_seconds
+    ):
+        return JobResult(Status.TIME_LIMIT, detail=f"CPU limit of {limits.cpu_seconds:g} s", **outcome)
+    if sig == signal.SIGXFSZ:
+        return JobResult(Status.OUTPUT_LIMIT, detail=f"file size limit of {limits.file_size_bytes} bytes", **outcome)
+    if sig is not None:
+        return JobResult(Status.SIGNALLED, **outcome)
+    if exit_code != 0:
+        return JobResult(Status.NONZERO_EXIT, **outcome)
+    return JobResult(Status.OK, **outcome)

@@ -1,0 +1,415 @@
+"""The sandbox every front end runs its child processes in.
+
+A front end asks for a :class:`Lease` (a job user and a fresh workspace),
+stages its input files, spawns the tool through the C jail helper as a
+:class:`Job`, reads what it needs from the workspace, and releases the lease:
+everything of the job user is killed and verified gone, the workspace is
+removed, and only then is the user handed to the next job.
+
+The sandbox knows nothing of HTTP, WebSocket or Why3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from twisted.internet import defer, error, protocol
+from twisted.logger import Logger
+
+from . import cgroups as cgroups_mod
+from .limits import Limits
+from .pool import JobUser, SlotPool, find_job_users
+from .result import JobResult, ReportError, Status, classify, parse_report
+from .workspace import Workspace, unmount
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_JAIL = os.path.normpath(os.path.join(_HERE, "..", "..", "ext", "mathrun-jail"))
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass
+class SandboxConfig:
+    """What an operator can set; ``privileged=None`` means "root or not"."""
+
+    jobs: int = 8
+    user_prefix: str = "mathrun"
+    helper_user: str = "mathrun"
+    job_root: Optional[str] = None
+    jail: str = DEFAULT_JAIL
+    privileged: Optional[bool] = None
+    network: bool = False
+    use_cgroups: bool = True
+    limits: Limits = field(default_factory=Limits)
+    max_limits: Limits = field(
+        default_factory=lambda: Limits(
+            cpu_seconds=300, wall_seconds=600, memory_bytes=4 << 30, file_size_bytes=1 << 30,
+            open_files=1024, processes=256, output_bytes=256 << 20, workspace_bytes=1 << 30,
+        )
+    )
+    max_waiting: Optional[int] = None
+
+    def resolved_job_root(self, privileged: bool) -> str:
+        if self.job_root:
+            return self.job_root
+        if privileged:
+            return "/run/mathrun/jobs"
+        return os.path.join(tempfile.gettempdir(), f"mathrun-{os.getuid()}", "jobs")
+
+
+class Job:
+    """One running program in a lease; ``done`` fires with its JobResult."""
+
+    def __init__(self, lease, limits: Limits, on_output: Optional[Callable[[str, bytes], None]]):
+        self.lease = lease
+        self.limits = limits
+        self.done = defer.Deferred()
+        self._on_output = on_output
+        self._chunks = {1: [], 2: []}
+        self._report = b""
+        self._output = 0
+        self._cause: Optional[Status] = None
+        self._transport = None
+        self._timer = None
+        self._ended = False
+
+    # -- control ------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if not self._ended:
+            self._transport.write(data)
+
+    def close_stdin(self) -> None:
+        if not self._ended:
+            self._transport.closeStdin()
+
+    def stop(self, cause: Status = Status.CANCELLED) -> None:
+        """Kill the job and all it started; ``cause`` becomes its status."""
+        if self._ended:
+            return
+        if self._cause is None:
+            self._cause = cause
+        try:
+            self._transport.signalProcess("TERM")
+        except error.ProcessExitedAlready:
+            pass
+
+    def lower_wall_limit(self, seconds: float) -> None:
+        """Shorten the wall-clock limit, counted from now (never lengthen)."""
+        if self._ended:
+            return
+        if self._timer is not None:
+            remaining = self._timer.getTime() - self.lease.sandbox.reactor.seconds()
+            if remaining <= seconds:
+                return
+            self._timer.cancel()
+        self._timer = self.lease.sandbox.reactor.callLater(seconds, self.stop, Status.TIME_LIMIT)
+
+    # -- from the process protocol ------------------------------------------
+    def _started(self, transport) -> None:
+        self._transport = transport
+        if self.limits.wall_seconds is not None:
+            self._timer = self.lease.sandbox.reactor.callLater(
+                self.limits.wall_seconds, self.stop, Status.TIME_LIMIT
+            )
+
+    def _data(self, fd: int, data: bytes) -> None:
+        if fd == 3:
+            self._report += data[: 4096 - len(self._report)]
+            return
+        if fd not in self._chunks or self._cause is Status.OUTPUT_LIMIT:
+            return
+        cap = self.limits.output_bytes
+        if cap is not None and self._output + len(data) > cap:
+            data = data[: cap - self._output]
+            self.stop(Status.OUTPUT_LIMIT)
+            for child_fd in (1, 2):
+                self._transport.closeChildFD(child_fd)
+        self._output += len(data)
+        if not data:
+            return
+        if self._on_output is not None:
+            self._on_output("stdout" if fd == 1 else "stderr", data)
+        else:
+            self._chunks[fd].append(data)
+
+    def _finished(self) -> None:
+        self._ended = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        problem = ""
+        try:
+            report = parse_report(self._report)
+        except ReportError as e:
+            report, problem = None, f"jail report unreadable: {e}"
+        cgroup = self.lease.cgroup
+        result = classify(
+            report,
+            self.limits,
+            cause=self._cause,
+            oom_killed=cgroup.oom_killed() if cgroup else False,
+            peak_memory=cgroup.peak_memory() if cgroup else None,
+            problem=problem,
+        )
+        if self._on_output is None:
+            result = _with_output(result, b"".join(self._chunks[1]), b"".join(self._chunks[2]))
+        self.lease.sandbox._job_finished(self, result)
+        self.done.callback(result)
+
+
+def _with_output(result: JobResult, stdout: bytes, stderr: bytes) -> JobResult:
+    return dataclasses.replace(result, stdout=stdout, stderr=stderr)
+
+
+class _JailProtocol(protocol.ProcessProtocol):
+    def __init__(self, job: Job):
+        self.job = job
+
+    def connectionMade(self):
+        self.job._started(self.transport)
+
+    def childDataReceived(self, childFD, data):
+        self.job._data(childFD, data)
+
+    def processEnded(self, reason):
+        self.job._finished()
+
+
+class Lease:
+    """A job user and a workspace, held until ``release``."""
+
+    def __init__(self, sandbox: "Sandbox", user: JobUser, workspace: Workspace, cgroup):
+        self.sandbox = sandbox
+        self.user = user
+        self.workspace = workspace
+        self.cgroup = cgroup
+        self.job: Optional[Job] = None
+        self.external_processes = False
+        self._released = None
+
+    def spawn(
+        self,
+        argv: list[str],
+        limits: Optional[Limits] = None,
+        env: Optional[dict] = None,
+        on_output: Optional[Callable[[str, bytes], None]] = None,
+    ) -> Job:
+        """Start ``argv`` in the sandbox.  Output is collected into the
+        result unless ``on_output(stream, data)`` takes it as it comes."""
+        if self.job is not None and not self.job._ended:
+            raise RuntimeError("this lease already runs a job")
+        sandbox = self.sandbox
+        limits = (limits or sandbox.config.limits).capped_by(sandbox.config.max_limits)
+        if self.cgroup:
+            self.cgroup.prepare(limits.memory_bytes, limits.processes)
+        job = Job(self, limits, on_output)
+        self.job = job
+        args = [sandbox.config.jail, "run"] + sandbox.jail_options(self) + limits.jail_args(self.cgroup is not None)
+        environment = {"PATH": DEFAULT_PATH, "HOME": self.workspace.path, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
+        environment.update(env or {})
+        for key, value in environment.items():
+            args += ["--env", f"{key}={value}"]
+        args += ["--"] + list(argv)
+        sandbox.reactor.spawnProcess(
+            _JailProtocol(job), sandbox.config.jail, args, env={}, childFDs={0: "w", 1: "r", 2: "r", 3: "r"}
+        )
+        return job
+
+    def release(self) -> defer.Deferred:
+        """Stop what runs, kill what is left, remove the workspace, free the user."""
+        if self._released is None:
+            self._released = defer.ensureDeferred(self._release())
+        return self._released
+
+    async def _release(self):
+        if self.job is not None and not self.job._ended:
+            self.job.stop(Status.CANCELLED)
+            await self.job.done
+        await self.sandbox._cleanup(self)
+
+
+class Sandbox:
+    """Owns the job users, their cgroups, the shared network namespace and
+    the job root; hands out leases."""
+
+    log = Logger()
+
+    def __init__(self, config: Optional[SandboxConfig] = None, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.config = config or SandboxConfig()
+        self.privileged = self.config.privileged if self.config.privileged is not None else os.geteuid() == 0
+        self.job_root = self.config.resolved_job_root(self.privileged)
+        self.netns = os.path.join(os.path.dirname(self.job_root), "netns")
+        self.cgroups = None
+        self.helper: Optional[JobUser] = None
+        self.pool: Optional[SlotPool] = None
+        self._slot_cgroups = {}
+        self._seq = itertools.count(1)
+        self.leases: set[Lease] = set()
+        self.warnings: list[str] = []
+        self.observers: list[Callable[[JobResult], None]] = []
+
+    # -- start-up -----------------------------------------------------------
+    def start(self) -> None:
+        """Blocking set-up at service start: users, job root, netns, cgroups."""
+        if not os.access(self.config.jail, os.X_OK):
+            raise RuntimeError(f"jail helper {self.config.jail} is missing: run the set-up step")
+        os.makedirs(self.job_root, mode=0o711, exist_ok=True)
+        os.chmod(self.job_root, 0o711 if self.privileged else 0o700)
+        self._remove_stale_workspaces()
+        if self.privileged:
+            if os.geteuid() != 0:
+                raise RuntimeError("privileged sandbox needs root")
+            users = find_job_users(self.config.user_prefix, self.config.jobs)
+            self.helper = _helper(self.config.helper_user)
+            for user in users:
+                self._reap(user)
+            if not self.config.network:
+                subprocess.run([self.config.jail, "mknetns", self.netns], check=True)
+            if self.config.use_cgroups:
+                self.cgroups = cgroups_mod.detect()
+            if self.cgroups:
+                self._slot_cgroups = {u: self.cgroups.slot(u.name) for u in users}
+            else:
+                self.warnings.append("no memory cgroup on this host: memory is limited by RLIMIT_AS")
+        else:
+            me = os.getuid()
+            users = [JobUser(f"self-{n}", me, os.getgid()) for n in range(1, self.config.jobs + 1)]
+            self.warnings.append(
+                "unprivileged mode: jobs run as the server's own user, with rlimits and a"
+                " private session only (no job users, no network isolation, no cgroups):"
+                " weaker isolation, for trusted input"
+            )
+        if self.config.network:
+            self.warnings.append("jobs may use the network (--job-network)")
+        self.pool = SlotPool(users, max_waiting=self.config.max_waiting)
+        for w in self.warnings:
+            self.log.warn("sandbox: {warning}", warning=w)
+        self.log.info(
+            "sandbox ready: {n} job users, {mode}, {cg}",
+            n=len(users),
+            mode="privileged" if self.privileged else "unprivileged",
+            cg=self.cgroups.describe() if self.cgroups else "no cgroups",
+        )
+
+    def _remove_stale_workspaces(self) -> None:
+        for name in os.listdir(self.job_root):
+            path = os.path.join(self.job_root, name)
+            if os.path.ismount(path):
+                unmount(path)
+            Workspace(path, None, False, None).remove()
+
+    def _reap(self, user: JobUser) -> None:
+        subprocess.run(
+            [self.config.jail, "reap", "--uid", str(user.uid), "--kill-ruid", str(self.helper.uid)], check=True
+        )
+
+    def jail_options(self, lease: Lease) -> list[str]:
+        opts = ["--dir", lease.workspace.path]
+        if self.privileged:
+            u = lease.user
+            opts += ["--uid", str(u.uid), "--gid", str(u.gid), "--kill-ruid", str(self.helper.uid)]
+            opts += ["--tmp", lease.workspace.tmp]
+            if not self.config.network:
+                opts += ["--netns", self.netns]
+        if lease.cgroup:
+            for d in lease.cgroup.dirs:
+                opts += ["--cgroup", d]
+        return opts
+
+    # -- leases ---------------------------------------------------------------
+    def acquire(self) -> defer.Deferred:
+        """A Deferred firing with a Lease once a job user is free."""
+        d = self.pool.acquire()
+        d.addCallback(self._lease)
+        return d
+
+    def _lease(self, user: JobUser) -> Lease:
+        root = os.path.join(self.job_root, f"{user.name}.{next(self._seq)}")
+        workspace = Workspace(root, user, self.privileged, self.config.limits.workspace_bytes)
+        try:
+            workspace.create()
+        except Exception:
+            workspace.remove()
+            self.pool.release(user)
+            raise
+        lease = Lease(self, user, workspace, self._slot_cgroups.get(user))
+        self.leases.add(lease)
+        return lease
+
+    async def _cleanup(self, lease: Lease) -> None:
+        try:
+            if lease.external_processes and self.privileged:
+                await self._reap_async(lease.user)
+            lease.workspace.remove()
+        finally:
+            self.leases.discard(lease)
+            self.pool.release(lease.user)
+
+    def stop(self) -> defer.Deferred:
+        """Release every lease (killing its job): for service shutdown."""
+        return defer.DeferredList([lease.release() for lease in list(self.leases)])
+
+    def _reap_async(self, user: JobUser) -> defer.Deferred:
+        from twisted.internet.utils import getProcessValue
+
+        d = getProcessValue(
+            self.config.jail,
+            ["reap", "--uid", str(user.uid), "--kill-ruid", str(self.helper.uid)],
+            env={},
+            reactor=self.reactor,
+        )
+
+        def check(code):
+            if code != 0:
+                raise RuntimeError(f"processes of {user.name} survived the cleanup")
+
+        return d.addCallback(check)
+
+    def _job_finished(self, job: Job, result: JobResult) -> None:
+        for observer in self.observers:
+            observer(result)
+        self.log.info(
+            "job {user} {status}: wall {wall:.3f}s cpu {cpu:.3f}s peak {peak}",
+            user=job.lease.user.name,
+            status=result.describe(),
+            wall=result.wall,
+            cpu=result.user_cpu + result.system_cpu,
+            peak=result.peak_memory,
+        )
+
+    # -- convenience ----------------------------------------------------------
+    async def _run(self, argv, limits, files, stdin, env):
+        lease = await self.acquire()
+        try:
+            for name, data in (files or {}).items():
+                lease.workspace.write_file(name, data)
+            job = lease.spawn(argv, limits, env)
+            if stdin is not None:
+                job.write(stdin)
+            job.close_stdin()
+            return await job.done
+        finally:
+            await lease.release()
+
+    def run(self, argv, limits=None, files=None, stdin=None, env=None) -> defer.Deferred:
+        """Run one program to the end: a Deferred firing with its JobResult."""
+        return defer.ensureDeferred(self._run(argv, limits, files, stdin, env))
+
+
+def _helper(name: str) -> JobUser:
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise LookupError(f"helper user {name!r} does not exist (run the set-up step)") from None
+    if entry.pw_uid == 0:
+        raise ValueError(f"helper user {name!r} is root")
+    return JobUser(name, entry.pw_uid, entry.pw_gid)

@@ -1,0 +1,151 @@
+"""Per-job directories.
+
+As root, a workspace is its own size-limited tmpfs, owned by the job user and
+mode 0700: a job cannot fill the host's disk, other job users cannot look in,
+and removal is an unmount: no path inside the job's reach is ever followed
+with privileges.  The job's private /tmp, /var/tmp and /dev/shm live in it
+too (``tmp/``), so they vanish with it.
+
+Unprivileged, it is a plain directory removed with the fd-based
+``shutil.rmtree`` (which does not follow symlinks).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import stat
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_MS_NOSUID, _MS_NODEV = 2, 4
+_MNT_DETACH = 2
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+def mount_tmpfs(path: str, size: int, inodes: int, uid: int, gid: int) -> None:
+    options = f"size={size},nr_inodes={inodes},mode=0700,uid={uid},gid={gid}".encode()
+    _check(
+        _libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, options),
+        f"mount tmpfs on {path}",
+    )
+
+
+def unmount(path: str) -> None:
+    _check(_libc.umount2(os.fsencode(path), _MNT_DETACH), f"unmount {path}")
+
+
+class FileTooLarge(Exception):
+    pass
+
+
+class Workspace:
+    """One job's directory tree: ``path`` (its cwd) and ``tmp``."""
+
+    def __init__(self, root: str, owner, privileged: bool, size: int | None):
+        self.root = root
+        self.path = os.path.join(root, "work")
+        self.tmp = os.path.join(root, "tmp")
+        self.owner = owner
+        self.privileged = privileged
+        self.size = size
+        self._mounted = False
+
+    def create(self) -> None:
+        os.mkdir(self.root, 0o700)
+        if self.privileged:
+            size = self.size or 64 * 1024 * 1024
+            mount_tmpfs(self.root, size, max(1024, size // 16384), self.owner.uid, self.owner.gid)
+            self._mounted = True
+        for sub in (self.path, self.tmp):
+            os.mkdir(sub, 0o700)
+            if self.privileged:
+                os.chown(sub, self.owner.uid, self.owner.gid)
+
+    def remove(self) -> None:
+        """Unmount (privileged) or delete without following links."""
+        if self._mounted:
+            unmount(self.root)
+            self._mounted = False
+            os.rmdir(self.root)
+        elif os.path.lexists(self.root):
+            shutil.rmtree(self.root)
+
+    def write_file(self, name: str, data: bytes, mode: int = 0o644) -> str:
+        """Stage an input file before the job starts (nothing planted yet)."""
+        parts = _safe_parts(name)
+        directory = self.path
+        for part in parts[:-1]:
+            directory = os.path.join(directory, part)
+            if not os.path.isdir(directory):
+                os.mkdir(directory, 0o755)
+                self._chown(directory)
+        target = os.path.join(directory, parts[-1])
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        try:
+            os.write(fd, data) if len(data) < 65536 else _write_all(fd, data)
+            if self.privileged:
+                os.fchown(fd, self.owner.uid, self.owner.gid)
+        finally:
+            os.close(fd)
+        return target
+
+    def _chown(self, path: str) -> None:
+        if self.privileged:
+            os.chown(path, self.owner.uid, self.owner.gid, follow_symlinks=False)
+
+    def read_file(self, name: str, limit: int) -> bytes:
+        """Read what the job wrote, refusing links, non-files and big files."""
+        parts = _safe_parts(name)
+        dirfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for part in parts[:-1]:
+                nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+                os.close(dirfd)
+                dirfd = nxt
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
+        finally:
+            os.close(dirfd)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, f"{name} is not a regular file")
+            if st.st_size > limit:
+                raise FileTooLarge(f"{name} has {st.st_size} bytes, more than {limit}")
+            chunks, total = [], 0
+            while total <= limit:
+                chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+            if total > limit:
+                raise FileTooLarge(f"{name} grew past {limit} bytes")
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def list_files(self) -> list[str]:
+        """Regular files at the top of the work directory, sorted."""
+        with os.scandir(self.path) as entries:
+            return sorted(e.name for e in entries if e.is_file(follow_symlinks=False))
+
+
+def _safe_parts(name: str) -> list[str]:
+    parts = name.split("/")
+    if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in name:
+        raise ValueError(f"bad file name {name!r}")
+    return parts
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -1,0 +1,71 @@
+"""Builds the ``twistd mathrun`` service tree from its options.
+
+One sandbox (the job users) is shared by every front end; each front end is
+a child service that can be switched off by an option.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+from twisted.application import service, strports
+from twisted.logger import Logger
+
+from .metrics import SandboxMetrics
+from .sandbox import Limits, Sandbox, SandboxConfig
+from .sandbox.limits import MiB
+from .web.site import build_site
+
+
+class SandboxService(service.Service):
+    """Starts the sandbox with the server and kills every job at shutdown."""
+
+    name = "sandbox"
+
+    def __init__(self, sandbox: Sandbox):
+        self.sandbox = sandbox
+
+    def startService(self):
+        self.sandbox.start()
+        super().startService()
+
+    def stopService(self):
+        super().stopService()
+        if self.sandbox.pool is not None:
+            return self.sandbox.stop()
+
+
+def sandbox_config(options) -> SandboxConfig:
+    return SandboxConfig(
+        jobs=options["jobs"],
+        user_prefix=options["user-prefix"],
+        helper_user=options["helper-user"],
+        job_root=options["job-root"],
+        privileged=False if options["unprivileged"] else None,
+        network=bool(options["job-network"]),
+        use_cgroups=not options["no-cgroups"],
+        limits=Limits(
+            cpu_seconds=options["cpu-limit"],
+            wall_seconds=options["wall-limit"],
+            memory_bytes=int(options["memory-limit"] * MiB),
+            output_bytes=int(options["output-limit"] * MiB),
+            workspace_bytes=int(options["workspace-limit"] * MiB),
+            processes=options["processes-limit"],
+        ),
+    )
+
+
+def make_service(options, reactor=None) -> service.MultiService:
+    log = Logger(namespace="mathrun")
+    top = service.MultiService()
+    sandbox = Sandbox(sandbox_config(options), reactor=reactor)
+    SandboxService(sandbox).setServiceParent(top)
+    registry = CollectorRegistry()
+    SandboxMetrics(registry, sandbox)
+
+    if not options["no-http"]:
+        site = build_site(sandbox, registry)
+        http = strports.service(options["http"], site)
+        http.setName("http")
+        http.setServiceParent(top)
+        log.info("HTTP site on {endpoint}", endpoint=options["http"])
+    return top

@@ -1,0 +1,1 @@
+"""The HTTP site shared by the HTTP and WebSocket front ends."""

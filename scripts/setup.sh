@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The set-up step shared by `make run` and `make test`: Debian packages, the
+# Python environment in .venv/, the C helpers in ext/, and the job users.
+# Idempotent: each step is skipped when already done, so a second run takes
+# a few seconds.  Run as root on Debian 12 (without root, only the Python
+# environment and the C helpers are made, for unprivileged mode).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+JOB_USERS=${MATHRUN_JOB_USERS:-32}
+USER_PREFIX=${MATHRUN_USER_PREFIX:-mathrun}
+APT_PACKAGES=(
+    python3 python3-venv python3-dev gcc make libc6-dev
+    sbcl gnuplot-nox asymptote dvisvgm why3 z3 cvc4 maxima
+    procps iproute2 curl
+)
+
+step() { printf '== %s\n' "$*"; }
+
+if [ "$(id -u)" = 0 ]; then
+    missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+        [ "$status" = installed ] || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        step "installing Debian packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+fi
+
+# The Python environment: rebuilt only when requirements.txt changes.
+stamp=.venv/.requirements.sha256
+want=$(cat requirements.txt setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    step "making the Python environment in .venv/"
+    /usr/bin/python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+    # compat mode puts the project root on sys.path, where twistd finds
+    # twisted/plugins/mathrun_plugin.py.
+    .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+        -e . --config-settings editable_mode=compat
+    echo "$want" > "$stamp"
+fi
+
+make -s -C ext
+
+if [ "$(id -u)" = 0 ]; then
+    add_user() {
+        getent passwd "$1" >/dev/null && return 0
+        useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$1"
+    }
+    if ! getent passwd "$USER_PREFIX" "$USER_PREFIX-$JOB_USERS" >/dev/null 2>&1 \
+        || [ "$(getent passwd "$USER_PREFIX" "$USER_PREFIX-$JOB_USERS" | wc -l)" != 2 ]; then
+        step "creating the helper user $USER_PREFIX and job users $USER_PREFIX-1..$JOB_USERS"
+        add_user "$USER_PREFIX"
+        for n in $(seq 1 "$JOB_USERS"); do add_user "$USER_PREFIX-$n"; done
+    fi
+    install -d -m 0755 /run/mathrun
+fi

@@ -1,0 +1,45 @@
+"""Shared test helpers: a real sandbox per test, and process checks."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import defer, reactor
+
+from mathrun.sandbox import Sandbox, SandboxConfig
+
+ROOT = os.geteuid() == 0
+TIMEOUT = 60  # seconds any awaited Deferred in a test may take
+
+
+def within(d: defer.Deferred, seconds: float = TIMEOUT) -> defer.Deferred:
+    """A Deferred that never fires must fail the test, not hang the run."""
+    return d.addTimeout(seconds, reactor)
+
+
+def make_sandbox(testcase, **config) -> Sandbox:
+    """A started sandbox whose leases are all released after the test."""
+    config.setdefault("jobs", 4)
+    sandbox = Sandbox(SandboxConfig(**config))
+    sandbox.start()
+    testcase.addCleanup(lambda: within(sandbox.stop()))
+    return sandbox
+
+
+def processes_of(uid: int) -> list[int]:
+    """Live (non-zombie) processes whose real uid is ``uid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                status = f.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("State", "").strip().startswith(("Z", "X")):
+            continue
+        if int(fields["Uid"].split()[0]) == uid:
+            found.append(int(name))
+    return found
