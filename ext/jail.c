@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -147,10 +148,10 @@ static void pause_briefly(long usec)
     nanosleep(&ts, NULL);
 }
 
-int jail_kill_user(uid_t uid, uid_t kill_ruid)
+int jail_kill_user(uid_t uid, uid_t kill_ruid, const char *lock)
 {
     uid_t r0, e0, s0;
-    int result = -1;
+    int result = -1, lock_fd = -1;
 
     if (uid == 0 || kill_ruid == 0 || uid == kill_ruid) {
         errno = EINVAL;
@@ -158,9 +159,17 @@ int jail_kill_user(uid_t uid, uid_t kill_ruid)
     }
     if (getresuid(&r0, &e0, &s0) < 0)
         return -1;
+    if (lock) {
+        lock_fd = open(lock, O_RDONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (lock_fd < 0 || flock(lock_fd, LOCK_EX) < 0)
+            return -1;
+    }
     /* Keep saved uid 0 so that we can come back. */
-    if (setresuid(kill_ruid, uid, 0) < 0)
+    if (setresuid(kill_ruid, uid, 0) < 0) {
+        if (lock_fd >= 0)
+            close(lock_fd);
         return -1;
+    }
     /* kill(-1) signals the whole user at once under the task-list lock, so
      * a fork bomb cannot outrun it; it reports success even when it found
      * nobody, so /proc tells when they are all gone. */
@@ -174,6 +183,8 @@ int jail_kill_user(uid_t uid, uid_t kill_ruid)
     }
     if (setresuid(r0, e0, s0) < 0)
         abort(); /* cannot return to root: refuse to go on half-dropped */
+    if (lock_fd >= 0)
+        close(lock_fd);
     return result;
 }
 

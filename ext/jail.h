@@ -13,6 +13,7 @@ struct jail_config {
     uid_t uid;              /* job user; (uid_t)-1 = unprivileged mode */
     gid_t gid;
     uid_t kill_ruid;        /* real uid used for kill(-1) (the helper user) */
+    const char *kill_lock;  /* file locked around kill(-1), or NULL */
     const char *dir;        /* working directory (the workspace) */
     const char *tmp;        /* private /tmp, /var/tmp, /dev/shm, or NULL */
     const char *netns;      /* namespace file to join, or NULL */
@@ -31,9 +32,11 @@ int jail_enter(const struct jail_config *cfg);
 
 /* Kill every process whose real or saved uid is `uid`, atomically against
  * fork bombs: kill(-1) with euid = uid and ruid = kill_ruid.  Repeats until
- * none is left (zombies of our own children are reaped on the way).
- * Returns 0 when none is left, -1 when some survived. */
-int jail_kill_user(uid_t uid, uid_t kill_ruid);
+ * none is left.  Every killer has the same real uid, so each one is a
+ * target of the others' kill(-1): `lock` (a root-owned file) keeps two
+ * killers from running at once.  Returns 0 when none is left, -1 when
+ * some survived. */
+int jail_kill_user(uid_t uid, uid_t kill_ruid, const char *lock);
 
 /* Count live (non-zombie) processes with real uid `uid`, from /proc. */
 int jail_count_user_processes(uid_t uid);

@@ -44,11 +44,11 @@ extern char **environ;
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: mathrun-jail run [--uid N --gid N --kill-ruid N] [--dir D]\n"
+            "usage: mathrun-jail run [--uid N --gid N --kill-ruid N [--kill-lock F]] [--dir D]\n"
             "         [--tmp D] [--netns FILE | --unshare-net] [--cpu S] [--as B]\n"
             "         [--fsize B] [--nofile N] [--nproc N] [--cgroup D]...\n"
             "         [--env K=V]... [--report-fd N] -- PROGRAM [ARG...]\n"
-            "       mathrun-jail reap --uid N --kill-ruid N\n"
+            "       mathrun-jail reap --uid N --kill-ruid N [--kill-lock F]\n"
             "       mathrun-jail mknetns FILE\n");
     exit(2);
 }
@@ -104,7 +104,7 @@ static void kill_descendants(pid_t root)
 static void kill_everything(const struct jail_config *cfg)
 {
     if (cfg->uid != (uid_t)-1) {
-        jail_kill_user(cfg->uid, cfg->kill_ruid);
+        jail_kill_user(cfg->uid, cfg->kill_ruid, cfg->kill_lock);
         return;
     }
     kill_descendants(getpid());
@@ -131,7 +131,7 @@ static int run(int argc, char **argv)
 {
     static struct option opts[] = {
         {"uid", required_argument, 0, 'u'},    {"gid", required_argument, 0, 'g'},
-        {"kill-ruid", required_argument, 0, 'k'},
+        {"kill-ruid", required_argument, 0, 'k'}, {"kill-lock", required_argument, 0, 'l'},
         {"dir", required_argument, 0, 'd'},    {"tmp", required_argument, 0, 't'},
         {"netns", required_argument, 0, 'n'},  {"unshare-net", no_argument, 0, 'N'},
         {"cpu", required_argument, 0, 'c'},    {"as", required_argument, 0, 'a'},
@@ -149,6 +149,7 @@ static int run(int argc, char **argv)
         case 'u': cfg.uid = (uid_t)number(optarg, "uid"); break;
         case 'g': cfg.gid = (gid_t)number(optarg, "gid"); break;
         case 'k': cfg.kill_ruid = (uid_t)number(optarg, "kill-ruid"); break;
+        case 'l': cfg.kill_lock = optarg; break;
         case 'd': cfg.dir = optarg; break;
         case 't': cfg.tmp = optarg; break;
         case 'n': cfg.netns = optarg; break;
@@ -308,20 +309,24 @@ static int reap_user(int argc, char **argv)
 {
     static struct option opts[] = {{"uid", required_argument, 0, 'u'},
                                    {"kill-ruid", required_argument, 0, 'k'},
+                                   {"kill-lock", required_argument, 0, 'l'},
                                    {0, 0, 0, 0}};
     long long uid = -1, kill_ruid = -1;
+    const char *lock = NULL;
     int c;
     while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
         if (c == 'u')
             uid = number(optarg, "uid");
         else if (c == 'k')
             kill_ruid = number(optarg, "kill-ruid");
+        else if (c == 'l')
+            lock = optarg;
         else
             usage();
     }
     if (uid <= 0 || kill_ruid <= 0 || uid == kill_ruid)
         usage();
-    if (jail_kill_user((uid_t)uid, (uid_t)kill_ruid) < 0) {
+    if (jail_kill_user((uid_t)uid, (uid_t)kill_ruid, lock) < 0) {
         fprintf(stderr, "mathrun-jail: processes of uid %lld survive: %s\n", uid,
                 strerror(errno));
         return 1;

@@ -43,3 +43,18 @@ def processes_of(uid: int) -> list[int]:
         if int(fields["Uid"].split()[0]) == uid:
             found.append(int(name))
     return found
+
+
+def async_test(method=None, *, timeout: float = TIMEOUT):
+    """Run an ``async def`` test method as a Deferred with a timeout."""
+
+    def wrap(func):
+        import functools
+
+        @functools.wraps(func)
+        def test(self, *args, **kwargs):
+            return within(defer.ensureDeferred(func(self, *args, **kwargs)), timeout)
+
+        return test
+
+    return wrap(method) if method is not None else wrap

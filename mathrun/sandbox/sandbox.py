@@ -246,6 +246,7 @@ class Sandbox:
         self.privileged = self.config.privileged if self.config.privileged is not None else os.geteuid() == 0
         self.job_root = self.config.resolved_job_root(self.privileged)
         self.netns = os.path.join(os.path.dirname(self.job_root), "netns")
+        self.kill_lock = os.path.join(os.path.dirname(self.job_root), "kill.lock")
         self.cgroups = None
         self.helper: Optional[JobUser] = None
         self.pool: Optional[SlotPool] = None
@@ -299,6 +300,7 @@ class Sandbox:
         )
 
     def _remove_stale_workspaces(self) -> None:
+        """Workspaces of a previous run that died without cleaning up."""
         for name in os.listdir(self.job_root):
             path = os.path.join(self.job_root, name)
             if os.path.ismount(path):
@@ -306,15 +308,16 @@ class Sandbox:
             Workspace(path, None, False, None).remove()
 
     def _reap(self, user: JobUser) -> None:
-        subprocess.run(
-            [self.config.jail, "reap", "--uid", str(user.uid), "--kill-ruid", str(self.helper.uid)], check=True
-        )
+        subprocess.run([self.config.jail, "reap", "--uid", str(user.uid)] + self._kill_options(), check=True)
+
+    def _kill_options(self) -> list[str]:
+        return ["--kill-ruid", str(self.helper.uid), "--kill-lock", self.kill_lock]
 
     def jail_options(self, lease: Lease) -> list[str]:
         opts = ["--dir", lease.workspace.path]
         if self.privileged:
             u = lease.user
-            opts += ["--uid", str(u.uid), "--gid", str(u.gid), "--kill-ruid", str(self.helper.uid)]
+            opts += ["--uid", str(u.uid), "--gid", str(u.gid)] + self._kill_options()
             opts += ["--tmp", lease.workspace.tmp]
             if not self.config.network:
                 opts += ["--netns", self.netns]
@@ -324,15 +327,20 @@ class Sandbox:
         return opts
 
     # -- leases ---------------------------------------------------------------
-    def acquire(self) -> defer.Deferred:
-        """A Deferred firing with a Lease once a job user is free."""
+    def acquire(self, workspace_bytes: Optional[int] = None) -> defer.Deferred:
+        """A Deferred firing with a Lease once a job user is free.
+
+        The workspace's size is fixed here (default: the configured limits'
+        ``workspace_bytes``), since input files go in before the job starts.
+        """
         d = self.pool.acquire()
-        d.addCallback(self._lease)
+        d.addCallback(self._lease, workspace_bytes or self.config.limits.workspace_bytes)
         return d
 
-    def _lease(self, user: JobUser) -> Lease:
+    def _lease(self, user: JobUser, workspace_bytes: Optional[int]) -> Lease:
         root = os.path.join(self.job_root, f"{user.name}.{next(self._seq)}")
-        workspace = Workspace(root, user, self.privileged, self.config.limits.workspace_bytes)
+        size = min(workspace_bytes, self.config.max_limits.workspace_bytes or workspace_bytes)
+        workspace = Workspace(root, user, self.privileged, size)
         try:
             workspace.create()
         except Exception:
@@ -361,7 +369,7 @@ class Sandbox:
 
         d = getProcessValue(
             self.config.jail,
-            ["reap", "--uid", str(user.uid), "--kill-ruid", str(self.helper.uid)],
+            ["reap", "--uid", str(user.uid)] + self._kill_options(),
             env={},
             reactor=self.reactor,
         )
@@ -386,7 +394,7 @@ class Sandbox:
 
     # -- convenience ----------------------------------------------------------
     async def _run(self, argv, limits, files, stdin, env):
-        lease = await self.acquire()
+        lease = await self.acquire(limits.workspace_bytes if limits else None)
         try:
             for name, data in (files or {}).items():
                 lease.workspace.write_file(name, data)

@@ -1,0 +1,273 @@
+"""The hostile suite: real jobs that attack the sandbox.
+
+Each case asserts how the job ended and that nothing is left behind: no
+process of the job user, no workspace, no file of the job user in the shared
+temporary directories, and the sandbox still serving the next job.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import tempfile
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from mathrun.sandbox import Limits, Status
+
+from .helpers import ROOT, async_test, make_sandbox, processes_of
+
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def files_owned_by(uid: int) -> list[str]:
+    found = []
+    for top in SHARED_TMP:
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in dirnames + filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.lstat(path).st_uid == uid:
+                        found.append(path)
+                except FileNotFoundError:
+                    pass
+    return found
+
+
+class HostileTests(unittest.TestCase):
+    if not ROOT:
+        skip = "the hostile suite needs root (job users, namespaces, cgroups)"
+
+    def setUp(self):
+        self.sandbox = make_sandbox(self, jobs=4)
+
+    async def run_job(self, script, limits=None, files=None, argv=None):
+        """Run a shell script in a lease, then check the cleanup."""
+        limits = limits or Limits(wall_seconds=10)
+        lease = await self.sandbox.acquire(limits.workspace_bytes)
+        user, root = lease.user, lease.workspace.root
+        try:
+            for name, data in (files or {}).items():
+                lease.workspace.write_file(name, data)
+            job = lease.spawn(argv or ["sh", "-c", script], limits)
+            job.close_stdin()
+            result = await job.done
+        finally:
+            await lease.release()
+        await self.assert_clean(user, root)
+        return result
+
+    async def assert_clean(self, user, root):
+        self.assertEqual(processes_of(user.uid), [], f"processes of {user.name} survived")
+        self.assertFalse(os.path.lexists(root), "workspace left behind")
+        self.assertEqual(files_owned_by(user.uid), [], "files left in shared temporary directories")
+        follow = await self.sandbox.run(["echo", "still here"])
+        self.assertEqual((follow.status, follow.stdout), (Status.OK, b"still here\n"))
+
+    @async_test
+    async def test_fork_bomb(self):
+        bomb = (
+            "import os, time\n"
+            "if os.fork() == 0:\n"
+            "    while True:\n"
+            "        try: os.fork()\n"
+            "        except OSError: pass\n"
+            "time.sleep(60)\n"
+        )
+        r = await self.run_job(None, Limits(wall_seconds=2, processes=32), argv=[sys.executable, "-c", bomb])
+        self.assertEqual(r.status, Status.TIME_LIMIT)
+
+    @async_test
+    async def test_endless_output(self):
+        r = await self.run_job("yes mathrun", Limits(output_bytes=100_000))
+        self.assertEqual(r.status, Status.OUTPUT_LIMIT)
+        self.assertEqual(len(r.stdout) + len(r.stderr), 100_000)
+
+    @async_test
+    async def test_endless_output_on_stderr(self):
+        r = await self.run_job("yes >&2", Limits(output_bytes=10_000))
+        self.assertEqual((r.status, len(r.stderr)), (Status.OUTPUT_LIMIT, 10_000))
+
+    @async_test
+    async def test_disk_fill(self):
+        # The workspace and the private /tmp share one 4 MiB tmpfs.
+        r = await self.run_job(
+            "dd if=/dev/zero of=big bs=1M count=100 2>/dev/null; echo ws=$?;"
+            " dd if=/dev/zero of=/tmp/big bs=1M count=100 2>/dev/null; echo tmp=$?;"
+            " for i in $(seq 100000); do true > f$i || break; done; echo files=$i",
+            Limits(workspace_bytes=4 << 20, file_size_bytes=1 << 30),
+        )
+        self.assertEqual(r.status, Status.OK)
+        self.assertIn(b"ws=1", r.stdout)
+        self.assertIn(b"tmp=1", r.stdout)
+        self.assertNotIn(b"files=100000", r.stdout)
+
+    @async_test
+    async def test_file_size_limit(self):
+        r = await self.run_job("exec head -c 2000000 /dev/zero > f", Limits(file_size_bytes=1_000_000))
+        self.assertEqual(r.status, Status.OUTPUT_LIMIT)
+        self.assertIn("file size", r.detail)
+
+    @async_test
+    async def test_cpu_loop(self):
+        r = await self.run_job("while :; do :; done", Limits(cpu_seconds=1, wall_seconds=10))
+        self.assertEqual(r.status, Status.TIME_LIMIT)
+        self.assertIn("CPU", r.detail)
+        self.assertGreaterEqual(r.user_cpu + r.system_cpu, 0.9)
+
+    @async_test
+    async def test_memory_hog(self):
+        r = await self.run_job(
+            None, Limits(memory_bytes=64 << 20), argv=[sys.executable, "-c", "b = bytearray(1 << 30); b[::4096] = b'x' * len(b[::4096])"]
+        )
+        self.assertEqual(r.status, Status.MEMORY_LIMIT if self.sandbox.cgroups else Status.NONZERO_EXIT)
+        if self.sandbox.cgroups:
+            self.assertLessEqual(r.peak_memory, 64 << 20)
+
+    @async_test
+    async def test_sleep_past_wall_limit(self):
+        r = await self.run_job("sleep 60", Limits(wall_seconds=0.5))
+        self.assertEqual(r.status, Status.TIME_LIMIT)
+        self.assertLess(r.wall, 5)
+
+    @async_test
+    async def test_setsid_double_fork(self):
+        r = await self.run_job("setsid sh -c 'sleep 1000 & sleep 1000 &' ; (setsid sleep 1000 &); echo parent done")
+        self.assertEqual((r.status, r.stdout), (Status.OK, b"parent done\n"))
+        self.assertTrue(r.leftover)
+
+    @async_test
+    async def test_no_network(self):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        self.addCleanup(listener.close)
+        port = listener.getsockname()[1]
+        script = (
+            "import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=2); print('connected')\n"
+            "except OSError as e: print('connect failed', e.errno)\n"
+            "try:\n"
+            "    socket.getaddrinfo('deb.debian.org', 80); print('resolved')\n"
+            "except OSError as e: print('resolve failed')\n"
+        )
+        r = await self.run_job(None, argv=[sys.executable, "-c", script])
+        self.assertEqual(r.status, Status.OK)
+        self.assertIn(b"connect failed", r.stdout)
+        self.assertIn(b"resolve failed", r.stdout)
+
+    @async_test
+    async def test_writing_outside_the_workspace(self):
+        target = os.path.join(self.sandbox.job_root, "planted")
+        r = await self.run_job(
+            f"for f in /etc/mathrun-x /root/x /usr/x {target} /run/x; do"
+            f" (echo x > $f) 2>/dev/null && echo wrote $f; done; echo done"
+        )
+        self.assertEqual(r.stdout, b"done\n")
+        self.assertFalse(os.path.exists(target))
+
+    @async_test
+    async def test_reading_another_jobs_workspace(self):
+        first = await self.sandbox.acquire()
+        try:
+            first.workspace.write_file("secret", b"hush", mode=0o644)
+            secret = os.path.join(first.workspace.path, "secret")
+            r = await self.run_job(f"cat {secret} || echo denied; ls {first.workspace.root} || echo denied")
+            self.assertNotIn(b"hush", r.stdout)
+            self.assertEqual(r.stdout.count(b"denied"), 2)
+        finally:
+            await first.release()
+
+    @async_test
+    async def test_planted_symlinks_are_not_followed_by_cleanup(self):
+        victim_dir = tempfile.mkdtemp(prefix="mathrun-victim-")
+        victim = os.path.join(victim_dir, "precious")
+        with open(victim, "w") as f:
+            f.write("keep me")
+        os.chmod(victim_dir, 0o755)
+        self.addCleanup(lambda: (os.unlink(victim), os.rmdir(victim_dir)))
+        r = await self.run_job(f"ln -s {victim} link; ln -s {victim_dir} dirlink; mkdir -p d/e; ln -s / d/e/root; echo ok")
+        self.assertEqual(r.stdout, b"ok\n")
+        with open(victim) as f:
+            self.assertEqual(f.read(), "keep me")
+
+    @async_test
+    async def test_reading_planted_symlink_is_refused(self):
+        lease = await self.sandbox.acquire()
+        try:
+            job = lease.spawn(["ln", "-s", "/etc/shadow", "out.svg"])
+            self.assertEqual((await job.done).status, Status.OK)
+            self.assertRaises(OSError, lease.workspace.read_file, "out.svg", 1 << 20)
+        finally:
+            await lease.release()
+
+    @async_test
+    async def test_signals_to_the_server(self):
+        # kill(-1) reaches only the job user's own processes (not the caller).
+        r = await self.run_job(
+            f"kill -TERM {os.getpid()} || echo denied; kill -KILL {os.getppid()} 1 || echo denied;"
+            " sleep 100 & kill -KILL -1; wait $!; echo sleep ended $?"
+        )
+        self.assertEqual(r.stdout, b"denied\ndenied\nsleep ended 137\n")
+
+    @async_test
+    async def test_files_left_in_temporary_directories(self):
+        r = await self.run_job(
+            "for d in /tmp /var/tmp /dev/shm; do echo x > $d/mathrun-left-behind && mkdir $d/dir.left; done;"
+            " ls /tmp /var/tmp /dev/shm | grep -c mathrun-left-behind"
+        )
+        self.assertEqual((r.status, r.stdout), (Status.OK, b"3\n"))
+        for top in SHARED_TMP:
+            self.assertFalse(os.path.exists(os.path.join(top, "mathrun-left-behind")))
+
+    @async_test(timeout=120)
+    async def test_fifty_jobs_racing_their_cleanups(self):
+        results = await defer.gatherResults(
+            [
+                self.sandbox.run(["sh", "-c", f"(setsid sleep 100 &); echo x > /tmp/f; echo {i}"], Limits(wall_seconds=30))
+                for i in range(50)
+            ]
+        )
+        self.assertEqual([r.stdout for r in results], [f"{i}\n".encode() for i in range(50)])
+        self.assertTrue(all(r.status is Status.OK and r.leftover for r in results))
+        self.assertEqual((self.sandbox.pool.free, self.sandbox.pool.waiting), (4, 0))
+        for user in self.sandbox.pool._all:
+            self.assertEqual(processes_of(user.uid), [])
+        self.assertEqual(os.listdir(self.sandbox.job_root), [])
+
+
+class UnprivilegedTests(unittest.TestCase):
+    """Without job users the jail still kills everything the job started."""
+
+    def setUp(self):
+        root = tempfile.mkdtemp(prefix="mathrun-unpriv-")
+        self.addCleanup(shutil.rmtree, root)
+        self.sandbox = make_sandbox(self, jobs=2, privileged=False, job_root=os.path.join(root, "jobs"))
+
+    @async_test
+    async def test_escaped_processes_are_killed(self):
+        marker = f"mathrun-escape-{os.getpid()}"
+        r = await self.sandbox.run(["sh", "-c", f"(setsid sh -c 'exec -a {marker} sleep 1000' &); echo ok"])
+        self.assertEqual((r.status, r.stdout, r.leftover), (Status.OK, b"ok\n", True))
+        survivors = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).startswith(marker)]
+        self.assertEqual(survivors, [])
+        self.assertTrue(any("unprivileged" in w for w in self.sandbox.warnings))
+
+    @async_test
+    async def test_limits_still_apply(self):
+        r = await self.sandbox.run(["sh", "-c", "sleep 60"], Limits(wall_seconds=0.3))
+        self.assertEqual(r.status, Status.TIME_LIMIT)
+        r = await self.sandbox.run(["sh", "-c", "yes"], Limits(output_bytes=1000))
+        self.assertEqual((r.status, len(r.stdout)), (Status.OUTPUT_LIMIT, 1000))
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""

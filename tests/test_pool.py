@@ -1,0 +1,67 @@
+"""The job-user pool: FIFO hand-out, bounded waiting, cancellation."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from mathrun.sandbox.pool import PoolExhausted, SlotPool
+
+
+class PoolTests(unittest.TestCase):
+    def test_hands_out_each_slot_once(self):
+        pool = SlotPool(["a", "b"])
+        got = [self.successResultOf(pool.acquire()) for _ in range(2)]
+        self.assertEqual(sorted(got), ["a", "b"])
+        waiting = pool.acquire()
+        self.assertNoResult(waiting)
+        pool.release("a")
+        self.assertEqual(self.successResultOf(waiting), "a")
+        self.assertEqual((pool.busy, pool.free, pool.waiting), (2, 0, 0))
+
+    def test_waiters_are_served_in_order(self):
+        pool = SlotPool(["a"])
+        self.successResultOf(pool.acquire())
+        first, second = pool.acquire(), pool.acquire()
+        pool.release("a")
+        self.assertEqual(self.successResultOf(first), "a")
+        self.assertNoResult(second)
+
+    def test_cancelled_waiter_loses_nothing(self):
+        pool = SlotPool(["a"])
+        self.successResultOf(pool.acquire())
+        gone, stays = pool.acquire(), pool.acquire()
+        gone.cancel()
+        self.failureResultOf(gone, defer.CancelledError)
+        pool.release("a")
+        self.assertEqual(self.successResultOf(stays), "a")
+
+    def test_bounded_waiting(self):
+        pool = SlotPool(["a"], max_waiting=1)
+        self.successResultOf(pool.acquire())
+        pool.acquire()
+        self.failureResultOf(pool.acquire(), PoolExhausted)
+
+    def test_release_of_unknown_slot(self):
+        pool = SlotPool(["a"])
+        self.assertRaises(ValueError, pool.release, "a")
+
+    @given(st.integers(1, 5), st.lists(st.tuples(st.sampled_from(["acquire", "release", "cancel"]), st.integers(0, 20))))
+    def test_invariants(self, size, ops):
+        pool = SlotPool(range(size))
+        held, waiters = [], []
+        for op, n in ops:
+            if op == "acquire":
+                d = pool.acquire()
+                d.addCallback(held.append)
+                d.addErrback(lambda f: f.trap(defer.CancelledError))
+                waiters.append(d)
+            elif op == "release" and held:
+                pool.release(held.pop(n % len(held)))
+            elif op == "cancel" and waiters:
+                waiters[n % len(waiters)].cancel()
+            # No slot is held twice, and nobody waits while a slot is free.
+            self.assertEqual(len(held), len(set(held)))
+            self.assertEqual(pool.busy, len(held))
+            self.assertEqual(pool.busy + pool.free, size)
+            self.assertTrue(pool.waiting == 0 or pool.free == 0)
