@@ -16,8 +16,12 @@ class SandboxMetrics:
         self.jobs = Counter("mathrun_jobs", "Sandbox jobs by how they ended.", ["status"], registry=registry)
         for status in Status:
             self.jobs.labels(status.value)
-        self.wall = Histogram("mathrun_job_wall_seconds", "Wall time of sandbox jobs.", buckets=JOB_SECONDS, registry=registry)
-        self.cpu = Histogram("mathrun_job_cpu_seconds", "CPU time of sandbox jobs.", buckets=JOB_SECONDS, registry=registry)
+        self.wall = Histogram(
+            "mathrun_job_wall_seconds", "Wall time of sandbox jobs.", buckets=JOB_SECONDS, registry=registry
+        )
+        self.cpu = Histogram(
+            "mathrun_job_cpu_seconds", "CPU time of sandbox jobs.", buckets=JOB_SECONDS, registry=registry
+        )
         users = Gauge("mathrun_job_users", "Job users by state.", ["state"], registry=registry)
         users.labels("busy").set_function(lambda: sandbox.pool.busy if sandbox.pool else 0)
         users.labels("free").set_function(lambda: sandbox.pool.free if sandbox.pool else 0)

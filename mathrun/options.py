@@ -68,9 +68,7 @@ class Options(usage.Options):
         ["processes-limit", None, 64, "Processes a job may run at once.", _positive_int],
     ]
 
-    compData = usage.Completions(
-        optActions={"config": usage.CompleteFiles("*.ini"), "job-root": usage.CompleteDirs()}
-    )
+    compData = usage.Completions(optActions={"config": usage.CompleteFiles("*.ini"), "job-root": usage.CompleteDirs()})
 
     def opt_version(self):
         """Print the version and exit."""

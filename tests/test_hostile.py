@@ -62,7 +62,8 @@ class HostileTests(unittest.TestCase):
 
     async def assert_clean(self, user, root):
         self.assertEqual(processes_of(user.uid), [], f"processes of {user.name} survived")
-        self.assertFalse(os.path.lexists(root), "workspace left behind")
+        self.assertFalse(os.path.ismount(root), "workspace still mounted")
+        self.assertFalse(os.path.exists(root) and os.listdir(root), "workspace left behind")
         self.assertEqual(files_owned_by(user.uid), [], "files left in shared temporary directories")
         follow = await self.sandbox.run(["echo", "still here"])
         self.assertEqual((follow.status, follow.stdout), (Status.OK, b"still here\n"))
@@ -121,7 +122,9 @@ class HostileTests(unittest.TestCase):
     @async_test
     async def test_memory_hog(self):
         r = await self.run_job(
-            None, Limits(memory_bytes=64 << 20), argv=[sys.executable, "-c", "b = bytearray(1 << 30); b[::4096] = b'x' * len(b[::4096])"]
+            None,
+            Limits(memory_bytes=64 << 20),
+            argv=[sys.executable, "-c", "b = bytearray(1 << 30); b[::4096] = b'x' * len(b[::4096])"],
         )
         self.assertEqual(r.status, Status.MEMORY_LIMIT if self.sandbox.cgroups else Status.NONZERO_EXIT)
         if self.sandbox.cgroups:
@@ -190,7 +193,9 @@ class HostileTests(unittest.TestCase):
             f.write("keep me")
         os.chmod(victim_dir, 0o755)
         self.addCleanup(lambda: (os.unlink(victim), os.rmdir(victim_dir)))
-        r = await self.run_job(f"ln -s {victim} link; ln -s {victim_dir} dirlink; mkdir -p d/e; ln -s / d/e/root; echo ok")
+        r = await self.run_job(
+            f"ln -s {victim} link; ln -s {victim_dir} dirlink; mkdir -p d/e; ln -s / d/e/root; echo ok"
+        )
         self.assertEqual(r.stdout, b"ok\n")
         with open(victim) as f:
             self.assertEqual(f.read(), "keep me")
@@ -228,7 +233,9 @@ class HostileTests(unittest.TestCase):
     async def test_fifty_jobs_racing_their_cleanups(self):
         results = await defer.gatherResults(
             [
-                self.sandbox.run(["sh", "-c", f"(setsid sleep 100 &); echo x > /tmp/f; echo {i}"], Limits(wall_seconds=30))
+                self.sandbox.run(
+                    ["sh", "-c", f"(setsid sleep 100 &); echo x > /tmp/f; echo {i}"], Limits(wall_seconds=30)
+                )
                 for i in range(50)
             ]
         )
@@ -237,7 +244,9 @@ class HostileTests(unittest.TestCase):
         self.assertEqual((self.sandbox.pool.free, self.sandbox.pool.waiting), (4, 0))
         for user in self.sandbox.pool._all:
             self.assertEqual(processes_of(user.uid), [])
-        self.assertEqual(os.listdir(self.sandbox.job_root), [])
+        for name in os.listdir(self.sandbox.job_root):
+            path = os.path.join(self.sandbox.job_root, name)
+            self.assertFalse(os.path.ismount(path) or os.listdir(path), f"{path} left behind")
 
 
 class UnprivilegedTests(unittest.TestCase):

@@ -46,7 +46,9 @@ class PoolTests(unittest.TestCase):
         pool = SlotPool(["a"])
         self.assertRaises(ValueError, pool.release, "a")
 
-    @given(st.integers(1, 5), st.lists(st.tuples(st.sampled_from(["acquire", "release", "cancel"]), st.integers(0, 20))))
+    @given(
+        st.integers(1, 5), st.lists(st.tuples(st.sampled_from(["acquire", "release", "cancel"]), st.integers(0, 20)))
+    )
     def test_invariants(self, size, ops):
         pool = SlotPool(range(size))
         held, waiters = [], []

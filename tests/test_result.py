@@ -11,7 +11,15 @@ from mathrun.sandbox.result import ReportError, Status, classify, parse_report
 
 
 def report(**fields):
-    base = {"utime": "0.5", "stime": "0.25", "maxrss_kb": "1000", "wall": "1.0", "leftover": "0", "killed": "0", "remaining": "0"}
+    base = {
+        "utime": "0.5",
+        "stime": "0.25",
+        "maxrss_kb": "1000",
+        "wall": "1.0",
+        "leftover": "0",
+        "killed": "0",
+        "remaining": "0",
+    }
     base.update({k: str(v) for k, v in fields.items()})
     status = base.pop("status")
     return parse_report(("status=" + status + " " + " ".join(f"{k}={v}" for k, v in base.items()) + "\n").encode())
@@ -19,14 +27,25 @@ def report(**fields):
 
 class ParseTests(unittest.TestCase):
     def test_exited(self):
-        r = parse_report(b"status=exited code=3 utime=0.001000 stime=0.002000 maxrss_kb=900 wall=0.003 leftover=1 killed=0 remaining=0\n")
+        r = parse_report(
+            b"status=exited code=3 utime=0.001000 stime=0.002000 maxrss_kb=900 wall=0.003 leftover=1 killed=0 remaining=0\n"
+        )
         self.assertEqual(r["status"], "exited")
         self.assertEqual(r["code"], 3)
         self.assertEqual(r["utime"], 0.001)
         self.assertEqual(r["leftover"], 1)
 
     def test_garbage(self):
-        for line in (b"", b"\xff", b"status=weird", b"status=exited", b"status=exited code=x", b"status=exited code=1 code=2", b"a b", b"status=exited code=1\nstatus=exited code=2"):
+        for line in (
+            b"",
+            b"\xff",
+            b"status=weird",
+            b"status=exited",
+            b"status=exited code=x",
+            b"status=exited code=1 code=2",
+            b"a b",
+            b"status=exited code=1\nstatus=exited code=2",
+        ):
             self.assertRaises(ReportError, parse_report, line)
 
     @given(st.binary(max_size=200))
@@ -56,8 +75,12 @@ class ClassifyTests(unittest.TestCase):
         r = classify(report(status="signalled", signal=int(signal.SIGSEGV)), self.limits)
         self.assertEqual((r.status, r.signal), (Status.SIGNALLED, signal.SIGSEGV))
         self.assertIn("SIGSEGV", r.describe())
-        self.assertEqual(classify(report(status="signalled", signal=int(signal.SIGXCPU)), self.limits).status, Status.TIME_LIMIT)
-        self.assertEqual(classify(report(status="signalled", signal=int(signal.SIGXFSZ)), self.limits).status, Status.OUTPUT_LIMIT)
+        self.assertEqual(
+            classify(report(status="signalled", signal=int(signal.SIGXCPU)), self.limits).status, Status.TIME_LIMIT
+        )
+        self.assertEqual(
+            classify(report(status="signalled", signal=int(signal.SIGXFSZ)), self.limits).status, Status.OUTPUT_LIMIT
+        )
 
     def test_sigkill_after_cpu_limit_is_time_limit(self):
         r = classify(report(status="signalled", signal=9, utime=1.5, stime=0.6), self.limits)
@@ -76,6 +99,7 @@ class ClassifyTests(unittest.TestCase):
 
     def test_failures_are_internal_errors(self):
         self.assertEqual(classify(None, self.limits).status, Status.INTERNAL_ERROR)
+        self.assertEqual(classify(None, self.limits, cause=Status.CANCELLED).status, Status.CANCELLED)
         r = classify(report(status="failed", stage="exec", errno=2), self.limits)
         self.assertEqual(r.status, Status.INTERNAL_ERROR)
         self.assertIn("starting the program failed: No such file or directory", r.detail)

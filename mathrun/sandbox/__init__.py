@@ -7,6 +7,14 @@ from .result import JobResult, Status
 from .sandbox import Job, Lease, Sandbox, SandboxConfig
 
 __all__ = [
-    "Job", "JobResult", "JobUser", "Lease", "Limits", "PoolExhausted",
-    "Sandbox", "SandboxConfig", "SlotPool", "Status",
+    "Job",
+    "JobResult",
+    "JobUser",
+    "Lease",
+    "Limits",
+    "PoolExhausted",
+    "Sandbox",
+    "SandboxConfig",
+    "SlotPool",
+    "Status",
 ]

@@ -9,7 +9,6 @@ neither, ``detect`` returns None and the sandbox falls back to rlimits.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 ROOT = "/sys/fs/cgroup"
 
@@ -27,35 +26,39 @@ def _write(path: str, value: str) -> None:
 class SlotCgroup:
     """The cgroup (one per controller in v1) of one job user."""
 
-    def __init__(self, version: int, memory_dir: str, pids_dir: Optional[str]):
+    def __init__(self, version: int, memory_dir: str, pids_dir: str | None):
         self.version = version
         self.memory_dir = memory_dir
         self.pids_dir = pids_dir
+        self._written = {}
+        self._oom_before = self.oom_kills()
+
+    def _set(self, path: str, value: str) -> None:
+        """Write a limit unless this slot's last job had the same one."""
+        if self._written.get(path) != value:
+            _write(path, value)
+            self._written[path] = value
 
     @property
     def dirs(self) -> list[str]:
         """Directories the jail writes the job's pid into."""
         return [d for d in (self.memory_dir, self.pids_dir) if d]
 
-    def prepare(self, memory_bytes: Optional[int], processes: Optional[int]) -> None:
+    def prepare(self, memory_bytes: int | None, processes: int | None) -> None:
         """Set this job's limits and reset the peak and the OOM count."""
         if self.version == 1:
-            _write(self._m("memory.limit_in_bytes"), str(memory_bytes or -1))
+            self._set(self._m("memory.limit_in_bytes"), str(memory_bytes or -1))
             _write(self._m("memory.max_usage_in_bytes"), "0")
-            if self.pids_dir:
-                _write(os.path.join(self.pids_dir, "pids.max"), str(processes or "max"))
         else:
-            _write(self._m("memory.max"), str(memory_bytes or "max"))
+            self._set(self._m("memory.max"), str(memory_bytes or "max"))
             if os.path.exists(self._m("memory.swap.max")):
-                _write(self._m("memory.swap.max"), "0")
-            if os.path.exists(self._m("memory.peak")):
-                try:
-                    _write(self._m("memory.peak"), "0")  # resettable since Linux 6.12
-                except OSError:
-                    pass
-            if self.pids_dir:
-                _write(os.path.join(self.pids_dir, "pids.max"), str(processes or "max"))
-        self._oom_before = self.oom_kills()
+                self._set(self._m("memory.swap.max"), "0")
+            try:
+                _write(self._m("memory.peak"), "0")  # resettable since Linux 6.12
+            except OSError:
+                pass
+        if self.pids_dir:
+            self._set(os.path.join(self.pids_dir, "pids.max"), str(processes or "max"))
 
     def _m(self, name: str) -> str:
         return os.path.join(self.memory_dir, name)
@@ -69,10 +72,13 @@ class SlotCgroup:
         return 0
 
     def oom_killed(self) -> bool:
-        """Whether the kernel killed a process of this job for memory."""
-        return self.oom_kills() > getattr(self, "_oom_before", 0)
+        """Whether the kernel killed a process of this job for memory (the
+        slot is this job's alone, so the count since the last job is its)."""
+        now = self.oom_kills()
+        killed, self._oom_before = now > self._oom_before, now
+        return killed
 
-    def peak_memory(self) -> Optional[int]:
+    def peak_memory(self) -> int | None:
         name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
         try:
             return int(_read(self._m(name)))
@@ -83,7 +89,7 @@ class SlotCgroup:
 class Cgroups:
     """The ``mathrun`` cgroup subtree and its per-user children."""
 
-    def __init__(self, version: int, memory_root: str, pids_root: Optional[str]):
+    def __init__(self, version: int, memory_root: str, pids_root: str | None):
         self.version = version
         self.memory_root = memory_root
         self.pids_root = pids_root
@@ -100,7 +106,7 @@ class Cgroups:
         return SlotCgroup(self.version, memory, pids)
 
 
-def detect(root: str = ROOT, name: str = "mathrun") -> Optional[Cgroups]:
+def detect(root: str = ROOT, name: str = "mathrun") -> Cgroups | None:
     """The cgroups this host offers for jobs, set up under ``name``, or None."""
     try:
         controllers = _read(os.path.join(root, "cgroup.controllers")).split()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Optional
 
 MiB = 1024 * 1024
 
@@ -24,15 +23,15 @@ class Limits:
     (RLIMIT_NPROC, and pids.max where cgroups exist).
     """
 
-    cpu_seconds: Optional[float] = 10.0
-    wall_seconds: Optional[float] = 20.0
-    memory_bytes: Optional[int] = 512 * MiB
-    address_space_bytes: Optional[int] = None
-    file_size_bytes: Optional[int] = 64 * MiB
-    open_files: Optional[int] = 256
-    processes: Optional[int] = 64
-    output_bytes: Optional[int] = 16 * MiB
-    workspace_bytes: Optional[int] = 128 * MiB
+    cpu_seconds: float | None = 10.0
+    wall_seconds: float | None = 20.0
+    memory_bytes: int | None = 512 * MiB
+    address_space_bytes: int | None = None
+    file_size_bytes: int | None = 64 * MiB
+    open_files: int | None = 256
+    processes: int | None = 64
+    output_bytes: int | None = 16 * MiB
+    workspace_bytes: int | None = 128 * MiB
 
     def __post_init__(self):
         for f in fields(self):
@@ -44,7 +43,7 @@ class Limits:
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{f.name} must be positive, not {value!r}")
 
-    def capped_by(self, maximum: "Limits") -> "Limits":
+    def capped_by(self, maximum: Limits) -> Limits:
         """Each limit lowered to the operator's maximum (None there: no cap)."""
         changes = {}
         for f in fields(self):
@@ -53,7 +52,7 @@ class Limits:
                 changes[f.name] = cap
         return replace(self, **changes)
 
-    def with_changes(self, **changes) -> "Limits":
+    def with_changes(self, **changes) -> Limits:
         return replace(self, **changes)
 
     def jail_args(self, memory_in_cgroup: bool) -> list[str]:

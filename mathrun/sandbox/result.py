@@ -11,7 +11,6 @@ import errno
 import os
 import signal
 from dataclasses import dataclass
-from typing import Optional
 
 from .limits import Limits
 
@@ -37,12 +36,12 @@ class JobResult:
     """
 
     status: Status
-    exit_code: Optional[int] = None
-    signal: Optional[int] = None
+    exit_code: int | None = None
+    signal: int | None = None
     user_cpu: float = 0.0
     system_cpu: float = 0.0
     wall: float = 0.0
-    peak_memory: Optional[int] = None
+    peak_memory: int | None = None
     leftover: bool = False
     detail: str = ""
     stdout: bytes = b""
@@ -85,7 +84,7 @@ def parse_report(line: bytes) -> dict:
     try:
         text = line.decode("ascii").strip()
     except UnicodeDecodeError:
-        raise ReportError("report is not ASCII")
+        raise ReportError("report is not ASCII") from None
     if not text or "\n" in text:
         raise ReportError(f"expected one report line, got {text!r}")
     report = {}
@@ -101,7 +100,7 @@ def parse_report(line: bytes) -> dict:
             else:
                 report[key] = value
         except ValueError:
-            raise ReportError(f"bad value in report field {item!r}")
+            raise ReportError(f"bad value in report field {item!r}") from None
     status = report.get("status")
     if status not in _STATUSES:
         raise ReportError(f"unknown status {status!r}")
@@ -112,11 +111,11 @@ def parse_report(line: bytes) -> dict:
 
 
 def classify(
-    report: Optional[dict],
+    report: dict | None,
     limits: Limits,
-    cause: Optional[Status] = None,
+    cause: Status | None = None,
     oom_killed: bool = False,
-    peak_memory: Optional[int] = None,
+    peak_memory: int | None = None,
     problem: str = "",
 ) -> JobResult:
     """The verdict on one job.
@@ -125,6 +124,9 @@ def classify(
     which wins over how the process died: the server killed it.
     """
     if report is None:
+        if cause is not None:
+            # Stopped before the jail had set up its signal handling: nothing ran.
+            return JobResult(cause, detail="stopped before it started")
         return JobResult(Status.INTERNAL_ERROR, detail=problem or "no report from the jail")
     common = dict(
         user_cpu=report.get("utime", 0.0),

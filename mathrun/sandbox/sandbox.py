@@ -16,8 +16,8 @@ import itertools
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
@@ -40,19 +40,25 @@ class SandboxConfig:
     jobs: int = 8
     user_prefix: str = "mathrun"
     helper_user: str = "mathrun"
-    job_root: Optional[str] = None
+    job_root: str | None = None
     jail: str = DEFAULT_JAIL
-    privileged: Optional[bool] = None
+    privileged: bool | None = None
     network: bool = False
     use_cgroups: bool = True
     limits: Limits = field(default_factory=Limits)
     max_limits: Limits = field(
         default_factory=lambda: Limits(
-            cpu_seconds=300, wall_seconds=600, memory_bytes=4 << 30, file_size_bytes=1 << 30,
-            open_files=1024, processes=256, output_bytes=256 << 20, workspace_bytes=1 << 30,
+            cpu_seconds=300,
+            wall_seconds=600,
+            memory_bytes=4 << 30,
+            file_size_bytes=1 << 30,
+            open_files=1024,
+            processes=256,
+            output_bytes=256 << 20,
+            workspace_bytes=1 << 30,
         )
     )
-    max_waiting: Optional[int] = None
+    max_waiting: int | None = None
 
     def resolved_job_root(self, privileged: bool) -> str:
         if self.job_root:
@@ -65,18 +71,29 @@ class SandboxConfig:
 class Job:
     """One running program in a lease; ``done`` fires with its JobResult."""
 
-    def __init__(self, lease, limits: Limits, on_output: Optional[Callable[[str, bytes], None]]):
+    def __init__(self, lease, limits: Limits, on_output: Callable[[str, bytes], None] | None):
         self.lease = lease
         self.limits = limits
-        self.done = defer.Deferred()
+        self.result: JobResult | None = None
+        self._waiters: list[defer.Deferred] = []
         self._on_output = on_output
         self._chunks = {1: [], 2: []}
         self._report = b""
         self._output = 0
-        self._cause: Optional[Status] = None
+        self._cause: Status | None = None
         self._transport = None
         self._timer = None
         self._ended = False
+
+    @property
+    def done(self) -> defer.Deferred:
+        """A new Deferred for each caller, firing with the JobResult (so
+        that several parties can wait without taking it from each other)."""
+        if self.result is not None:
+            return defer.succeed(self.result)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
 
     # -- control ------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -113,9 +130,7 @@ class Job:
     def _started(self, transport) -> None:
         self._transport = transport
         if self.limits.wall_seconds is not None:
-            self._timer = self.lease.sandbox.reactor.callLater(
-                self.limits.wall_seconds, self.stop, Status.TIME_LIMIT
-            )
+            self._timer = self.lease.sandbox.reactor.callLater(self.limits.wall_seconds, self.stop, Status.TIME_LIMIT)
 
     def _data(self, fd: int, data: bytes) -> None:
         if fd == 3:
@@ -146,6 +161,8 @@ class Job:
             report = parse_report(self._report)
         except ReportError as e:
             report, problem = None, f"jail report unreadable: {e}"
+            # The jail died early or was killed: make sure of the cleanup.
+            self.lease.external_processes = True
         cgroup = self.lease.cgroup
         result = classify(
             report,
@@ -157,8 +174,11 @@ class Job:
         )
         if self._on_output is None:
             result = _with_output(result, b"".join(self._chunks[1]), b"".join(self._chunks[2]))
+        self.result = result
         self.lease.sandbox._job_finished(self, result)
-        self.done.callback(result)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(result)
 
 
 def _with_output(result: JobResult, stdout: bytes, stderr: bytes) -> JobResult:
@@ -182,21 +202,21 @@ class _JailProtocol(protocol.ProcessProtocol):
 class Lease:
     """A job user and a workspace, held until ``release``."""
 
-    def __init__(self, sandbox: "Sandbox", user: JobUser, workspace: Workspace, cgroup):
+    def __init__(self, sandbox: Sandbox, user: JobUser, workspace: Workspace, cgroup):
         self.sandbox = sandbox
         self.user = user
         self.workspace = workspace
         self.cgroup = cgroup
-        self.job: Optional[Job] = None
+        self.job: Job | None = None
         self.external_processes = False
         self._released = None
 
     def spawn(
         self,
         argv: list[str],
-        limits: Optional[Limits] = None,
-        env: Optional[dict] = None,
-        on_output: Optional[Callable[[str, bytes], None]] = None,
+        limits: Limits | None = None,
+        env: dict | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> Job:
         """Start ``argv`` in the sandbox.  Output is collected into the
         result unless ``on_output(stream, data)`` takes it as it comes."""
@@ -238,7 +258,7 @@ class Sandbox:
 
     log = Logger()
 
-    def __init__(self, config: Optional[SandboxConfig] = None, reactor=None):
+    def __init__(self, config: SandboxConfig | None = None, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -248,8 +268,8 @@ class Sandbox:
         self.netns = os.path.join(os.path.dirname(self.job_root), "netns")
         self.kill_lock = os.path.join(os.path.dirname(self.job_root), "kill.lock")
         self.cgroups = None
-        self.helper: Optional[JobUser] = None
-        self.pool: Optional[SlotPool] = None
+        self.helper: JobUser | None = None
+        self.pool: SlotPool | None = None
         self._slot_cgroups = {}
         self._seq = itertools.count(1)
         self.leases: set[Lease] = set()
@@ -305,7 +325,8 @@ class Sandbox:
             path = os.path.join(self.job_root, name)
             if os.path.ismount(path):
                 unmount(path)
-            Workspace(path, None, False, None).remove()
+            if not self.privileged:
+                Workspace(path, None, False, None).remove()
 
     def _reap(self, user: JobUser) -> None:
         subprocess.run([self.config.jail, "reap", "--uid", str(user.uid)] + self._kill_options(), check=True)
@@ -327,7 +348,7 @@ class Sandbox:
         return opts
 
     # -- leases ---------------------------------------------------------------
-    def acquire(self, workspace_bytes: Optional[int] = None) -> defer.Deferred:
+    def acquire(self, workspace_bytes: int | None = None) -> defer.Deferred:
         """A Deferred firing with a Lease once a job user is free.
 
         The workspace's size is fixed here (default: the configured limits'
@@ -337,8 +358,9 @@ class Sandbox:
         d.addCallback(self._lease, workspace_bytes or self.config.limits.workspace_bytes)
         return d
 
-    def _lease(self, user: JobUser, workspace_bytes: Optional[int]) -> Lease:
-        root = os.path.join(self.job_root, f"{user.name}.{next(self._seq)}")
+    def _lease(self, user: JobUser, workspace_bytes: int | None) -> Lease:
+        name = user.name if self.privileged else f"{user.name}.{next(self._seq)}"
+        root = os.path.join(self.job_root, name)
         size = min(workspace_bytes, self.config.max_limits.workspace_bytes or workspace_bytes)
         workspace = Workspace(root, user, self.privileged, size)
         try:

@@ -3,7 +3,9 @@
 As root, a workspace is its own size-limited tmpfs, owned by the job user and
 mode 0700: a job cannot fill the host's disk, other job users cannot look in,
 and removal is an unmount: no path inside the job's reach is ever followed
-with privileges.  The job's private /tmp, /var/tmp and /dev/shm live in it
+with privileges.  The mount point (one per job user, root's, empty when
+unmounted) is kept: creating and removing a directory costs more here than
+the mount itself.  The job's private /tmp, /var/tmp and /dev/shm live in it
 too (``tmp/``), so they vanish with it.
 
 Unprivileged, it is a plain directory removed with the fd-based
@@ -59,8 +61,12 @@ class Workspace:
         self._mounted = False
 
     def create(self) -> None:
-        os.mkdir(self.root, 0o700)
-        if self.privileged:
+        if not self.privileged:
+            os.mkdir(self.root, 0o700)
+        else:
+            if os.path.ismount(self.root):
+                raise OSError(errno.EBUSY, f"{self.root} is still mounted")
+            os.makedirs(self.root, 0o700, exist_ok=True)
             size = self.size or 64 * 1024 * 1024
             mount_tmpfs(self.root, size, max(1024, size // 16384), self.owner.uid, self.owner.gid)
             self._mounted = True
@@ -74,7 +80,6 @@ class Workspace:
         if self._mounted:
             unmount(self.root)
             self._mounted = False
-            os.rmdir(self.root)
         elif os.path.lexists(self.root):
             shutil.rmtree(self.root)
 
@@ -148,4 +153,4 @@ def _safe_parts(name: str) -> list[str]:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]

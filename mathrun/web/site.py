@@ -6,7 +6,7 @@ import json
 
 from prometheus_client.twisted import MetricsResource
 from twisted.internet import defer
-from twisted.web import resource, server
+from twisted.web import pages, resource, server
 
 
 class HealthResource(resource.Resource):
@@ -67,7 +67,7 @@ class Root(resource.Resource):
     def getChild(self, path, request):
         if path == b"":
             return self
-        return super().getChild(path, request)
+        return pages.notFound()
 
     def render_GET(self, request):
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")

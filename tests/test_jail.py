@@ -1,0 +1,99 @@
+"""The C jail helper's own refusals and reports, run directly."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+
+from twisted.trial import unittest
+
+from mathrun.sandbox.result import parse_report
+from mathrun.sandbox.sandbox import DEFAULT_JAIL
+
+from .helpers import ROOT
+
+
+def jail(*args, **kw):
+    r, w = os.pipe()
+    proc = subprocess.run([DEFAULT_JAIL, *args], pass_fds=(w,), capture_output=True, **kw)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        report = f.read()
+    return proc, report
+
+
+class JailTests(unittest.TestCase):
+    def test_usage(self):
+        for args in (
+            [],
+            ["bogus"],
+            ["run"],
+            ["run", "--cpu", "x", "--", "true"],
+            ["reap", "--uid", "0", "--kill-ruid", "1"],
+        ):
+            proc, _ = jail(*args)
+            self.assertEqual(proc.returncode, 2, args)
+            self.assertIn(b"mathrun-jail", proc.stderr)
+
+    def test_refuses_root_jobs(self):
+        for uid, gid in (("0", "100"), ("100", "0")):
+            proc, report = jail(
+                "run", "--uid", uid, "--gid", gid, "--kill-ruid", "99", "--report-fd", "3", "--", "true"
+            )
+            self.assertEqual(proc.returncode, 2)
+            self.assertIn(b"refusing to run a job as root", proc.stderr)
+
+    def test_refuses_root_as_killer(self):
+        proc, _ = jail("run", "--uid", "100", "--gid", "100", "--kill-ruid", "0", "--", "true")
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn(b"another unprivileged user", proc.stderr)
+
+    def test_report(self):
+        w = os.pipe()
+        proc = subprocess.run(
+            [DEFAULT_JAIL, "run", "--report-fd", str(w[1]), "--", "sh", "-c", "exit 5"],
+            pass_fds=(w[1],),
+            capture_output=True,
+        )
+        os.close(w[1])
+        report = parse_report(os.read(w[0], 4096))
+        os.close(w[0])
+        self.assertEqual(proc.returncode, 0)
+        self.assertEqual((report["status"], report["code"], report["remaining"]), ("exited", 5, 0))
+
+    def test_job_runs_as_the_job_user_without_privileges(self):
+        if not ROOT:
+            raise unittest.SkipTest("needs root")
+        user, helper = pwd.getpwnam("mathrun-1"), pwd.getpwnam("mathrun")
+        w = os.pipe()
+        proc = subprocess.run(
+            [
+                DEFAULT_JAIL,
+                "run",
+                "--uid",
+                str(user.pw_uid),
+                "--gid",
+                str(user.pw_gid),
+                "--kill-ruid",
+                str(helper.pw_uid),
+                "--report-fd",
+                str(w[1]),
+                "--dir",
+                "/",
+                "--",
+                "sh",
+                "-c",
+                "id -u; id -G; grep -E 'NoNewPrivs|CapEff' /proc/self/status",
+            ],
+            pass_fds=(w[1],),
+            capture_output=True,
+            text=True,
+        )
+        os.close(w[1])
+        os.close(w[0])
+        lines = proc.stdout.split("\n")
+        self.assertEqual(lines[0], str(user.pw_uid))
+        self.assertEqual(lines[1], str(user.pw_gid))
+        self.assertIn("NoNewPrivs:\t1", proc.stdout)
+        self.assertIn("CapEff:\t0000000000000000", proc.stdout)

@@ -1,0 +1,56 @@
+"""Options: command line over configuration file over defaults."""
+
+import os
+import tempfile
+
+from twisted.python import usage
+from twisted.trial import unittest
+
+from mathrun.options import Options
+from mathrun.service import sandbox_config
+
+
+def ini(text):
+    fd, path = tempfile.mkstemp(suffix=".ini")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+class OptionsTests(unittest.TestCase):
+    def test_defaults(self):
+        o = Options()
+        o.parseOptions([])
+        self.assertEqual(o["http"], "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(o["why3-socket"], "/run/mathrun/why3.sock")
+        self.assertFalse(o["no-why3"])
+        config = sandbox_config(o)
+        self.assertEqual(config.limits.memory_bytes, 512 << 20)
+        self.assertIsNone(config.privileged)
+        self.assertFalse(config.network)
+
+    def test_file_then_command_line(self):
+        path = ini("[mathrun]\nhttp = tcp:9999\njobs = 3\nno-why3 = true\nmemory-limit = 64\n")
+        self.addCleanup(os.unlink, path)
+        o = Options()
+        o.parseOptions(["--config", path, "--jobs", "5"])
+        self.assertEqual((o["http"], o["jobs"], o["no-why3"]), ("tcp:9999", 5, True))
+        self.assertEqual(sandbox_config(o).limits.memory_bytes, 64 << 20)
+
+    def test_bad_files(self):
+        for text, message in [
+            ("[other]\n", "no [mathrun] section"),
+            ("[mathrun]\nbogus = 1\n", "unknown option 'bogus'"),
+            ("[mathrun]\njobs = 0\n", "jobs"),
+            ("[mathrun]\nno-why3 = maybe\n", "true or false"),
+        ]:
+            path = ini(text)
+            self.addCleanup(os.unlink, path)
+            e = self.assertRaises(usage.UsageError, Options().parseOptions, ["--config", path])
+            self.assertIn(message, str(e))
+        e = self.assertRaises(usage.UsageError, Options().parseOptions, ["--config", "/nonexistent.ini"])
+        self.assertIn("cannot read", str(e))
+
+    def test_bad_values(self):
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--jobs", "x"])
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--wall-limit", "-1"])
