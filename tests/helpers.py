@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 from twisted.internet import defer, reactor
 
@@ -17,9 +19,18 @@ def within(d: defer.Deferred, seconds: float = TIMEOUT) -> defer.Deferred:
     return d.addTimeout(seconds, reactor)
 
 
+def temp_dir(testcase, prefix="mathrun-test-") -> str:
+    path = tempfile.mkdtemp(prefix=prefix)
+    testcase.addCleanup(shutil.rmtree, path, True)
+    return path
+
+
 def make_sandbox(testcase, **config) -> Sandbox:
-    """A started sandbox whose leases are all released after the test."""
+    """A started sandbox whose leases are all released after the test
+    (unprivileged, in a temporary job root, when not run as root)."""
     config.setdefault("jobs", 4)
+    if not ROOT and "job_root" not in config:
+        config.update(privileged=False, job_root=os.path.join(temp_dir(testcase), "jobs"))
     sandbox = Sandbox(SandboxConfig(**config))
     sandbox.start()
     testcase.addCleanup(lambda: within(sandbox.stop()))

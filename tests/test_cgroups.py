@@ -1,15 +1,16 @@
 """cgroup handling, on a fake v2 tree (this host has v1) and on the real host."""
 
 import os
-import tempfile
 
 from twisted.trial import unittest
 
 from mathrun.sandbox import cgroups
 
+from .helpers import temp_dir
 
-def fake_v2(controllers="cpu memory pids"):
-    root = tempfile.mkdtemp()
+
+def fake_v2(testcase, controllers="cpu memory pids"):
+    root = temp_dir(testcase)
     with open(os.path.join(root, "cgroup.controllers"), "w") as f:
         f.write(controllers + "\n")
     open(os.path.join(root, "cgroup.subtree_control"), "w").close()
@@ -24,7 +25,7 @@ def seed(slot_dir, events="oom 0\noom_kill 0\n"):
 
 class V2Tests(unittest.TestCase):
     def test_detect_and_limits(self):
-        root = fake_v2()
+        root = fake_v2(self)
         cg = cgroups.detect(root)
         self.assertEqual(
             (cg.version, cg.memory_root, cg.pids_root),
@@ -47,10 +48,10 @@ class V2Tests(unittest.TestCase):
         self.assertFalse(slot.oom_killed())  # counted once, for the job it happened in
 
     def test_no_memory_controller(self):
-        self.assertIsNone(cgroups.detect(fake_v2("cpu pids")))
+        self.assertIsNone(cgroups.detect(fake_v2(self, "cpu pids")))
 
     def test_nothing_at_all(self):
-        self.assertIsNone(cgroups.detect(tempfile.mkdtemp()))
+        self.assertIsNone(cgroups.detect(temp_dir(self)))
 
 
 class HostTests(unittest.TestCase):

@@ -8,17 +8,15 @@ temporary directories, and the sandbox still serving the next job.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import sys
-import tempfile
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from mathrun.sandbox import Limits, Status
 
-from .helpers import ROOT, async_test, make_sandbox, processes_of
+from .helpers import ROOT, async_test, make_sandbox, processes_of, temp_dir
 
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 
@@ -187,12 +185,11 @@ class HostileTests(unittest.TestCase):
 
     @async_test
     async def test_planted_symlinks_are_not_followed_by_cleanup(self):
-        victim_dir = tempfile.mkdtemp(prefix="mathrun-victim-")
+        victim_dir = temp_dir(self, "mathrun-victim-")
         victim = os.path.join(victim_dir, "precious")
         with open(victim, "w") as f:
             f.write("keep me")
         os.chmod(victim_dir, 0o755)
-        self.addCleanup(lambda: (os.unlink(victim), os.rmdir(victim_dir)))
         r = await self.run_job(
             f"ln -s {victim} link; ln -s {victim_dir} dirlink; mkdir -p d/e; ln -s / d/e/root; echo ok"
         )
@@ -253,8 +250,7 @@ class UnprivilegedTests(unittest.TestCase):
     """Without job users the jail still kills everything the job started."""
 
     def setUp(self):
-        root = tempfile.mkdtemp(prefix="mathrun-unpriv-")
-        self.addCleanup(shutil.rmtree, root)
+        root = temp_dir(self, "mathrun-unpriv-")
         self.sandbox = make_sandbox(self, jobs=2, privileged=False, job_root=os.path.join(root, "jobs"))
 
     @async_test

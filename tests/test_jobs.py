@@ -5,22 +5,18 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from mathrun.sandbox import Limits, Status
 
-from .helpers import ROOT, async_test, make_sandbox
+from .helpers import async_test, make_sandbox
 
 
 class JobTests(unittest.TestCase):
     def setUp(self):
-        config = {}
-        if not ROOT:
-            config = {"privileged": False, "job_root": os.path.join(tempfile.mkdtemp(), "jobs")}
-        self.sandbox = make_sandbox(self, jobs=2, **config)
+        self.sandbox = make_sandbox(self, jobs=2)
 
     @async_test
     async def test_stdin_and_separate_streams(self):

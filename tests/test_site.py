@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 
 import treq
 from prometheus_client import CollectorRegistry
@@ -14,13 +12,12 @@ from twisted.trial import unittest
 from mathrun.metrics import SandboxMetrics
 from mathrun.web.site import build_site
 
-from .helpers import ROOT, async_test, make_sandbox, within
+from .helpers import async_test, make_sandbox, within
 
 
 class SiteTests(unittest.TestCase):
     def setUp(self):
-        config = {} if ROOT else {"privileged": False, "job_root": os.path.join(tempfile.mkdtemp(), "jobs")}
-        self.sandbox = make_sandbox(self, jobs=2, **config)
+        self.sandbox = make_sandbox(self, jobs=2)
         registry = CollectorRegistry()
         SandboxMetrics(registry, self.sandbox)
         port = reactor.listenTCP(0, build_site(self.sandbox, registry), interface="127.0.0.1")

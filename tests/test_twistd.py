@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,7 @@ def free_port() -> int:
 class TwistdTests(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="mathrun-twistd-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
         self.port = free_port()
 
     def start(self, *args) -> subprocess.Popen:

@@ -102,6 +102,13 @@ class Workspace:
             os.close(fd)
         return target
 
+    def make_dir(self, name: str, mode: int = 0o755) -> str:
+        """A directory for the job (made before it starts)."""
+        path = os.path.join(self.path, *_safe_parts(name))
+        os.mkdir(path, mode)
+        self._chown(path)
+        return path
+
     def _chown(self, path: str) -> None:
         if self.privileged:
             os.chown(path, self.owner.uid, self.owner.gid, follow_symlinks=False)

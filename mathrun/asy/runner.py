@@ -1,0 +1,219 @@
+"""One Asymptote run in the sandbox, independent of how it was asked for.
+
+The runner WebSocket protocol and the queue's local back ends both drive an
+:class:`AsyRun`: files go in, options are set, ``start`` runs ``asy`` as a
+job user, and the run reports to a sink as it goes (``output``), at the end
+(``result`` for each image, then ``complete``).  Success means "an image was
+written": asy exits 0 when it fails to render (3D without ``-render 0``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from ..sandbox import Limits, Status
+from .protocol import FileEntry, ProtocolError, RunOptions
+
+OUTPUT_DIR = "out"
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Operator settings of every run."""
+
+    asy: str = "asy"
+    default_timeout_ms: int = 30_000
+    max_timeout_ms: int = 60_000
+    interactive_timeout_ms: int = 600_000
+    output_limit: int = 1 << 20
+    max_files: int = 64
+    max_upload: int = 4 << 20
+    max_image: int = 32 << 20
+    memory_bytes: int = 1 << 30
+    workspace_bytes: int = 64 << 20
+
+
+def asy_command(config: RunnerConfig, options: RunOptions, main: str | None) -> list[str]:
+    """A command line that keeps asy to its directory and off any viewer."""
+    argv = [config.asy, "-noV", "-safe", "-noglobalread", "-noglobalwrite", "-render", "0"]
+    if options.interactive:
+        argv.append("-q")  # no welcome text; in file mode -q would also swallow write()
+    argv += ["-v"] * options.verbosity
+    argv += ["-f", options.format, "-o", f"{OUTPUT_DIR}/output"]
+    if main is not None:
+        argv.append(main)
+    return argv
+
+
+def asy_environment() -> dict:
+    """TeX may read and write only below the working directory, and never
+    run commands; asy's own settings live in the workspace."""
+    return {
+        "ASYMPTOTE_HOME": ".asy",
+        "openin_any": "p",
+        "openout_any": "p",
+        "shell_escape": "f",
+        "TEXMFOUTPUT": OUTPUT_DIR,
+    }
+
+
+class AsyRun:
+    """Files, options and at most one execution of asy.
+
+    ``sink`` gets ``output(stream, data)``, ``result(format, data)`` and
+    ``complete(success, error, time_ms)``; ``complete`` is called exactly
+    once after ``start`` (also when the run is aborted).
+    """
+
+    log = Logger()
+
+    def __init__(self, sandbox, sink, config: RunnerConfig | None = None, clock=time.monotonic):
+        self.sandbox = sandbox
+        self.sink = sink
+        self.config = config or RunnerConfig()
+        self.clock = clock
+        self.files: dict[str, bytes] = {}
+        self.main: str | None = None
+        self.options = RunOptions()
+        self.job = None
+        self.started = False
+        self.finished = False
+        self._timeout_ms = None
+        self._aborted = None
+
+    # -- set-up ---------------------------------------------------------------
+    def add(self, entry: FileEntry, data: bytes) -> None:
+        if self.started:
+            raise ProtocolError("add after run")
+        if entry.filename not in self.files and len(self.files) >= self.config.max_files:
+            raise ProtocolError(f"more than {self.config.max_files} files")
+        if (
+            sum(map(len, self.files.values())) - len(self.files.get(entry.filename, b"")) + len(data)
+            > self.config.max_upload
+        ):
+            raise ProtocolError(f"files larger than {self.config.max_upload} bytes in all")
+        self.files[entry.filename] = data
+        if entry.main:
+            self.main = entry.filename
+        elif self.main == entry.filename:
+            self.main = None
+
+    def timeout_ms(self) -> int:
+        if self.options.interactive and self.options.timeout is None:
+            return self.config.interactive_timeout_ms
+        return min(self.options.timeout or self.config.default_timeout_ms, self.config.max_timeout_ms)
+
+    # -- running ----------------------------------------------------------------
+    def start(self) -> defer.Deferred:
+        """Run asy; the Deferred fires (with None) after ``complete``."""
+        if self.started:
+            raise ProtocolError("run twice")
+        if not self.options.interactive and self.main is None:
+            raise ProtocolError("no main file: add one with main: true")
+        self.started = True
+        self._t0 = self.clock()
+        return defer.ensureDeferred(self._run())
+
+    def lower_timeout(self, timeout_ms: int) -> None:
+        """A later ``options {timeout}``: only ever shortens the run."""
+        if self.finished:
+            return
+        total = min(self._timeout_ms or timeout_ms, timeout_ms)
+        self._timeout_ms = total
+        if self.job is not None:
+            elapsed = self.clock() - self._t0
+            self.job.lower_wall_limit(max(0.0, total / 1000 - elapsed))
+
+    def write_input(self, data: bytes) -> None:
+        if not self.options.interactive:
+            raise ProtocolError("input is for interactive runs")
+        if self.job is not None and not self.finished:
+            self.job.write(data)
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Stop the run (client gone, halted by the queue); files are removed."""
+        self._aborted = reason
+        if self.job is not None and not self.finished:
+            self.job.stop(Status.CANCELLED)
+
+    async def _run(self):
+        self._timeout_ms = min(self._timeout_ms or self.timeout_ms(), self.timeout_ms())
+        lease = None
+        try:
+            lease = await self.sandbox.acquire(self.config.workspace_bytes)
+            for name, data in self.files.items():
+                lease.workspace.write_file(name, data)
+            lease.workspace.make_dir(OUTPUT_DIR)
+            limits = Limits(
+                cpu_seconds=self._timeout_ms / 1000,
+                wall_seconds=max(0.001, self._timeout_ms / 1000 - (self.clock() - self._t0)),
+                memory_bytes=self.config.memory_bytes,
+                output_bytes=self.config.output_limit,
+                workspace_bytes=self.config.workspace_bytes,
+                processes=32,
+            )
+            if self._aborted:
+                return self._complete(False, f"Execution {self._aborted}")
+            argv = asy_command(self.config, self.options, None if self.options.interactive else self.main)
+            self.job = lease.spawn(argv, limits, env=asy_environment(), on_output=self._output)
+            if not self.options.interactive:
+                self.job.close_stdin()
+            result = await self.job.done
+            self._finish(result, lease)
+        except Exception as e:
+            self.log.failure("asy run failed", e)
+            if not self.finished:
+                self._complete(False, f"Internal error: {e}")
+        finally:
+            if lease is not None:
+                await lease.release()
+
+    def _output(self, stream: str, data: bytes) -> None:
+        if self.options.stderr == "stdout":
+            stream = "stdout"
+        self.sink.output(stream, data)
+
+    def _finish(self, result, lease) -> None:
+        if self._aborted:
+            return self._complete(False, f"Execution {self._aborted}")
+        if result.status is Status.TIME_LIMIT:
+            return self._complete(False, f"Execution aborted due to the time limit ({self._timeout_ms}ms)")
+        if result.status is Status.OUTPUT_LIMIT:
+            return self._complete(False, f"Execution aborted due to the output limit ({self.config.output_limit}B)")
+        if result.status is Status.MEMORY_LIMIT:
+            return self._complete(False, f"Execution aborted due to the memory limit ({self.config.memory_bytes}B)")
+        if result.status is Status.SIGNALLED:
+            return self._complete(False, f"Execution failed with code {128 + result.signal}")
+        if result.status is Status.NONZERO_EXIT:
+            return self._complete(False, f"Execution failed with code {result.exit_code}")
+        if result.status is not Status.OK:
+            return self._complete(False, f"Internal error: {result.describe()}")
+        images = self._images(lease)
+        if not images:
+            return self._complete(False, "No image output")
+        for data in images:
+            self.sink.result(self.options.format, data)
+        self._complete(True, None)
+
+    def _images(self, lease) -> list[bytes]:
+        """Every image of the requested format in the output directory,
+        ``output`` first, then the other shipouts by name."""
+        suffix = "." + self.options.format
+        out = lease.workspace.path + "/" + OUTPUT_DIR
+        try:
+            names = sorted(n for n in os.listdir(out) if n.endswith(suffix))
+        except FileNotFoundError:
+            return []
+        names.sort(key=lambda n: n != "output" + suffix)
+        return [lease.workspace.read_file(f"{OUTPUT_DIR}/{n}", self.config.max_image) for n in names]
+
+    def _complete(self, success: bool, error: str | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.sink.complete(success, error, int((self.clock() - self._t0) * 1000))

@@ -1,0 +1,116 @@
+"""The Asymptote runner back end: WebSocket at "/", one job per connection.
+
+The protocol moves frames between the client and an :class:`AsyRun`; the
+factory owns policy: one connection at a time (a second one is refused with
+503 at the handshake), message sizes, handshake timeout, allowed origins.
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny
+from twisted.logger import Logger
+
+from .protocol import ProtocolError, Reassembler, encode, parse_add, parse_options, parse_timeout_update
+from .runner import AsyRun, RunnerConfig
+
+
+def limit_websocket(factory, max_message: int, origins, max_connections: int | None):
+    """Autobahn's defaults are no size limit, any origin, no connection cap."""
+    factory.setProtocolOptions(
+        maxFramePayloadSize=max_message,
+        maxMessagePayloadSize=max_message,
+        openHandshakeTimeout=10,
+        closeHandshakeTimeout=5,
+        allowedOrigins=list(origins),
+        maxConnections=max_connections,
+        autoPingInterval=30,
+        autoPingTimeout=30,
+    )
+
+
+class FrameSink:
+    """Turns a run's events into the runner protocol's frames."""
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+
+    def output(self, stream, data):
+        self.protocol.send("output", {"stream": stream}, data)
+
+    def result(self, fmt, data):
+        self.protocol.send("result", {"format": fmt}, data)
+
+    def complete(self, success, error, time_ms):
+        body = {"success": success, "time": time_ms}
+        if error:
+            body["error"] = error
+        self.protocol.send("complete", body)
+        self.protocol.sendClose(1000)
+
+
+class RunnerProtocol(WebSocketServerProtocol):
+    log = Logger()
+
+    def onConnect(self, request):
+        if self.factory.busy is not None:
+            raise ConnectionDeny(503, "runner busy: it serves one connection at a time")
+        self.factory.busy = self
+        return None
+
+    def onOpen(self):
+        self.frames = Reassembler(self.factory.config.max_upload)
+        self.run = AsyRun(self.factory.sandbox, FrameSink(self), self.factory.config)
+
+    def send(self, verb, body=None, payload: bytes | None = None):
+        if self.state != self.STATE_OPEN:
+            return
+        self.sendMessage(encode(verb, body).encode(), isBinary=False)
+        if payload is not None:
+            self.sendMessage(payload, isBinary=True)
+
+    def onMessage(self, data, isBinary):
+        try:
+            message = self.frames.feed(data, isBinary)
+            if message is not None:
+                self.handle(message)
+        except ProtocolError as e:
+            self.log.info("asy runner: refused message from {peer}: {error}", peer=self.peer, error=str(e))
+            if self.run.started:
+                self.run.abort("aborted: " + str(e))
+            else:
+                self.send("complete", {"success": False, "error": str(e)})
+                self.sendClose(1000)
+
+    def handle(self, message):
+        run = self.run
+        if message.verb == "add" and not run.started:
+            run.add(parse_add(message.body), message.payload)
+        elif message.verb == "options" and not run.started:
+            run.options = parse_options(message.body, run.options)
+        elif message.verb == "options":
+            run.lower_timeout(parse_timeout_update(message.body))
+        elif message.verb == "run" and not run.started:
+            run.start()
+        elif message.verb == "input" and run.started:
+            run.write_input(message.payload)
+        else:
+            raise ProtocolError(f"unexpected {message.verb!r} message")
+
+    def onClose(self, wasClean, code, reason):
+        run = getattr(self, "run", None)
+        if run is not None and run.started and not run.finished:
+            run.abort("aborted: connection closed")
+        if self.factory.busy is self:
+            self.factory.busy = None
+
+
+class RunnerFactory(WebSocketServerFactory):
+    protocol = RunnerProtocol
+
+    def __init__(self, sandbox, config: RunnerConfig | None = None, url=None, origins=("*",)):
+        super().__init__(url)
+        self.sandbox = sandbox
+        self.config = config or RunnerConfig()
+        self.busy = None
+        limit_websocket(self, self.config.max_upload + 4096, origins, max_connections=2)
