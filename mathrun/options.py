@@ -45,6 +45,7 @@ class Options(usage.Options):
 
     optFlags = [
         ["no-why3", None, "Do not serve Why3's VC server on the unix socket."],
+        ["no-asy", None, "Do not serve the Asymptote queue at /asy."],
         ["no-http", None, "Do not serve the HTTP site (health, metrics and the HTTP front ends)."],
         ["unprivileged", None, "Run jobs as the server's own user (weaker isolation; automatic when not root)."],
         ["job-network", None, "Let jobs use the network (default: none, not even loopback)."],
@@ -56,6 +57,27 @@ class Options(usage.Options):
         ["http", None, "tcp:8080:interface=127.0.0.1", "Endpoint of the HTTP site (a Twisted endpoint string)."],
         ["why3-socket", None, os.path.join(DEFAULT_RUN_DIR, "why3.sock"), "Unix socket of Why3's VC server."],
         ["why3-jobs", None, 2, "Provers run at once by the Why3 server (its -j).", _positive_int],
+        [
+            "asy-backends",
+            None,
+            None,
+            "Comma-separated ws:// URLs of Asymptote runner back ends (default: local runners).",
+        ],
+        [
+            "asy-local",
+            None,
+            os.cpu_count() or 1,
+            "Local Asymptote runners when no back end URL is given.",
+            _positive_int,
+        ],
+        ["asy-runner", None, None, "Also serve an Asymptote runner back end (WebSocket at /) on this endpoint."],
+        [
+            "asy-origins",
+            None,
+            "http://localhost:*,http://127.0.0.1:*,https://localhost:*",
+            "Comma-separated origins allowed to open /asy from a browser (patterns with *; '*' for any).",
+        ],
+        ["asy-max-connections", None, 256, "Open /asy connections at most.", _positive_int],
         ["jobs", "j", 8, "Job users (mathrun-1 .. mathrun-N) shared by all front ends.", _positive_int],
         ["user-prefix", None, "mathrun", "Job users are named PREFIX-1 .. PREFIX-N."],
         ["helper-user", None, "mathrun", "Unprivileged user that owns no process (used to kill jobs)."],

@@ -54,7 +54,41 @@ def sandbox_config(options) -> SandboxConfig:
     )
 
 
+def _split(value) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def asy_front_end(options, sandbox, reactor, top):
+    """The /asy queue resource, and the runner back end if asked for."""
+    from autobahn.twisted.resource import WebSocketResource
+
+    from .asy.backends import LocalBackend, RemoteBackend
+    from .asy.queue import AsyQueue, QueueConfig
+    from .asy.queue_ws import QueueFactory
+    from .asy.runner import RunnerConfig
+    from .asy.runner_ws import RunnerFactory, limit_websocket
+
+    runner_config = RunnerConfig()
+    urls = _split(options["asy-backends"])
+    if urls:
+        backends = [RemoteBackend(url, reactor) for url in urls]
+    else:
+        backends = [LocalBackend(sandbox, runner_config, f"local-{n}") for n in range(1, options["asy-local"] + 1)]
+    queue_config = QueueConfig(max_upload=runner_config.max_upload, max_files=runner_config.max_files)
+    factory = QueueFactory(AsyQueue(backends, reactor, queue_config))
+    limit_websocket(
+        factory, queue_config.max_upload + 4096, _split(options["asy-origins"]), options["asy-max-connections"]
+    )
+    if options["asy-runner"]:
+        runner = strports.service(options["asy-runner"], RunnerFactory(sandbox, runner_config))
+        runner.setName("asy-runner")
+        runner.setServiceParent(top)
+    return ("asy", WebSocketResource(factory))
+
+
 def make_service(options, reactor=None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
     log = Logger(namespace="mathrun")
     top = service.MultiService()
     sandbox = Sandbox(sandbox_config(options), reactor=reactor)
@@ -62,8 +96,11 @@ def make_service(options, reactor=None) -> service.MultiService:
     registry = CollectorRegistry()
     SandboxMetrics(registry, sandbox)
 
+    front_ends = []
+    if not options["no-asy"]:
+        front_ends.append(asy_front_end(options, sandbox, reactor, top))
     if not options["no-http"]:
-        site = build_site(sandbox, registry)
+        site = build_site(sandbox, registry, front_ends)
         http = strports.service(options["http"], site)
         http.setName("http")
         http.setServiceParent(top)

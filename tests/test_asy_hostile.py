@@ -113,7 +113,7 @@ class AsyHostileTests(unittest.TestCase):
             b'label("\\input{%s}"); draw(unitcircle);' % path,
             postscript_command(f"cat {path.decode()}"),
         ):
-            # A TeX \\input of a file it may not read makes TeX wait for
+            # A TeX \input of a file it may not read makes TeX wait for
             # another name: the time limit ends it.
             complete, received = await self.run_asy(source, timeout_ms=3000)
             text = b"".join(m[2] or b"" for m in received if m[0] in ("output", "result"))

@@ -1,0 +1,169 @@
+"""Where the queue sends a task: a local runner in this process, or a runner
+back end at a WebSocket URL (another host included).
+
+Both take ``start(files, main, options, sink)`` and return a handle with
+``lower_timeout(ms)``, ``write_input(data)`` and ``abort(reason)``; the sink
+gets ``output``, ``result`` and exactly one ``complete``.
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
+from twisted.logger import Logger
+
+from .protocol import FileEntry, ProtocolError, Reassembler, RunOptions, encode
+from .runner import AsyRun, RunnerConfig
+
+
+class LocalBackend:
+    """An AsyRun in this process, in the shared sandbox."""
+
+    def __init__(self, sandbox, config: RunnerConfig | None = None, name="local"):
+        self.sandbox = sandbox
+        self.config = config or RunnerConfig()
+        self.name = name
+
+    def available(self) -> bool:
+        return True
+
+    def start(self, files: dict, main: str | None, options: RunOptions, sink):
+        run = AsyRun(self.sandbox, sink, self.config)
+        for filename, data in files.items():
+            run.add(FileEntry(filename, filename == main), data)
+        run.options = options
+        run.start()
+        return run
+
+
+class _RemoteSession(WebSocketClientProtocol):
+    log = Logger()
+
+    def onOpen(self):
+        task = self.factory.task
+        self.frames = Reassembler(task.backend.max_message)
+        for filename, data in task.files.items():
+            self.send("add", {"filename": filename, "main": filename == task.main}, data)
+        o = task.options
+        self.send(
+            "options",
+            {
+                "interactive": o.interactive,
+                "timeout": o.timeout,
+                "format": o.format,
+                "stderr": o.stderr,
+                "verbosity": o.verbosity,
+            },
+        )
+        self.send("run")
+        task.opened(self)
+
+    def send(self, verb, body=None, payload=None):
+        self.sendMessage(encode(verb, body).encode(), isBinary=False)
+        if payload is not None:
+            self.sendMessage(payload, isBinary=True)
+
+    def onMessage(self, data, isBinary):
+        task = self.factory.task
+        try:
+            message = self.frames.feed(data, isBinary)
+        except ProtocolError as e:
+            task.failed(f"bad message from the back end: {e}")
+            self.dropConnection(abort=True)
+            return
+        if message is not None:
+            task.message(message)
+
+    def onClose(self, wasClean, code, reason):
+        self.factory.task.closed(reason or f"connection closed ({code})")
+
+
+class RemoteTask:
+    """One task on a remote runner: relays its messages to the sink."""
+
+    def __init__(self, backend, files, main, options, sink):
+        self.backend = backend
+        self.files, self.main, self.options, self.sink = files, main, options, sink
+        self.session = None
+        self.connector = None
+        self.pending = []  # what the client sent before the connection opened
+        self.done = False
+
+    def opened(self, session):
+        self.session = session
+        for verb, body, payload in self.pending:
+            session.send(verb, body, payload)
+        self.pending = []
+
+    def _send(self, verb, body=None, payload=None):
+        if self.session is not None:
+            self.session.send(verb, body, payload)
+        else:
+            self.pending.append((verb, body, payload))
+
+    def lower_timeout(self, timeout_ms: int) -> None:
+        self._send("options", {"timeout": timeout_ms})
+
+    def write_input(self, data: bytes) -> None:
+        self._send("input", None, data)
+
+    def abort(self, reason: str = "aborted") -> None:
+        self.done = True
+        if self.session is not None:
+            self.session.dropConnection(abort=True)
+        elif self.connector is not None:
+            self.connector.disconnect()
+
+    def message(self, message):
+        if self.done:
+            return
+        if message.verb == "output":
+            self.sink.output(message.body.get("stream", "stdout"), message.payload)
+        elif message.verb == "result":
+            self.sink.result(message.body.get("format", self.options.format), message.payload)
+        elif message.verb == "complete":
+            self.done = True
+            body = message.body or {}
+            self.sink.complete(bool(body.get("success")), body.get("error"), int(body.get("time", 0)))
+
+    def failed(self, why: str):
+        if not self.done:
+            self.done = True
+            self.backend.mark_down(why)
+            self.sink.complete(False, f"Back end failed: {why}", 0)
+
+    def closed(self, why):
+        self.failed(f"{self.backend.name}: {why}")
+
+
+class RemoteBackend:
+    """A runner back end at ``url``; taken out of rotation when it fails and
+    offered again after ``retry_seconds``."""
+
+    log = Logger()
+
+    def __init__(self, url: str, reactor, retry_seconds: float = 30.0, max_message: int = 64 << 20):
+        self.url = url
+        self.name = url
+        self.reactor = reactor
+        self.retry_seconds = retry_seconds
+        self.max_message = max_message
+        self.down_until = 0.0
+
+    def available(self) -> bool:
+        return self.reactor.seconds() >= self.down_until
+
+    def mark_down(self, why: str) -> None:
+        self.down_until = self.reactor.seconds() + self.retry_seconds
+        self.log.warn(
+            "asy back end {url} out of rotation for {s:g} s: {why}", url=self.url, s=self.retry_seconds, why=why
+        )
+
+    def start(self, files, main, options, sink):
+        task = RemoteTask(self, files, main, options, sink)
+        factory = WebSocketClientFactory(self.url, reactor=self.reactor)
+        factory.protocol = _RemoteSession
+        factory.task = task
+        factory.setProtocolOptions(openHandshakeTimeout=10, maxMessagePayloadSize=self.max_message)
+        factory.clientConnectionFailed = lambda connector, reason: task.failed(reason.getErrorMessage())
+        task.connector = connectWS(factory)
+        return task

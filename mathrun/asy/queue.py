@@ -1,0 +1,174 @@
+"""The policy of the Asymptote queue: which task runs when, where, and for
+how long.  The pure :mod:`.scheduler` decides; this module carries out its
+actions on back ends and clients, and keeps clients' estimates fresh.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
+from . import scheduler as sched
+from .cache import FileCache
+from .protocol import RunOptions
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    max_upload: int = 4 << 20
+    max_files: int = 64
+    cache_bytes: int = 64 << 20
+    cache_seconds: float = 600.0
+    slow_limit: int | None = None  # default: a third of the back ends, at least 1
+    medium_limit: int | None = None  # default: two thirds of the back ends, at least slow
+
+
+def default_limits(backends: int, config: QueueConfig) -> sched.Limits:
+    slow = config.slow_limit or max(1, backends // 3)
+    medium = config.medium_limit or max(slow, (2 * backends) // 3)
+    return sched.Limits(slow=min(slow, backends), medium=min(max(medium, slow), backends), fast=backends)
+
+
+class _Relay:
+    """The sink of one running task: forwards to the client, tells the queue
+    when the task ends."""
+
+    def __init__(self, queue, task):
+        self.queue, self.task = queue, task
+
+    def output(self, stream, data):
+        self.task.client.output(stream, data)
+
+    def result(self, fmt, data):
+        self.task.client.result(fmt, data)
+
+    def complete(self, success, error, time_ms):
+        self.queue._ended(self.task)
+        if not self.task.client.finished:
+            self.task.client.complete(success, error, time_ms)
+
+
+class AsyQueue:
+    log = Logger()
+
+    def __init__(self, backends, reactor, config: QueueConfig | None = None, rng=None):
+        self.backends = list(backends)
+        self.reactor = reactor
+        self.config = config or QueueConfig()
+        self.cache = FileCache(self.config.cache_bytes, self.config.cache_seconds, reactor.seconds)
+        self.scheduler = sched.Scheduler(
+            default_limits(len(self.backends), self.config), reactor.seconds, rng or random.Random()
+        )
+        self.tasks: dict[object, sched.Task] = {}  # client -> task
+        self.handles: dict[sched.Task, object] = {}
+        self.slots: dict[sched.Task, int] = {}
+        self.sent_estimates: dict[sched.Task, int] = {}
+        self._timers = {}
+
+    # -- from clients -----------------------------------------------------------
+    def submit(self, client) -> None:
+        options: RunOptions = client.options
+        try:
+            kind = sched.task_class_for(options.timeout, options.interactive)
+        except ValueError as e:
+            return client.denied(str(e))
+        task = sched.Task(kind, client=client)
+        self.tasks[client] = task
+        self._apply(self.scheduler.submit(task))
+        self._apply(self.scheduler.cycle())
+        self._update_estimates()
+
+    def input(self, client, data: bytes) -> None:
+        task = self.tasks.get(client)
+        handle = self.handles.get(task)
+        if handle is not None:
+            handle.write_input(data)
+
+    def leave(self, client) -> None:
+        """The client is gone: drop its task, or stop it where it runs."""
+        task = self.tasks.pop(client, None)
+        if task is None:
+            return
+        handle = self.handles.pop(task, None)
+        self.slots.pop(task, None)
+        self.sent_estimates.pop(task, None)
+        self.scheduler.cancel(task)
+        if handle is not None:
+            handle.abort("aborted: the client left")
+        self._apply(self.scheduler.cycle())
+        self._update_estimates()
+
+    def stop(self) -> None:
+        """Shutting down: no more retries of failed back ends."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
+    # -- carrying out the scheduler's decisions ---------------------------------
+    def _apply(self, actions) -> None:
+        for action in actions or ():
+            if isinstance(action, sched.Start):
+                self._start(action.task, action.slot, action.timeout_ms)
+            elif isinstance(action, sched.Downgrade):
+                handle = self.handles.get(action.task)
+                if handle is not None:
+                    handle.lower_timeout(action.timeout_ms)
+            elif isinstance(action, sched.Halt):
+                self._halt(action.task)
+            elif isinstance(action, sched.Deny):
+                self.tasks.pop(action.task.client, None)
+                action.task.client.denied(action.reason)
+
+    def _start(self, task, slot: int, timeout_ms: int | None) -> None:
+        client = task.client
+        self.sent_estimates.pop(task, None)
+        backend = self.backends[slot]
+        options = client.options
+        if timeout_ms is not None:
+            options = RunOptions(**{**options.__dict__, "timeout": timeout_ms})
+        client.passed()
+        self.slots[task] = slot
+        self.handles[task] = backend.start(client.files, client.main, options, _Relay(self, task))
+        self.log.info(
+            "asy task started on {backend} ({kind}, {t} ms)", backend=backend.name, kind=task.kind.name, t=timeout_ms
+        )
+
+    def _halt(self, task) -> None:
+        handle = self.handles.pop(task, None)
+        self.slots.pop(task, None)
+        self.tasks.pop(task.client, None)
+        if handle is not None:
+            handle.abort("halted to free resources")
+        if not task.client.finished:
+            task.client.complete(False, "Interactive session halted to free resources for queued tasks", 0)
+
+    def _ended(self, task) -> None:
+        if self.handles.pop(task, None) is None:
+            return  # halted or cancelled: the scheduler knows already
+        slot = self.slots.pop(task, None)
+        self.tasks.pop(task.client, None)
+        backend = self.backends[slot]
+        if not backend.available():
+            # It failed: out of rotation until it may be tried again.
+            self.scheduler.disable(slot)
+            if slot not in self._timers:
+                delay = max(0.0, backend.down_until - self.reactor.seconds())
+                self._timers[slot] = self.reactor.callLater(delay, self._enable, slot)
+        self.scheduler.finished(task)
+        self._apply(self.scheduler.cycle())
+        self._update_estimates()
+
+    def _enable(self, slot: int) -> None:
+        del self._timers[slot]
+        self.scheduler.enable(slot)
+        self._apply(self.scheduler.cycle())
+        self._update_estimates()
+
+    def _update_estimates(self) -> None:
+        for task, estimate in self.scheduler.estimates().items():
+            previous = self.sent_estimates.get(task)
+            if previous is None or sched.changed_materially(previous, estimate):
+                self.sent_estimates[task] = estimate
+                task.client.queued(estimate)
