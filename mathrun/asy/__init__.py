@@ -1,0 +1,1 @@
+"""Asymptote over WebSocket: the runner back end and the queue front end."""
