@@ -169,6 +169,21 @@ class QueueProtocolTests(unittest.TestCase):
         await within(waiting.closed)
 
     @async_test
+    async def test_interactive_input_is_relayed(self):
+        factory, c = await self.client()
+        c.send("options", {"interactive": True})
+        c.send("run")
+        await within(c.wait_for("queue"))
+        c.send("input", None, b"write(1);\n")
+        await self.settle()
+        run = (self.backends[0].runs + self.backends[1].runs)[0]
+        self.assertEqual((run.options.interactive, run.options.timeout, run.inputs), (True, None, [b"write(1);\n"]))
+        run.sink.output("stdout", b"1\n")
+        run.sink.complete(False, "No image output", 9)
+        received = await within(factory.closed)
+        self.assertEqual(messages(received, "output")[0][2], b"1\n")
+
+    @async_test
     async def test_client_leaving_aborts_its_task(self):
         factory, c = await self.client()
         c.add("main.asy", CIRCLE, main=True, hashed=True)

@@ -81,6 +81,19 @@ class RunnerTests(unittest.TestCase):
         self.assertLess(complete["time"], 5000)
 
     @async_test
+    async def test_later_options_lower_the_time_limit(self):
+        factory = connect(self.url)
+        client = await within(factory.opened)
+        client.add("main.asy", b"while(true) {}", main=True)
+        client.send("run")
+        await deferLater(reactor, 0.3, lambda: None)
+        client.send("options", {"timeout": 800})
+        received = await within(factory.closed)
+        complete = messages(received, "complete")[0][1]
+        self.assertEqual(complete["error"], "Execution aborted due to the time limit (800ms)")
+        self.assertLess(complete["time"], 3000)
+
+    @async_test
     async def test_output_limit(self):
         complete, received = await self.session([("main.asy", b'while(true) write("flood");', True)])
         self.assertEqual(complete["error"], "Execution aborted due to the output limit (100000B)")
