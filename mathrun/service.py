@@ -96,6 +96,19 @@ def make_service(options, reactor=None) -> service.MultiService:
     registry = CollectorRegistry()
     SandboxMetrics(registry, sandbox)
 
+    if not options["no-why3"]:
+        import os
+
+        from .why3.server import Why3Config
+        from .why3.service import Why3Service
+
+        output_dir = os.path.join(os.path.dirname(os.path.abspath(options["why3-socket"])), "why3-output")
+        why3 = Why3Service(
+            sandbox, options["why3-socket"], Why3Config(jobs=options["why3-jobs"], output_dir=output_dir), reactor
+        )
+        why3.setServiceParent(top)
+        log.info("Why3 VC server on {path}", path=options["why3-socket"])
+
     front_ends = []
     if not options["no-asy"]:
         front_ends.append(asy_front_end(options, sandbox, reactor, top))

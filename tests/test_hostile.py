@@ -256,8 +256,14 @@ class UnprivilegedTests(unittest.TestCase):
     @async_test
     async def test_escaped_processes_are_killed(self):
         marker = f"mathrun-escape-{os.getpid()}"
-        r = await self.sandbox.run(["sh", "-c", f"(setsid sh -c 'exec -a {marker} sleep 1000' &); echo ok"])
-        self.assertEqual((r.status, r.stdout, r.leftover), (Status.OK, b"ok\n", True))
+        r = await self.sandbox.run(
+            [
+                "sh",
+                "-c",
+                f"(setsid bash -c 'exec -a {marker} sleep 1000' &); sleep 0.2; pgrep -f ^{marker} >/dev/null && echo ok",
+            ]
+        )
+        self.assertEqual((r.status, r.stdout, r.stderr, r.leftover), (Status.OK, b"ok\n", b"", True))
         survivors = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).startswith(marker)]
         self.assertEqual(survivors, [])
         self.assertTrue(any("unprivileged" in w for w in self.sandbox.warnings))

@@ -79,6 +79,33 @@ class TwistdTests(unittest.TestCase):
         self.stop(proc)
         self.assertIn("job mathrun-" if ROOT else "job self-", self.log())
 
+    def test_why3_socket_runs_provers_as_job_users(self):
+        from .test_why3_server import Client
+
+        sock = os.path.join(self.dir, "why3.sock")
+        args = [a for a in self.common() if a != "--no-why3"]
+        proc = self.start("mathrun", *args, "--why3-socket", sock)
+        secret = os.path.join(self.dir, "goal.smt2")
+        with open(secret, "w") as f:
+            f.write("(check-sat)\n")
+        os.chmod(secret, 0o600)
+        c = Client(sock)
+        c.send(f"run;1;5;0;/bin/cat;{secret}", "run;2;5;0;/usr/bin/id;-un")
+        lines = c.read(4)
+        c.close()
+        finals = {line.split(";")[1]: line.split(";") for line in lines if line.startswith("F;")}
+        outputs = {}
+        for id, fields in finals.items():
+            self.assertEqual(fields[2], "0", fields)
+            with open(fields[5]) as f:
+                outputs[id] = f.read()
+            os.unlink(fields[5])
+        # The prover read a file only root could read: it was copied in.
+        self.assertEqual(outputs["1"], "(check-sat)\n")
+        self.assertRegex(outputs["2"], r"^mathrun-\d+\n$" if ROOT else r"^\w")
+        self.stop(proc)
+        self.assertFalse(os.path.exists(sock))
+
     def test_configuration_file(self):
         path = os.path.join(self.dir, "mathrun.ini")
         with open(path, "w") as f:

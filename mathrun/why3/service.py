@@ -1,0 +1,40 @@
+"""The VC server as a service of ``twistd mathrun``: a unix socket, unlinked
+again at shutdown, with every running prover killed."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application import service
+from twisted.internet import defer
+
+from .server import Why3Config, Why3Server
+
+
+class Why3Service(service.Service):
+    name = "why3"
+
+    def __init__(self, sandbox, socket_path: str, config: Why3Config | None = None, reactor=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.socket_path = socket_path
+        self.server = Why3Server(sandbox, config, reactor)
+        self.port = None
+
+    def startService(self):
+        super().startService()
+        directory = os.path.dirname(os.path.abspath(self.socket_path))
+        os.makedirs(directory, exist_ok=True)
+        # Clients delete their output files: sticky and writable, not listable.
+        os.makedirs(self.server.config.output_dir, exist_ok=True)
+        os.chmod(self.server.config.output_dir, 0o1733)
+        if os.path.lexists(self.socket_path):
+            os.unlink(self.socket_path)
+        self.port = self.reactor.listenUNIX(self.socket_path, self.server, mode=0o666)
+
+    def stopService(self):
+        super().stopService()
+        self.server.stop()
+        d = defer.maybeDeferred(self.port.stopListening) if self.port else defer.succeed(None)
+        return d

@@ -1,0 +1,381 @@
+"""The VC server as a real process on a real unix socket: conformance cases
+run against mathrun-why3server and, where Debian's C why3server is present,
+against it too; hostile provers; and Debian's real ``why3`` end to end."""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from twisted.trial import unittest
+
+from .helpers import ROOT, temp_dir
+
+OURS = os.path.join(os.path.dirname(sys.executable), "mathrun-why3server")
+DEBIAN = "/usr/lib/ocaml/why3/why3server"
+FIXTURES = os.path.join(os.path.dirname(__file__), "why3")
+
+
+class Client:
+    """A blocking line client with a deadline on every read."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(path)
+        self.buffer = b""
+
+    def send(self, *lines):
+        self.sock.sendall(b"".join(line.encode() + b"\n" for line in lines))
+
+    def read(self, count=1, timeout=30):
+        deadline = time.monotonic() + timeout
+        while self.buffer.count(b"\n") < count:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+                raise TimeoutError(f"waited for {count} lines, have {self.buffer!r}")
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(self.buffer)
+            self.buffer += chunk
+        lines = self.buffer.split(b"\n")
+        self.buffer = b"\n".join(lines[count:])
+        return [line.decode() for line in lines[:count]]
+
+    def quiet(self, seconds=0.3):
+        """Nothing more arrives for a while."""
+        return not select.select([self.sock], [], [], seconds)[0]
+
+    def close(self):
+        self.sock.close()
+
+
+class ServerMixin:
+    server = OURS
+    time_digits = 2
+
+    def setUp(self):
+        if not os.access(self.server, os.X_OK):
+            raise unittest.SkipTest(f"{self.server} is not installed")
+        self.dir = temp_dir(self, "mathrun-why3-")
+        self.path = os.path.join(self.dir, "s.sock")
+        self.proc = subprocess.Popen([self.server, "--socket", self.path, "-j", "1"], cwd=self.dir)
+        self.addCleanup(self.stop_server)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.path):
+            self.assertLess(time.monotonic(), deadline, "server did not bind")
+            time.sleep(0.01)
+
+    def stop_server(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+
+    def client(self):
+        c = Client(self.path)
+        self.addCleanup(c.close)
+        return c
+
+    def finished(self, line, id):
+        fields = line.split(";")
+        self.assertEqual(fields[:2], ["F", id], line)
+        self.assertEqual(len(fields), 6, line)
+        self.assertRegex(fields[3], rf"^\d+\.\d{{{self.time_digits}}}$")
+        output = b""
+        if fields[5]:
+            with open(fields[5], "rb") as f:
+                output = f.read()
+            os.unlink(fields[5])
+        return int(fields[2]), float(fields[3]), fields[4], output
+
+
+class Conformance(ServerMixin):
+    """Byte-exact behaviour that both servers share."""
+
+    def test_run_and_output(self):
+        c = self.client()
+        c.send("run;1;0;0;/bin/sh;-c;echo out && echo err >&2")  # fields end at every ;
+        self.assertEqual(c.read(), ["S;1"])
+        code, _, killed, output = self.finished(c.read()[0], "1")
+        self.assertEqual((code, killed, sorted(output.split())), (0, "0", [b"err", b"out"]))
+
+    def test_exit_code_and_signal(self):
+        c = self.client()
+        c.send("run;a;0;0;/bin/sh;-c;exit 3")
+        c.read()
+        self.assertEqual(self.finished(c.read()[0], "a")[:3:2], (3, "0"))
+        c.send("run;b;0;0;/bin/sh;-c;kill -TERM $$")
+        c.read()
+        self.assertEqual(self.finished(c.read()[0], "b")[:3:2], (15, "1"))
+
+    def test_exec_failure(self):
+        c = self.client()
+        c.send("run;x;0;0;/nonexistent/prover;arg")
+        self.assertEqual(c.read(), ["S;x"])
+        code, _, killed, output = self.finished(c.read()[0], "x")
+        self.assertEqual((code, killed), (1, "0"))
+        self.assertIn(b"/nonexistent/prover", output)
+
+    def test_runstdin(self):
+        data = os.path.join(self.dir, "in.txt")
+        with open(data, "w") as f:
+            f.write("fed on stdin\n")
+        c = self.client()
+        c.send(f"runstdin;s;0;0;/bin/cat;{data}")
+        c.read()
+        self.assertEqual(self.finished(c.read()[0], "s")[3], b"fed on stdin\n")
+
+    def test_cpu_limit(self):
+        c = self.client()
+        c.send("run;t;1;0;/usr/bin/sha256sum;/dev/zero")
+        c.read()
+        code, cpu, killed, _ = self.finished(c.read(timeout=20)[0], "t")
+        # The C server sets the hard CPU limit equal to the soft one (SIGKILL,
+        # 9); mathrun's jail leaves one second between them (SIGXCPU, 24).
+        self.assertIn(code, (signal.SIGKILL, signal.SIGXCPU))
+        self.assertEqual(killed, "1")
+        self.assertGreaterEqual(cpu, 0.5)  # user CPU; the rest is system time
+
+    def test_parallel(self):
+        c = self.client()
+        c.send("parallel;2", "run;1;0;0;/bin/sleep;0.5", "run;2;0;0;/bin/sleep;0.5")
+        self.assertEqual(sorted(c.read(2)), ["S;1", "S;2"])
+        for line in c.read(2):
+            self.assertEqual(self.finished(line, line.split(";")[1])[0], 0)
+
+    def test_malformed_lines_are_ignored(self):
+        c = self.client()
+        c.send("bogus", "run;1;2", "parallel;0", "interrupt", "", "run;ok;0;0;/bin/true")
+        self.assertEqual(c.read(), ["S;ok"])
+        self.assertEqual(self.finished(c.read()[0], "ok")[0], 0)
+        self.assertTrue(c.quiet())
+
+    def test_results_go_to_their_client(self):
+        a, b = self.client(), self.client()
+        a.send("run;1;0;0;/bin/echo;a")
+        b.send("run;1;0;0;/bin/echo;b")
+        for c, text in ((a, b"a\n"), (b, b"b\n")):
+            self.assertEqual(c.read(), ["S;1"])
+            self.assertEqual(self.finished(c.read()[0], "1")[3], text)
+
+
+class OursConformance(Conformance, unittest.TestCase):
+    pass
+
+
+class DebianConformance(Conformance, unittest.TestCase):
+    server = DEBIAN
+
+
+class OursOnly(ServerMixin, unittest.TestCase):
+    """What mathrun adds or fixes (1.8 behaviour, limits the C server lacks)."""
+
+    def test_interrupt_queued_and_running(self):
+        c = self.client()
+        c.send("run;r;0;0;/bin/sleep;100", "run;q;0;0;/bin/sleep;100")
+        self.assertEqual(c.read(), ["S;r"])
+        c.send("interrupt;q")
+        code, _, killed, output = self.finished(c.read()[0], "q")
+        self.assertEqual((code, killed, output), (0, "0", b""))
+        c.send("interrupt;r")
+        code, _, killed, _ = self.finished(c.read()[0], "r")
+        self.assertEqual((code, killed), (9, "1"))
+        self.assertTrue(c.quiet())
+
+    def test_wall_clock_backstop(self):
+        c = self.client()
+        start = time.monotonic()
+        c.send("run;z;1;0;/bin/sleep;100")
+        c.read()
+        code, _, killed, _ = self.finished(c.read(timeout=30)[0], "z")
+        self.assertEqual((code, killed), (9, "1"))
+        self.assertLess(time.monotonic() - start, 15)
+
+    def test_prover_that_forks_and_exits(self):
+        marker = f"mathrun-why3-{os.getpid()}-{random.randrange(1 << 30)}"
+        c = self.client()
+        c.send(
+            f"run;f;0;0;/bin/bash;-c;(exec -a {marker} sleep 100 &) && sleep 0.2 && pgrep -f ^{marker} >/dev/null && echo forked"
+        )
+        c.read()
+        code, _, _, output = self.finished(c.read()[0], "f")
+        self.assertEqual((code, output), (0, b"forked\n"))
+        self.assertFalse(subprocess.run(["pgrep", "-f", "^" + marker], capture_output=True).stdout)
+
+    def test_disconnect_mid_run_kills(self):
+        marker = f"mathrun-why3-dc-{random.randrange(1 << 30)}"
+        c = Client(self.path)
+        c.send(f"run;d;0;0;/bin/bash;-c;exec -a {marker} sleep 100")
+        c.read()
+        deadline = time.monotonic() + 10
+        while not subprocess.run(["pgrep", "-f", "^" + marker], capture_output=True).stdout:
+            self.assertLess(time.monotonic(), deadline, "the prover never started")
+            time.sleep(0.05)
+        c.close()
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pgrep", "-f", "^" + marker], capture_output=True).stdout:
+            self.assertLess(time.monotonic(), deadline, "prover survived its client")
+            time.sleep(0.05)
+        self.assertIsNone(self.proc.poll())
+
+    def test_flood_is_capped(self):
+        c = self.client()
+        c.send("run;y;0;0;/usr/bin/yes")
+        c.read()
+        code, _, killed, output = self.finished(c.read(timeout=60)[0], "y")
+        self.assertEqual((code, killed), (9, "1"))
+        self.assertEqual(len(output), 64 << 20)
+
+    def test_sigterm_unlinks_the_socket(self):
+        marker = f"mathrun-why3-term-{random.randrange(1 << 30)}"
+        c = self.client()
+        c.send(f"run;s;0;0;/bin/bash;-c;exec -a {marker} sleep 100")
+        c.read()
+        while not subprocess.run(["pgrep", "-f", "^" + marker], capture_output=True).stdout:
+            time.sleep(0.05)
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(10)
+        self.assertFalse(os.path.exists(self.path))
+        self.assertFalse(subprocess.run(["pgrep", "-f", "^" + marker], capture_output=True).stdout)
+
+    def test_twenty_clients_fifty_jobs_random_interrupts(self):
+        results = {}
+
+        def client(n):
+            rng = random.Random(n)
+            c = Client(self.path)
+            ids = [f"{n}-{i}" for i in range(50)]
+            c.send("parallel;2", *(f"run;{i};0;0;/bin/echo;{i}" for i in ids))
+            interrupted = set(rng.sample(ids, 10))
+            c.send(*(f"interrupt;{i}" for i in interrupted))
+            finals, starts = {}, set()
+            while len(finals) < len(ids):
+                (line,) = c.read(timeout=120)
+                fields = line.split(";")
+                if fields[0] == "S":
+                    starts.add(fields[1])
+                    continue
+                assert fields[1] not in finals, f"second F for {fields[1]}"
+                finals[fields[1]] = fields
+            assert c.quiet(0.5)
+            c.close()
+            results[n] = (ids, finals)
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        self.assertEqual(len(results), 20)
+        for ids, finals in results.values():
+            self.assertEqual(sorted(finals), sorted(ids))
+            for id, fields in finals.items():
+                if fields[5]:
+                    with open(fields[5], "rb") as f:
+                        content = f.read()
+                    os.unlink(fields[5])
+                    self.assertIn(content, (b"", f"{id}\n".encode()))  # never another client's output
+        leftovers = [n for n in os.listdir(self.dir) if n.startswith("why3")]
+        self.assertEqual(leftovers, [])
+
+    def test_single_client_exits_when_it_leaves(self):
+        path = os.path.join(self.dir, "single.sock")
+        proc = subprocess.Popen([OURS, "--socket", path, "--single-client"], cwd=self.dir)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        c = Client(path)
+        c.send("run;1;0;0;/bin/true")
+        c.read(2)
+        c.close()
+        self.assertEqual(proc.wait(10), 0)
+
+    def test_command_line_errors(self):
+        r = subprocess.run([OURS], capture_output=True, text=True)
+        self.assertEqual((r.returncode, r.stderr.strip()), (1, "need to specify a socket name using --socket"))
+        r = subprocess.run([OURS, "--socket", "/x", "-j", "zero"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 1)
+
+    def test_binds_fast(self):
+        path = os.path.join(self.dir, "fast.sock")
+        start = time.monotonic()
+        proc = subprocess.Popen([OURS, "--socket", path], cwd=self.dir)
+        self.addCleanup(lambda: (proc.terminate(), proc.wait()))
+        while not os.path.exists(path):
+            time.sleep(0.002)
+        # Not a timing assertion on the whole start: the socket must exist
+        # before why3's second connection attempt at 0.1 s (checked loosely).
+        self.assertLess(time.monotonic() - start, 0.5)
+
+
+class RealWhy3(unittest.TestCase):
+    """Debian's why3 proving a small theory through each server."""
+
+    def setUp(self):
+        if not (shutil.which("why3") and os.access(DEBIAN, os.X_OK) and os.access(OURS, os.X_OK)):
+            raise unittest.SkipTest("why3 is not installed")
+        self.dir = temp_dir(self, "mathrun-why3-real-")
+        shutil.copy(os.path.join(FIXTURES, "theory.mlw"), self.dir)
+        self.env = dict(os.environ, HOME=self.dir)
+        subprocess.run(["why3", "config", "detect"], cwd=self.dir, env=self.env, capture_output=True, check=True)
+
+    def prove(self, prover, server=None):
+        command = ["why3", "prove", "-P", prover, "-t", "2", "theory.mlw"]
+        if server is not None:
+            if not ROOT:
+                raise unittest.SkipTest("the private bind mount needs root")
+            command = ["unshare", "-m", "sh", "-c", f'mount --bind "$0" {DEBIAN} && exec "$@"', server, *command]
+        r = subprocess.run(command, cwd=self.dir, env=self.env, capture_output=True, text=True, timeout=120)
+        return r.stdout + r.stderr
+
+    def test_prove_through_a_bind_mount_equals_the_c_server(self):
+        for prover in ("z3", "cvc4"):
+            theirs = self.prove(prover)
+            ours = self.prove(prover, OURS)
+            self.assertEqual(len(_summary(ours)), 4, ours)
+            self.assertEqual(_summary(ours), _summary(theirs))
+
+    def test_replay_with_why3lib(self):
+        lib = os.path.join(self.dir, "lib")
+        os.mkdir(lib)
+        marker = os.path.join(self.dir, "ours-was-used")
+        wrapper = os.path.join(lib, "why3server")
+        with open(wrapper, "w") as f:
+            f.write(f'#!/bin/sh\ntouch {marker}\nexec {OURS} "$@"\n')
+        os.chmod(wrapper, 0o755)
+
+        def replay(env):
+            """On a fresh copy of the session: a replay updates it."""
+            work = temp_dir(self)
+            shutil.copy(os.path.join(FIXTURES, "theory.mlw"), work)
+            shutil.copytree(os.path.join(FIXTURES, "theory"), os.path.join(work, "theory"))
+            r = subprocess.run(
+                ["why3", "replay", "theory"], cwd=work, env=env, capture_output=True, text=True, timeout=120
+            )
+            text = (r.stdout + r.stderr).replace("\r", "\n")
+            return [line for line in text.splitlines() if line.strip() and "Progress" not in line]
+
+        ours = replay(dict(self.env, WHY3LIB=lib))
+        self.assertTrue(os.path.exists(marker))
+        self.assertTrue(any("replay OK" in line for line in ours), ours)
+        self.assertEqual(ours, replay(self.env))
+
+
+def _summary(output: str) -> list[tuple[str, str]]:
+    """(goal, verdict) pairs, times left out."""
+    pairs, goal = [], None
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith("Goal "):
+            goal = line
+        elif line.startswith("Prover result is:") and goal:
+            pairs.append((goal, line.split(":", 1)[1].split("(")[0].strip()))
+            goal = None
+    return pairs
