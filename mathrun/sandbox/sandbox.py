@@ -12,8 +12,8 @@ The sandbox knows nothing of HTTP, WebSocket or Why3.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -271,7 +271,6 @@ class Sandbox:
         self.helper: JobUser | None = None
         self.pool: SlotPool | None = None
         self._slot_cgroups = {}
-        self._seq = itertools.count(1)
         self.leases: set[Lease] = set()
         self.warnings: list[str] = []
         self.observers: list[Callable[[JobResult], None]] = []
@@ -326,7 +325,7 @@ class Sandbox:
             if os.path.ismount(path):
                 unmount(path)
             if not self.privileged:
-                Workspace(path, None, False, None).remove()
+                shutil.rmtree(path)
 
     def _reap(self, user: JobUser) -> None:
         subprocess.run([self.config.jail, "reap", "--uid", str(user.uid)] + self._kill_options(), check=True)
@@ -359,8 +358,7 @@ class Sandbox:
         return d
 
     def _lease(self, user: JobUser, workspace_bytes: int | None) -> Lease:
-        name = user.name if self.privileged else f"{user.name}.{next(self._seq)}"
-        root = os.path.join(self.job_root, name)
+        root = os.path.join(self.job_root, user.name)
         size = min(workspace_bytes, self.config.max_limits.workspace_bytes or workspace_bytes)
         workspace = Workspace(root, user, self.privileged, size)
         try:

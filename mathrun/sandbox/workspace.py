@@ -8,8 +8,9 @@ unmounted) is kept: creating and removing a directory costs more here than
 the mount itself.  The job's private /tmp, /var/tmp and /dev/shm live in it
 too (``tmp/``), so they vanish with it.
 
-Unprivileged, it is a plain directory removed with the fd-based
-``shutil.rmtree`` (which does not follow symlinks).
+Unprivileged, it is a plain directory per slot, emptied after each job with
+the fd-based ``shutil.rmtree`` (which does not follow symlinks) and kept:
+a job that leaves nothing costs no directory operation at all.
 """
 
 from __future__ import annotations
@@ -62,26 +63,39 @@ class Workspace:
 
     def create(self) -> None:
         if not self.privileged:
-            os.mkdir(self.root, 0o700)
-        else:
-            if os.path.ismount(self.root):
-                raise OSError(errno.EBUSY, f"{self.root} is still mounted")
-            os.makedirs(self.root, 0o700, exist_ok=True)
-            size = self.size or 64 * 1024 * 1024
-            mount_tmpfs(self.root, size, max(1024, size // 16384), self.owner.uid, self.owner.gid)
-            self._mounted = True
+            if not os.path.isdir(self.path):
+                for d in (self.root, self.path, self.tmp):
+                    os.makedirs(d, 0o700, exist_ok=True)
+            elif os.listdir(self.path) or os.listdir(self.tmp):
+                raise OSError(errno.ENOTEMPTY, f"{self.root} still holds a job's files")
+            return
+        if os.path.ismount(self.root):
+            raise OSError(errno.EBUSY, f"{self.root} is still mounted")
+        os.makedirs(self.root, 0o700, exist_ok=True)
+        size = self.size or 64 * 1024 * 1024
+        mount_tmpfs(self.root, size, max(1024, size // 16384), self.owner.uid, self.owner.gid)
+        self._mounted = True
         for sub in (self.path, self.tmp):
             os.mkdir(sub, 0o700)
-            if self.privileged:
-                os.chown(sub, self.owner.uid, self.owner.gid)
+            os.chown(sub, self.owner.uid, self.owner.gid)
 
     def remove(self) -> None:
-        """Unmount (privileged) or delete without following links."""
+        """Unmount (privileged), or empty without following links."""
         if self._mounted:
             unmount(self.root)
             self._mounted = False
-        elif os.path.lexists(self.root):
-            shutil.rmtree(self.root)
+            return
+        for directory in (self.path, self.tmp):
+            try:
+                entries = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in entries:
+                path = os.path.join(directory, name)
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
 
     def write_file(self, name: str, data: bytes, mode: int = 0o644) -> str:
         """Stage an input file before the job starts (nothing planted yet)."""
