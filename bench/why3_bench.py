@@ -71,7 +71,9 @@ def main():
         for name, server in (("C", DEBIAN), ("mathrun", OURS)):
             rows[name] = run(server, args.n, jobs)
             print(f"{jobs:>3} {name:>8} {rows[name][0]:>8.0f} {rows[name][1]:>19.2f}")
-        print(f"{jobs:>3} {'ratio':>8} {rows['mathrun'][0] / rows['C'][0]:>8.2f} {rows['mathrun'][1] / rows['C'][1]:>19.2f}")
+        print(
+            f"{jobs:>3} {'ratio':>8} {rows['mathrun'][0] / rows['C'][0]:>8.2f} {rows['mathrun'][1] / rows['C'][1]:>19.2f}"
+        )
 
 
 if __name__ == "__main__":

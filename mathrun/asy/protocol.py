@@ -136,6 +136,29 @@ def parse_timeout_update(body) -> int:
     return t
 
 
+class FileSet:
+    """A client's files: at most ``max_files``, ``max_upload`` bytes in all,
+    and at most one main file."""
+
+    def __init__(self, max_files: int, max_upload: int):
+        self.max_files = max_files
+        self.max_upload = max_upload
+        self.files: dict[str, bytes] = {}
+        self.main: str | None = None
+
+    def add(self, entry: FileEntry, data: bytes) -> None:
+        if entry.filename not in self.files and len(self.files) >= self.max_files:
+            raise ProtocolError(f"more than {self.max_files} files")
+        total = sum(map(len, self.files.values())) - len(self.files.get(entry.filename, b"")) + len(data)
+        if total > self.max_upload:
+            raise ProtocolError(f"files larger than {self.max_upload} bytes in all")
+        self.files[entry.filename] = data
+        if entry.main:
+            self.main = entry.filename
+        elif self.main == entry.filename:
+            self.main = None
+
+
 class Reassembler:
     """Pairs each text frame that announces a payload with the binary frame
     after it; ``feed`` returns a complete Message or None."""

@@ -12,7 +12,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.logger import Logger
 
 from .cache import sha256_hex
-from .protocol import ProtocolError, Reassembler, RunOptions, encode, parse_add, parse_options
+from .protocol import FileSet, ProtocolError, Reassembler, RunOptions, parse_add, parse_options
+from .runner_ws import send_frames
 
 QUEUE_TIMEOUTS = (3000, 10000, 30000, None)
 
@@ -23,20 +24,23 @@ class QueueProtocol(WebSocketServerProtocol):
     def onOpen(self):
         queue = self.factory.queue
         self.frames = Reassembler(queue.config.max_upload)
-        self.files: dict[str, bytes] = {}
-        self.main: str | None = None
+        self.fileset = FileSet(queue.config.max_files, queue.config.max_upload)
         self.options = RunOptions()
         self.missing: list[dict] = []
         self.submitted = False
         self.finished = False
 
+    @property
+    def files(self) -> dict[str, bytes]:
+        return self.fileset.files
+
+    @property
+    def main(self) -> str | None:
+        return self.fileset.main
+
     # -- to the client ----------------------------------------------------------
     def send(self, verb, body=None, payload: bytes | None = None):
-        if self.state != self.STATE_OPEN:
-            return
-        self.sendMessage(encode(verb, body).encode(), isBinary=False)
-        if payload is not None:
-            self.sendMessage(payload, isBinary=True)
+        send_frames(self, verb, body, payload)
 
     def queued(self, estimate_ms: int | None):
         body = {"passed": False}
@@ -100,7 +104,7 @@ class QueueProtocol(WebSocketServerProtocol):
                 if sha256_hex(data) != entry.hash:
                     raise ProtocolError(f"hash of {entry.filename} does not match its contents")
                 queue.cache.put(entry.hash, data)
-            self._add(entry, data)
+            self.fileset.add(entry, data)
         elif message.verb == "options":
             self.options = parse_options(message.body, self.options, QUEUE_TIMEOUTS)
         elif message.verb == "run":
@@ -108,27 +112,12 @@ class QueueProtocol(WebSocketServerProtocol):
                 missing, self.missing = self.missing, []
                 self.send("missing", missing)
                 return
-            if not self.options.interactive and self.main is None:
+            if not self.options.interactive and self.fileset.main is None:
                 raise ProtocolError("no main file: add one with main: true")
             self.submitted = True
             queue.submit(self)
         else:
             raise ProtocolError(f"unexpected {message.verb!r} message")
-
-    def _add(self, entry, data):
-        limits = self.factory.queue.config
-        if entry.filename not in self.files and len(self.files) >= limits.max_files:
-            raise ProtocolError(f"more than {limits.max_files} files")
-        if (
-            sum(map(len, self.files.values())) - len(self.files.get(entry.filename, b"")) + len(data)
-            > limits.max_upload
-        ):
-            raise ProtocolError(f"files larger than {limits.max_upload} bytes in all")
-        self.files[entry.filename] = data
-        if entry.main:
-            self.main = entry.filename
-        elif self.main == entry.filename:
-            self.main = None
 
     def onClose(self, wasClean, code, reason):
         if getattr(self, "submitted", False) and not self.finished:

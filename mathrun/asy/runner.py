@@ -17,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..sandbox import Limits, Status
-from .protocol import FileEntry, ProtocolError, RunOptions
+from .protocol import FileEntry, FileSet, ProtocolError, RunOptions
 
 OUTPUT_DIR = "out"
 
@@ -77,8 +77,7 @@ class AsyRun:
         self.sink = sink
         self.config = config or RunnerConfig()
         self.clock = clock
-        self.files: dict[str, bytes] = {}
-        self.main: str | None = None
+        self.fileset = FileSet(self.config.max_files, self.config.max_upload)
         self.options = RunOptions()
         self.job = None
         self.started = False
@@ -90,18 +89,15 @@ class AsyRun:
     def add(self, entry: FileEntry, data: bytes) -> None:
         if self.started:
             raise ProtocolError("add after run")
-        if entry.filename not in self.files and len(self.files) >= self.config.max_files:
-            raise ProtocolError(f"more than {self.config.max_files} files")
-        if (
-            sum(map(len, self.files.values())) - len(self.files.get(entry.filename, b"")) + len(data)
-            > self.config.max_upload
-        ):
-            raise ProtocolError(f"files larger than {self.config.max_upload} bytes in all")
-        self.files[entry.filename] = data
-        if entry.main:
-            self.main = entry.filename
-        elif self.main == entry.filename:
-            self.main = None
+        self.fileset.add(entry, data)
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        return self.fileset.files
+
+    @property
+    def main(self) -> str | None:
+        return self.fileset.main
 
     def timeout_ms(self) -> int:
         if self.options.interactive and self.options.timeout is None:

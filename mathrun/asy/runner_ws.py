@@ -29,6 +29,15 @@ def limit_websocket(factory, max_message: int, origins, max_connections: int | N
     )
 
 
+def send_frames(ws, verb, body=None, payload: bytes | None = None) -> None:
+    """One message: its text frame, and its binary frame if it has a payload."""
+    if ws.state != ws.STATE_OPEN:
+        return
+    ws.sendMessage(encode(verb, body).encode(), isBinary=False)
+    if payload is not None:
+        ws.sendMessage(payload, isBinary=True)
+
+
 class FrameSink:
     """Turns a run's events into the runner protocol's frames."""
 
@@ -63,11 +72,7 @@ class RunnerProtocol(WebSocketServerProtocol):
         self.run = AsyRun(self.factory.sandbox, FrameSink(self), self.factory.config)
 
     def send(self, verb, body=None, payload: bytes | None = None):
-        if self.state != self.STATE_OPEN:
-            return
-        self.sendMessage(encode(verb, body).encode(), isBinary=False)
-        if payload is not None:
-            self.sendMessage(payload, isBinary=True)
+        send_frames(self, verb, body, payload)
 
     def onMessage(self, data, isBinary):
         try:
