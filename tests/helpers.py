@@ -11,6 +11,9 @@ from twisted.internet import defer, reactor
 from mathrun.sandbox import Sandbox, SandboxConfig
 
 ROOT = os.geteuid() == 0
+# Python for code run inside jobs: the system's, since the project's venv may
+# live under /tmp, which a job sees as its own private directory.
+PYTHON = "/usr/bin/python3"
 TIMEOUT = 60  # seconds any awaited Deferred in a test may take
 
 

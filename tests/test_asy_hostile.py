@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -15,7 +14,7 @@ from mathrun.asy.runner import RunnerConfig
 from mathrun.asy.runner_ws import RunnerFactory
 
 from .asyclient import connect, messages
-from .helpers import ROOT, async_test, make_sandbox, temp_dir, within
+from .helpers import PYTHON, ROOT, async_test, make_sandbox, temp_dir, within
 
 
 def postscript_command(command: str) -> bytes:
@@ -70,7 +69,7 @@ class AsyHostileTests(unittest.TestCase):
     async def test_postscript_special_cannot_harm_the_host(self):
         target = os.path.join(temp_dir(self), "pwned")
         os.chmod(os.path.dirname(target), 0o755)
-        probe = f"{sys.executable} -c \"import socket; socket.create_connection(('127.0.0.1', {self.port}), 2)\""
+        probe = f"{PYTHON} -c \"import socket; socket.create_connection(('127.0.0.1', {self.port}), 2)\""
         for command in (f"touch {target}", "touch /var/tmp/mathrun-pwned", probe):
             complete, received = await self.run_asy(postscript_command(command))
             self.assertFalse(os.path.exists(target))

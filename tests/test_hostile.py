@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from mathrun.sandbox import Limits, Status
 
-from .helpers import ROOT, async_test, make_sandbox, processes_of, temp_dir
+from .helpers import PYTHON, ROOT, async_test, make_sandbox, processes_of, temp_dir
 
 SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 
@@ -76,7 +75,7 @@ class HostileTests(unittest.TestCase):
             "        except OSError: pass\n"
             "time.sleep(60)\n"
         )
-        r = await self.run_job(None, Limits(wall_seconds=2, processes=32), argv=[sys.executable, "-c", bomb])
+        r = await self.run_job(None, Limits(wall_seconds=2, processes=32), argv=[PYTHON, "-c", bomb])
         self.assertEqual(r.status, Status.TIME_LIMIT)
 
     @async_test
@@ -122,7 +121,7 @@ class HostileTests(unittest.TestCase):
         r = await self.run_job(
             None,
             Limits(memory_bytes=64 << 20),
-            argv=[sys.executable, "-c", "b = bytearray(1 << 30); b[::4096] = b'x' * len(b[::4096])"],
+            argv=[PYTHON, "-c", "b = bytearray(1 << 30); b[::4096] = b'x' * len(b[::4096])"],
         )
         self.assertEqual(r.status, Status.MEMORY_LIMIT if self.sandbox.cgroups else Status.NONZERO_EXIT)
         if self.sandbox.cgroups:
@@ -156,7 +155,7 @@ class HostileTests(unittest.TestCase):
             "    socket.getaddrinfo('deb.debian.org', 80); print('resolved')\n"
             "except OSError as e: print('resolve failed')\n"
         )
-        r = await self.run_job(None, argv=[sys.executable, "-c", script])
+        r = await self.run_job(None, argv=[PYTHON, "-c", script])
         self.assertEqual(r.status, Status.OK)
         self.assertIn(b"connect failed", r.stdout)
         self.assertIn(b"resolve failed", r.stdout)

@@ -4,14 +4,13 @@ while running, failures to start, accounting."""
 from __future__ import annotations
 
 import os
-import sys
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from mathrun.sandbox import Limits, Status
 
-from .helpers import async_test, make_sandbox
+from .helpers import PYTHON, async_test, make_sandbox
 
 
 class JobTests(unittest.TestCase):
@@ -86,7 +85,7 @@ class JobTests(unittest.TestCase):
     @async_test
     async def test_accounting_counts_children(self):
         burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
-        r = await self.sandbox.run(["sh", "-c", f"{sys.executable} -c '{burn}' & {sys.executable} -c '{burn}'; wait"])
+        r = await self.sandbox.run(["sh", "-c", f"{PYTHON} -c '{burn}' & {PYTHON} -c '{burn}'; wait"])
         self.assertEqual(r.status, Status.OK)
         self.assertGreaterEqual(r.user_cpu + r.system_cpu, 0.55)
         self.assertGreater(r.peak_memory, 1 << 20)

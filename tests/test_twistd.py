@@ -13,9 +13,12 @@ import tempfile
 import time
 import urllib.request
 
+from autobahn.twisted.websocket import WebSocketClientFactory, connectWS
+from twisted.internet import defer
 from twisted.trial import unittest
 
-from .helpers import ROOT
+from .asyclient import Session, connect, messages
+from .helpers import PYTHON, ROOT, async_test, within
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -105,6 +108,60 @@ class TwistdTests(unittest.TestCase):
         self.assertRegex(outputs["2"], r"^mathrun-\d+\n$" if ROOT else r"^\w")
         self.stop(proc)
         self.assertFalse(os.path.exists(sock))
+
+    def test_why3_files_the_client_may_not_read_stay_unread(self):
+        if not ROOT or not shutil.which("setpriv"):
+            raise unittest.SkipTest("needs root and setpriv to connect as another user")
+        sock = os.path.join(self.dir, "why3.sock")
+        args = [a for a in self.common() if a != "--no-why3"]
+        proc = self.start("mathrun", *args, "--why3-socket", sock)
+        secret = os.path.join(self.dir, "secret")
+        with open(secret, "w") as f:
+            f.write("root only\n")
+        os.chmod(secret, 0o600)
+        os.chmod(self.dir, 0o755)
+        client = (
+            "import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+            "s.sendall(('run;1;5;0;/bin/cat;' + sys.argv[2] + '\\n').encode())\n"
+            "data = b''\n"
+            "while data.count(b'\\n') < 2: data += s.recv(4096)\n"
+            "path = data.split(b'\\n')[1].split(b';')[5].decode()\n"
+            "print(open(path).read(), end='')\n"
+        )
+        r = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", PYTHON, "-c", client, sock, secret],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        # The output file is the client's (it could open it), and cat could
+        # not read the file: the server did not copy it in for this client.
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("root only", r.stdout)
+        self.assertIn("/bin/cat:", r.stdout)
+        self.stop(proc)
+
+    @async_test
+    async def test_asy_queue_and_runner_endpoints(self):
+        runner_port = free_port()
+        proc = self.start("mathrun", *self.common(), "--asy-runner", f"tcp:{runner_port}:interface=127.0.0.1")
+        for url in (f"ws://127.0.0.1:{self.port}/asy", f"ws://127.0.0.1:{runner_port}/"):
+            factory = connect(url)
+            client = await within(factory.opened)
+            client.add("main.asy", b"draw(unitcircle);", main=True, hashed=True)
+            client.send("run")
+            received = await within(factory.closed)
+            self.assertTrue(messages(received, "complete")[0][1]["success"], received)
+            self.assertIn(b"<svg", messages(received, "result")[0][2])
+        # A browser page from an origin not allowed is refused at the handshake.
+        factory = WebSocketClientFactory(f"ws://127.0.0.1:{self.port}/asy", origin="http://evil.example")
+        factory.protocol = Session
+        factory.received, factory.waiters = [], []
+        factory.opened, factory.closed = defer.Deferred(), defer.Deferred()
+        connectWS(factory)
+        error = await within(factory.opened.addErrback(lambda f: f.value))
+        self.assertIsInstance(error, ConnectionError)
+        self.assertIn("origin 'http://evil.example' not allowed", str(error))
+        self.stop(proc)
 
     def test_configuration_file(self):
         path = os.path.join(self.dir, "mathrun.ini")
