@@ -230,7 +230,9 @@ class OursOnly(ServerMixin, unittest.TestCase):
         c.send("run;y;0;0;/usr/bin/yes")
         c.read()
         code, _, killed, output = self.finished(c.read(timeout=60)[0], "y")
-        self.assertEqual((code, killed), (9, "1"))
+        # Killed at the cap: by SIGKILL, or by SIGPIPE when its pipe closed first.
+        self.assertIn(code, (signal.SIGKILL, signal.SIGPIPE))
+        self.assertEqual(killed, "1")
         self.assertEqual(len(output), 64 << 20)
 
     def test_sigterm_unlinks_the_socket(self):
