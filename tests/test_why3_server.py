@@ -235,17 +235,24 @@ class OursOnly(ServerMixin, unittest.TestCase):
         self.assertEqual(killed, "1")
         self.assertEqual(len(output), 64 << 20)
 
-    def test_sigterm_unlinks_the_socket(self):
-        marker = f"mathrun-why3-term-{random.randrange(1 << 30)}"
-        c = self.client()
-        c.send(f"run;s;0;0;/bin/bash;-c;exec -a {marker} sleep 100")
-        c.read()
-        while not subprocess.run(["pgrep", "-f", "^" + marker], capture_output=True).stdout:
-            time.sleep(0.05)
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(10)
-        self.assertFalse(os.path.exists(self.path))
-        self.assertFalse(subprocess.run(["pgrep", "-f", "^" + marker], capture_output=True).stdout)
+    def test_term_int_hup_kill_provers_and_unlink_the_socket(self):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            path = os.path.join(self.dir, f"{sig.name}.sock")
+            proc = subprocess.Popen([OURS, "--socket", path], cwd=self.dir)
+            self.addCleanup(lambda p=proc: p.poll() is None and p.kill())
+            while not os.path.exists(path):
+                time.sleep(0.01)
+            marker = f"mathrun-why3-{sig.name}-{random.randrange(1 << 30)}"
+            c = Client(path)
+            self.addCleanup(c.close)
+            c.send(f"run;s;0;0;/bin/bash;-c;exec -a {marker} sleep 100")
+            c.read()
+            while not subprocess.run(["pgrep", "-f", "^" + marker], capture_output=True).stdout:
+                time.sleep(0.05)
+            proc.send_signal(sig)
+            proc.wait(10)
+            self.assertFalse(os.path.exists(path), sig.name)
+            self.assertFalse(subprocess.run(["pgrep", "-f", "^" + marker], capture_output=True).stdout, sig.name)
 
     def test_twenty_clients_fifty_jobs_random_interrupts(self):
         results = {}
