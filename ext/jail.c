@@ -55,13 +55,14 @@ static int join_cgroups(const struct jail_config *cfg)
     return 0;
 }
 
-/* A private view of the shared temporary directories: the job's files there
- * live in its own workspace and vanish with it. */
+/* A private view of the shared writable directories: the job's files there
+ * live in its own workspace and vanish with it.  Its own IPC namespace too,
+ * so that SysV IPC objects and POSIX message queues die with the job. */
 static int private_tmp(const char *tmp)
 {
-    static const char *targets[] = {"/tmp", "/var/tmp", "/dev/shm", NULL};
+    static const char *targets[] = {"/tmp", "/var/tmp", "/dev/shm", "/run/lock", NULL};
     char source[64];
-    if (unshare(CLONE_NEWNS) < 0)
+    if (unshare(CLONE_NEWNS | CLONE_NEWIPC) < 0)
         return -1;
     if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
         return -1;

@@ -202,6 +202,9 @@ static int run(int argc, char **argv)
     sigaddset(&set, SIGHUP);
     sigprocmask(SIG_BLOCK, &set, &old);
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    /* If the server dies, SIGTERM (blocked, so it waits for sigwaitinfo)
+     * makes us kill the job: no job outlives its wall-clock limit's keeper. */
+    prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
 
     int errpipe[2];
     if (pipe2(errpipe, O_CLOEXEC) < 0) {

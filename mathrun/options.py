@@ -82,10 +82,22 @@ class Options(usage.Options):
         ["user-prefix", None, "mathrun", "Job users are named PREFIX-1 .. PREFIX-N."],
         ["helper-user", None, "mathrun", "Unprivileged user that owns no process (used to kill jobs)."],
         ["job-root", None, None, "Directory of the per-job workspaces (default /run/mathrun/jobs)."],
-        ["cpu-limit", None, 10.0, "Default CPU seconds of a job.", _positive_float],
-        ["wall-limit", None, 20.0, "Default wall-clock seconds of a job.", _positive_float],
-        ["memory-limit", None, 512.0, "Default memory of a job, in MiB.", _positive_float],
-        ["output-limit", None, 16.0, "Default output of a job (stdout+stderr), in MiB.", _positive_float],
+        [
+            "cpu-limit",
+            None,
+            10.0,
+            "CPU seconds of a job whose front end sets no limit (the health probe).",
+            _positive_float,
+        ],
+        ["wall-limit", None, 20.0, "Wall-clock seconds of a job whose front end sets no limit.", _positive_float],
+        ["memory-limit", None, 512.0, "Memory of a job whose front end sets no limit, in MiB.", _positive_float],
+        [
+            "output-limit",
+            None,
+            16.0,
+            "Output (stdout+stderr) of a job whose front end sets no limit, in MiB.",
+            _positive_float,
+        ],
         ["workspace-limit", None, 128.0, "Size of a job's workspace (and its /tmp), in MiB.", _positive_float],
         ["processes-limit", None, 64, "Processes a job may run at once.", _positive_int],
     ]
@@ -137,4 +149,6 @@ def _config_path(argv: list[str]):
             return argv[i + 1]
         if arg.startswith("--config="):
             return arg.split("=", 1)[1]
+        if arg.startswith("-c") and not arg.startswith("--") and len(arg) > 2:
+            return arg[2:]
     return None

@@ -58,15 +58,15 @@ def _split(value) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-def asy_front_end(options, sandbox, reactor, top):
-    """The /asy queue resource, and the runner back end if asked for."""
+def asy_front_end(options, sandbox, reactor):
+    """The /asy queue resource: local runners, or the given back ends."""
     from autobahn.twisted.resource import WebSocketResource
 
     from .asy.backends import LocalBackend, RemoteBackend
     from .asy.queue import AsyQueue, QueueConfig
     from .asy.queue_ws import QueueFactory
     from .asy.runner import RunnerConfig
-    from .asy.runner_ws import RunnerFactory, limit_websocket
+    from .asy.runner_ws import limit_websocket
 
     runner_config = RunnerConfig()
     urls = _split(options["asy-backends"])
@@ -79,11 +79,17 @@ def asy_front_end(options, sandbox, reactor, top):
     limit_websocket(
         factory, queue_config.max_upload + 4096, _split(options["asy-origins"]), options["asy-max-connections"]
     )
-    if options["asy-runner"]:
-        runner = strports.service(options["asy-runner"], RunnerFactory(sandbox, runner_config))
-        runner.setName("asy-runner")
-        runner.setServiceParent(top)
     return ("asy", WebSocketResource(factory))
+
+
+def asy_runner(options, sandbox) -> service.Service:
+    """This host as an Asymptote back end (WebSocket at /), on its own endpoint."""
+    from .asy.runner import RunnerConfig
+    from .asy.runner_ws import RunnerFactory
+
+    runner = strports.service(options["asy-runner"], RunnerFactory(sandbox, RunnerConfig()))
+    runner.setName("asy-runner")
+    return runner
 
 
 def make_service(options, reactor=None) -> service.MultiService:
@@ -111,7 +117,9 @@ def make_service(options, reactor=None) -> service.MultiService:
 
     front_ends = []
     if not options["no-asy"]:
-        front_ends.append(asy_front_end(options, sandbox, reactor, top))
+        front_ends.append(asy_front_end(options, sandbox, reactor))
+    if options["asy-runner"]:
+        asy_runner(options, sandbox).setServiceParent(top)
     if not options["no-http"]:
         site = build_site(sandbox, registry, front_ends)
         http = strports.service(options["http"], site)

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
 from mathrun.sandbox import Limits, Status
+from mathrun.sandbox.sandbox import DEFAULT_JAIL
 
 from .helpers import PYTHON, ROOT, async_test, make_sandbox, processes_of, temp_dir
 
-SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+SHARED_TMP = tuple(d for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock") if os.path.isdir(d))
 
 
 def files_owned_by(uid: int) -> list[str]:
@@ -218,12 +221,31 @@ class HostileTests(unittest.TestCase):
     @async_test
     async def test_files_left_in_temporary_directories(self):
         r = await self.run_job(
-            "for d in /tmp /var/tmp /dev/shm; do echo x > $d/mathrun-left-behind && mkdir $d/dir.left; done;"
-            " ls /tmp /var/tmp /dev/shm | grep -c mathrun-left-behind"
+            f"for d in {' '.join(SHARED_TMP)}; do echo x > $d/mathrun-left-behind && mkdir $d/dir.left; done;"
+            f" ls {' '.join(SHARED_TMP)} | grep -c mathrun-left-behind"
         )
-        self.assertEqual((r.status, r.stdout), (Status.OK, b"3\n"))
+        self.assertEqual((r.status, r.stdout), (Status.OK, b"%d\n" % len(SHARED_TMP)))
         for top in SHARED_TMP:
             self.assertFalse(os.path.exists(os.path.join(top, "mathrun-left-behind")))
+
+    @async_test
+    async def test_sysv_ipc_objects_die_with_the_job(self):
+        lease = await self.sandbox.acquire()
+        uid = lease.user.uid
+        try:
+            job = lease.spawn(
+                ["sh", "-c", "ipcmk -M 4096 && ipcmk -Q && ipcmk -S 1 >/dev/null && ipcs | grep -c 0x"], Limits()
+            )
+            r = await job.done
+        finally:
+            await lease.release()
+        self.assertEqual((r.status, r.stdout.splitlines()[-1]), (Status.OK, b"3"))
+        for kind in ("shm", "msg", "sem"):
+            with open(f"/proc/sysvipc/{kind}") as f:
+                rows = [line.split() for line in f.read().splitlines()[1:]]
+            header = open(f"/proc/sysvipc/{kind}").readline().split()
+            owners = [int(row[header.index("uid")]) for row in rows]
+            self.assertNotIn(uid, owners, kind)
 
     @async_test(timeout=120)
     async def test_fifty_jobs_racing_their_cleanups(self):
@@ -243,6 +265,30 @@ class HostileTests(unittest.TestCase):
         for name in os.listdir(self.sandbox.job_root):
             path = os.path.join(self.sandbox.job_root, name)
             self.assertFalse(os.path.ismount(path) or os.listdir(path), f"{path} left behind")
+
+
+class JailParentDeathTests(unittest.TestCase):
+    def test_jobs_die_with_the_server(self):
+        """A server killed with SIGKILL takes its jobs with it: the jail gets
+        SIGTERM when its parent dies, and kills everything."""
+        marker = f"mathrun-orphan-{os.getpid()}"
+        server = (
+            "import subprocess, sys, time\n"
+            f"subprocess.Popen([{DEFAULT_JAIL!r}, 'run', '--', 'bash', '-c', 'exec -a {marker} sleep 100'])\n"
+            "time.sleep(100)\n"
+        )
+        proc = subprocess.Popen([PYTHON, "-c", server])
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        deadline = time.monotonic() + 10
+        while not subprocess.run(["pgrep", "-f", "^" + marker], capture_output=True).stdout:
+            self.assertLess(time.monotonic(), deadline, "the job never started")
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while subprocess.run(["pgrep", "-f", "^" + marker], capture_output=True).stdout:
+            self.assertLess(time.monotonic(), deadline, "the job outlived its server")
+            time.sleep(0.05)
 
 
 class UnprivilegedTests(unittest.TestCase):
@@ -266,6 +312,21 @@ class UnprivilegedTests(unittest.TestCase):
         survivors = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p).startswith(marker)]
         self.assertEqual(survivors, [])
         self.assertTrue(any("unprivileged" in w for w in self.sandbox.warnings))
+
+    @async_test
+    async def test_workspace_swapped_for_a_symlink(self):
+        victim = temp_dir(self, "mathrun-victim-")
+        with open(os.path.join(victim, "keep"), "w") as f:
+            f.write("keep")
+        lease = await self.sandbox.acquire()
+        try:
+            job = lease.spawn(["sh", "-c", f"cd .. && rm -rf work tmp && ln -s {victim} work && ln -s {victim} tmp"])
+            self.assertEqual((await job.done).status, Status.OK)
+        finally:
+            await lease.release()
+        self.assertEqual(os.listdir(victim), ["keep"])
+        r = await self.sandbox.run(["sh", "-c", "pwd && ls"])
+        self.assertEqual(r.status, Status.OK)
 
     @async_test
     async def test_limits_still_apply(self):

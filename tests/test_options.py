@@ -36,6 +36,9 @@ class OptionsTests(unittest.TestCase):
         o.parseOptions(["--config", path, "--jobs", "5"])
         self.assertEqual((o["http"], o["jobs"], o["no-why3"]), ("tcp:9999", 5, True))
         self.assertEqual(sandbox_config(o).limits.memory_bytes, 64 << 20)
+        o = Options()
+        o.parseOptions([f"-c{path}"])
+        self.assertEqual(o["http"], "tcp:9999")
 
     def test_bad_files(self):
         for text, message in [

@@ -42,6 +42,14 @@ class PoolTests(unittest.TestCase):
         pool.acquire()
         self.failureResultOf(pool.acquire(), PoolExhausted)
 
+    def test_retired_slot_is_never_handed_out_again(self):
+        pool = SlotPool(["a", "b"])
+        a = self.successResultOf(pool.acquire())
+        pool.retire(a)
+        self.assertEqual((pool.size, pool.busy, pool.free), (1, 0, 1))
+        self.assertEqual(self.successResultOf(pool.acquire()), "b")
+        self.assertNoResult(pool.acquire())
+
     def test_release_of_unknown_slot(self):
         pool = SlotPool(["a"])
         self.assertRaises(ValueError, pool.release, "a")

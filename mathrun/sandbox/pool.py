@@ -79,6 +79,11 @@ class SlotPool:
         self._waiting.append(d)
         return d
 
+    def retire(self, slot) -> None:
+        """Take a slot in use out of the pool for good."""
+        self._busy.discard(slot)
+        self._all = tuple(s for s in self._all if s != slot)
+
     def release(self, slot) -> None:
         """Give a slot back; the longest waiter gets it at once."""
         if slot not in self._busy:

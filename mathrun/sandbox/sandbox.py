@@ -31,6 +31,7 @@ from .workspace import Workspace, unmount
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_JAIL = os.path.normpath(os.path.join(_HERE, "..", "..", "ext", "mathrun-jail"))
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+RUN_DIR = "/run/mathrun"
 
 
 @dataclass
@@ -161,7 +162,8 @@ class Job:
             report = parse_report(self._report)
         except ReportError as e:
             report, problem = None, f"jail report unreadable: {e}"
-            # The jail died early or was killed: make sure of the cleanup.
+        if report is None or report.get("remaining"):
+            # The jail died early, or processes survived it: reap at release.
             self.lease.external_processes = True
         cgroup = self.lease.cgroup
         result = classify(
@@ -265,8 +267,11 @@ class Sandbox:
         self.config = config or SandboxConfig()
         self.privileged = self.config.privileged if self.config.privileged is not None else os.geteuid() == 0
         self.job_root = self.config.resolved_job_root(self.privileged)
-        self.netns = os.path.join(os.path.dirname(self.job_root), "netns")
-        self.kill_lock = os.path.join(os.path.dirname(self.job_root), "kill.lock")
+        self.netns = os.path.join(RUN_DIR, "netns")
+        # One lock for every server that shares the helper user, wherever
+        # its job root is.
+        self.kill_lock = os.path.join(RUN_DIR, "kill.lock")
+        self.quarantined: set[JobUser] = set()
         self.cgroups = None
         self.helper: JobUser | None = None
         self.pool: SlotPool | None = None
@@ -299,6 +304,8 @@ class Sandbox:
             else:
                 self.warnings.append("no memory cgroup on this host: memory is limited by RLIMIT_AS")
         else:
+            if os.geteuid() == 0:
+                self.warnings.append("unprivileged mode as root: jobs run as root, with every capability")
             me = os.getuid()
             users = [JobUser(f"self-{n}", me, os.getgid()) for n in range(1, self.config.jobs + 1)]
             self.warnings.append(
@@ -363,22 +370,32 @@ class Sandbox:
         workspace = Workspace(root, user, self.privileged, size)
         try:
             workspace.create()
-        except Exception:
-            workspace.remove()
-            self.pool.release(user)
+        except Exception as e:
+            # Never walk a directory a job may have owned: only undo our mount.
+            workspace.unmount_if_mounted()
+            self._quarantine(user, f"its workspace could not be made: {e}")
             raise
         lease = Lease(self, user, workspace, self._slot_cgroups.get(user))
         self.leases.add(lease)
         return lease
 
     async def _cleanup(self, lease: Lease) -> None:
+        self.leases.discard(lease)
         try:
             if lease.external_processes and self.privileged:
                 await self._reap_async(lease.user)
             lease.workspace.remove()
-        finally:
-            self.leases.discard(lease)
-            self.pool.release(lease.user)
+        except Exception as e:
+            self._quarantine(lease.user, f"its cleanup failed: {e}")
+            raise
+        self.pool.release(lease.user)
+
+    def _quarantine(self, user: JobUser, why: str) -> None:
+        """A user whose cleanup failed is not handed out again (the pool
+        shrinks by one) until the server restarts and reaps it."""
+        self.quarantined.add(user)
+        self.log.error("sandbox: job user {user} taken out of service: {why}", user=user.name, why=why)
+        self.pool.retire(user)
 
     def stop(self) -> defer.Deferred:
         """Release every lease (killing its job): for service shutdown."""

@@ -79,23 +79,18 @@ class Workspace:
             os.mkdir(sub, 0o700)
             os.chown(sub, self.owner.uid, self.owner.gid)
 
-    def remove(self) -> None:
-        """Unmount (privileged), or empty without following links."""
+    def unmount_if_mounted(self) -> None:
         if self._mounted:
             unmount(self.root)
             self._mounted = False
+
+    def remove(self) -> None:
+        """Unmount (privileged), or empty without following links."""
+        if self.privileged:
+            self.unmount_if_mounted()
             return
         for directory in (self.path, self.tmp):
-            try:
-                entries = os.listdir(directory)
-            except FileNotFoundError:
-                continue
-            for name in entries:
-                path = os.path.join(directory, name)
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.unlink(path)
+            _empty(directory)
 
     def write_file(self, name: str, data: bytes, mode: int = 0o644) -> str:
         """Stage an input file before the job starts (nothing planted yet)."""
@@ -109,7 +104,7 @@ class Workspace:
         target = os.path.join(directory, parts[-1])
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
-            os.write(fd, data) if len(data) < 65536 else _write_all(fd, data)
+            _write_all(fd, data)
             if self.privileged:
                 os.fchown(fd, self.owner.uid, self.owner.gid)
         finally:
@@ -162,6 +157,30 @@ class Workspace:
         """Regular files at the top of the work directory, sorted."""
         with os.scandir(self.path) as entries:
             return sorted(e.name for e in entries if e.is_file(follow_symlinks=False))
+
+
+def _empty(directory: str) -> None:
+    """Delete what is inside ``directory`` through a file descriptor: a
+    symlink planted in place of the directory, or inside it, is removed,
+    never followed."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        os.unlink(directory)  # replaced by a link or a file: put a directory back
+        os.mkdir(directory, 0o700)
+        return
+    try:
+        for name in os.listdir(fd):
+            if stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
+                shutil.rmtree(name, dir_fd=fd)
+            else:
+                os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _safe_parts(name: str) -> list[str]:
