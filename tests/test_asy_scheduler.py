@@ -152,6 +152,29 @@ class Scenario(unittest.TestCase):
         self.s.enable(0)
         self.assertEqual(self.s.cycle(), [Start(b, 0, FAST)])
 
+    def test_estimates_count_a_downgrade_from_the_real_start(self):
+        self.make(slow=1, medium=1, fast=1)
+        default = self.run_now(D)  # started at time 0 with the slow timeout
+        self.assertEqual((default.started_at, default.timeout_ms), (0, SLOW))
+        self.clock.advance(0.5)
+        waiting, _ = self.add(S)
+        self.s.mean_ms[SLOW] = 8000.0
+        # In the replay the default is downgraded to fast: it ends 3 s after
+        # its start at 0 (not after "now"), so the slow task waits 2.5 s.
+        self.assertEqual(self.s.estimates()[waiting], 2500)
+
+    def test_estimates_keep_a_disabled_slot_out(self):
+        self.make(slow=1, medium=2, fast=2)
+        self.s.mean_ms[FAST] = 1000.0
+        first = self.run_now(F)  # ends at 1.0 s
+        self.clock.advance(0.5)
+        self.run_now(F)  # ends at 1.5 s
+        waiting, _ = self.add(F)
+        self.s.disable(self.s.running[first])
+        self.clock.advance(0.1)
+        # first's slot does not come back: waiting needs the second one's.
+        self.assertEqual(self.s.estimates()[waiting], 900)
+
     def test_estimates_from_measured_run_times(self):
         self.make(slow=1, medium=1, fast=1)
         first = self.run_now(F)

@@ -309,7 +309,7 @@ class Scheduler:
                         return int(round((t - now) * 1000))
                     ends[action.task] = t + self.expected_ms(action.task) / 1000
                 elif isinstance(action, Downgrade):
-                    started = action.task.started_at or t
+                    started = t if action.task.started_at is None else action.task.started_at
                     ends[action.task] = min(ends[action.task], started + action.timeout_ms / 1000)
                 elif isinstance(action, Halt):
                     ends.pop(action.task, None)
@@ -319,7 +319,10 @@ class Scheduler:
             t = max(t, min(ends[task] for task in live))
             for task in live:
                 if ends[task] <= t:
+                    slot = sim.running[task]
                     sim.release(task)
+                    if slot in self.disabled:  # a failed back end stays out
+                        sim.free.remove(slot)
                     del ends[task]
         return int(round((t - now) * 1000))
 
