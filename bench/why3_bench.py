@@ -5,7 +5,9 @@
 For ``-j 1`` and ``-j 2``: n ``/bin/true`` tasks sent at once on one
 connection, timed until the last ``F`` line; prints tasks per second, the
 server's own CPU per task (its utime + stime from /proc, children excluded),
-and the ratio mathrun / C.
+and the ratio mathrun / C.  A last row gives the floor that the sandbox sets:
+the jail helper alone running ``/bin/true``, one after the other, with no
+server at all (two execs per task where the C server has one).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 OURS = os.path.join(os.path.dirname(sys.executable), "mathrun-why3server")
 DEBIAN = "/usr/lib/ocaml/why3/why3server"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -60,6 +63,24 @@ def run(server: str, n: int, jobs: int) -> tuple[float, float]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def jail_floor(n: int) -> float:
+    """Tasks per second of the bare jail helper, started and reaped serially."""
+    from mathrun.sandbox.sandbox import DEFAULT_JAIL
+
+    workdir = tempfile.mkdtemp(prefix="why3-bench-jail-")
+    argv = [DEFAULT_JAIL, "run", "--dir", workdir, "--", "/bin/true"]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        start = time.perf_counter()
+        for _ in range(n):
+            pid = os.posix_spawn(DEFAULT_JAIL, argv, {}, file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 3)])
+            os.waitpid(pid, 0)
+        return n / (time.perf_counter() - start)
+    finally:
+        os.close(devnull)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=2000, help="tasks per row")
@@ -74,6 +95,8 @@ def main():
         print(
             f"{jobs:>3} {'ratio':>8} {rows['mathrun'][0] / rows['C'][0]:>8.2f} {rows['mathrun'][1] / rows['C'][1]:>19.2f}"
         )
+
+    print(f"jail helper alone, serial: {jail_floor(min(args.n, 500)):.0f} tasks/s")
 
 
 if __name__ == "__main__":

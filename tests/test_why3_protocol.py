@@ -113,6 +113,12 @@ class SchedulingTests(unittest.TestCase):
     def setUp(self):
         self.sandbox = FakeSandbox()
         self.server = Why3Server(self.sandbox, Why3Config(jobs=1, output_dir=self.mktemp_dir()))
+        self.addCleanup(self.end_all_jobs)  # before the output directory goes
+
+    def end_all_jobs(self):
+        while any(not j.done.called for j in self.sandbox.jobs):
+            for job in self.sandbox.jobs:
+                job.end(JobResult(Status.CANCELLED))
 
     def mktemp_dir(self):
         import os
@@ -187,6 +193,15 @@ class SchedulingTests(unittest.TestCase):
         self.assertEqual(len(self.sandbox.jobs), 1)  # the queued one never ran
         self.assertEqual(self.server.clients, {})
 
+    def test_reused_ids_each_get_their_answer_and_their_kill(self):
+        a, ta = self.client()
+        a.dataReceived(b"parallel;2\nrun;1;0;0;p\nrun;1;0;0;q\nrun;1;0;0;r\n")
+        first, second = self.sandbox.jobs
+        first.end(JobResult(Status.OK, exit_code=0))
+        self.assertEqual([line[:6] for line in self.lines(ta)], ["S;1", "S;1", "F;1;0;", "S;1"])
+        a.connectionLost(None)
+        self.assertEqual([j.stopped for j in self.sandbox.jobs], [None, Status.CANCELLED, Status.CANCELLED])
+
     def test_exec_failure_and_exit_codes(self):
         a, ta = self.client()
         a.dataReceived(b"parallel;3\nrun;1;0;0;nope\nrun;2;0;0;p\nrun;3;0;0;p\n")
@@ -196,20 +211,74 @@ class SchedulingTests(unittest.TestCase):
         )
         j2.end(JobResult(Status.NONZERO_EXIT, exit_code=3, user_cpu=1.5))
         j3.end(JobResult(Status.TIME_LIMIT, signal=24, user_cpu=2.0))
+        # Over its CPU time: SIGXCPU from the jail, SIGKILL as the C server reports it.
         self.assertEqual(
             [line.split(";")[:5] for line in self.lines(ta)[3:]],
-            [["F", "1", "1", "0.00", "0"], ["F", "2", "3", "1.50", "0"], ["F", "3", "24", "2.00", "1"]],
+            [["F", "1", "1", "0.00", "0"], ["F", "2", "3", "1.50", "0"], ["F", "3", "9", "2.00", "1"]],
         )
 
     def test_framing(self):
         a, ta = self.client()
         a.dataReceived(b"garbage\nrun;1;0;0")
-        a.dataReceived(b";p\n" + b"x" * (wire.Why3Protocol.max_line + 10))
+        a.dataReceived(b";p\n" + b"x" * (wire.Why3Protocol.MAX_LENGTH + 10))
         a.dataReceived(b"still the long line\nrun;2;0;0;p\n")
         self.assertEqual([j.argv for j in self.sandbox.jobs], [["p"]])
         self.sandbox.jobs[0].end(JobResult(Status.OK, exit_code=0))
         self.assertEqual([j.argv for j in self.sandbox.jobs], [["p"], ["p"]])
         self.assertFalse(ta.disconnecting)
+
+    def test_whole_long_line_in_a_chunk_loses_nothing_after_it(self):
+        a, ta = self.client()
+        a.dataReceived(b"parallel;5\nrun;1;0;0;p\n" + b"y" * (wire.Why3Protocol.MAX_LENGTH + 1) + b"\nrun;2;0;0;q\n")
+        self.assertEqual([j.argv for j in self.sandbox.jobs], [["p"], ["q"]])
+        self.assertFalse(ta.disconnecting)
+
+    def test_exception_still_answers(self):
+        def broken(*args, **kwargs):
+            raise OSError("disk full")
+
+        a, ta = self.client()
+        self.patch(FakeLease, "spawn", broken)
+        a.dataReceived(b"run;1;0;0;p\nrun;2;0;0;p\n")
+        lines = self.lines(ta)
+        self.assertEqual(
+            [line.split(";")[:5] for line in lines],
+            [
+                ["F", "1", "1", "0.00", "0"],
+                ["F", "2", "1", "0.00", "0"],
+            ],
+        )
+        with open(lines[0].split(";")[5], "rb") as f:
+            self.assertIn(b"could not run", f.read())
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 2)
+
+    def test_interrupt_while_waiting_for_a_job_user(self):
+        waiting = defer.Deferred()
+        self.patch(self.sandbox, "acquire", lambda size=None: waiting)
+        a, ta = self.client()
+        a.dataReceived(b"run;1;0;0;p\ninterrupt;1\n")
+        self.assertEqual(ta.value(), b"")  # answered once it has a user
+        waiting.callback(FakeLease(self.sandbox))
+        self.assertEqual(self.lines(ta)[0].split(";")[:5], ["F", "1", "0", "0.00", "0"])
+        self.assertEqual(self.sandbox.jobs, [])
+
+    def test_disconnect_while_waiting_for_a_job_user(self):
+        waiting = defer.Deferred()
+        self.patch(self.sandbox, "acquire", lambda size=None: waiting)
+        a, ta = self.client()
+        a.dataReceived(b"run;1;0;0;p\n")
+        a.connectionLost(None)
+        waiting.callback(FakeLease(self.sandbox))
+        self.assertEqual((ta.value(), self.sandbox.jobs, self.server.running), (b"", [], set()))
+
+    def test_output_of_a_client_that_left_is_removed(self):
+        import os
+
+        a, ta = self.client()
+        a.dataReceived(b"run;1;0;0;p\n")
+        self.sandbox.jobs[0].on_output("stdout", b"x")
+        a.connectionLost(None)
+        self.assertEqual(os.listdir(self.server.config.output_dir), [])
 
     def test_limits_unlimited(self):
         a, ta = self.client()
@@ -217,3 +286,86 @@ class SchedulingTests(unittest.TestCase):
         limits = self.sandbox.jobs[0].limits
         self.assertIsInstance(limits, Limits)
         self.assertEqual((limits.cpu_seconds, limits.wall_seconds, limits.address_space_bytes), (None, None, None))
+
+
+class FramingProperties(unittest.TestCase):
+    """However the stream is cut into chunks, the same requests come out."""
+
+    @given(
+        st.lists(
+            st.one_of(
+                st.text(alphabet="ab;0123456789 \r", max_size=12).map(lambda t: "run;" + t + ";0;0;p"),
+                st.text(alphabet="x;", min_size=0, max_size=40),
+                st.just("y" * 70),  # over the (lowered) maximum
+            ),
+            max_size=12,
+        ),
+        st.lists(st.integers(min_value=1, max_value=50), max_size=20),
+    )
+    def test_chunking_does_not_matter(self, lines, cuts):
+        stream = b"".join(line.encode() + b"\n" for line in lines)
+        expected = [wire.parse_request(line) for line in lines if len(line) <= 64]
+        expected = [r for r in expected if r is not None]
+        seen = []
+
+        class Factory:
+            def client_connected(self, client):
+                pass
+
+            def request(self, client, request):
+                seen.append(request)
+
+        proto = wire.Why3Protocol()
+        proto.MAX_LENGTH = 64
+        proto.factory = Factory()
+        proto.makeConnection(StringTransport())
+        pos = 0
+        for cut in cuts:
+            proto.dataReceived(stream[pos : pos + cut])
+            pos += cut
+        proto.dataReceived(stream[pos:])
+        self.assertEqual(seen, expected)
+
+
+class ServiceTests(unittest.TestCase):
+    """The twistd front end: where it listens, its output directory, and the
+    keyword form of its settings."""
+
+    def test_start_and_stop(self):
+        import os
+        import stat
+        import tempfile
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        from mathrun.why3.service import Why3Service
+
+        directory = tempfile.mkdtemp()
+        self.addCleanup(__import__("shutil").rmtree, directory)
+        reactor = MemoryReactorClock()
+        socket_path = os.path.join(directory, "run", "why3.sock")
+        output = os.path.join(directory, "run", "why3-output")
+        service = Why3Service(
+            FakeSandbox(), socket_path, Why3Config(output_dir=output), reactor, jobs=3, time_format="%.6f"
+        )
+        service.startService()
+        ((path, factory, backlog, mode, _wantPID),) = reactor.unixServers
+        self.assertEqual((path, factory, mode), (socket_path, service.server, 0o666))
+        self.assertEqual((service.server.parallel, service.server.config.time_format), (3, "%.6f"))
+        self.assertEqual(stat.S_IMODE(os.stat(output).st_mode), 0o1733)
+        service.stopService()
+        self.assertFalse(service.running)
+
+
+class CommandLineTests(unittest.TestCase):
+    """getopt_long's forms that why3server accepts (errors: test_why3_server)."""
+
+    def test_forms(self):
+        from mathrun.why3.standalone import parse
+
+        self.assertEqual(
+            parse(["--sock=/s", "-j2x", "--single", "--logging", "--time-format", "1.7"]),
+            {"socket": "/s", "jobs": 2, "logging": True, "single_client": True, "time_format": "1.7"},
+        )
+        self.assertEqual(parse(["-j", "3", "--socket", "/s"])["jobs"], 3)
+        self.assertEqual(parse(["--socket", "/s", "--"])["socket"], "/s")

@@ -19,17 +19,48 @@ from twisted.trial import unittest
 
 from .helpers import ROOT, temp_dir
 
-OURS = os.path.join(os.path.dirname(sys.executable), "mathrun-why3server")
 DEBIAN = "/usr/lib/ocaml/why3/why3server"
 FIXTURES = os.path.join(os.path.dirname(__file__), "why3")
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _ours() -> str:
+    """The installed console script, else a wrapper running the module."""
+    installed = os.path.join(os.path.dirname(sys.executable), "mathrun-why3server")
+    if os.access(installed, os.X_OK):
+        return installed
+    import atexit
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="mathrun-why3-bin-")
+    atexit.register(shutil.rmtree, directory, True)
+    wrapper = os.path.join(directory, "mathrun-why3server")
+    with open(wrapper, "w") as f:
+        f.write(f'#!/bin/sh\nPYTHONPATH={PROJECT} exec {sys.executable} -m mathrun.why3.standalone "$@"\n')
+    os.chmod(wrapper, 0o755)
+    return wrapper
+
+
+OURS = _ours()
 
 
 class Client:
     """A blocking line client with a deadline on every read."""
 
     def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.connect(path)
+        # Retried like why3 does: a server may have bound its path but not yet
+        # be listening (the C server too).
+        deadline = time.monotonic() + 10
+        while True:
+            self.sock = socket.socket(socket.AF_UNIX)
+            try:
+                self.sock.connect(path)
+                break
+            except (ConnectionRefusedError, FileNotFoundError):
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         self.buffer = b""
 
     def send(self, *lines):
@@ -93,6 +124,7 @@ class ServerMixin:
             with open(fields[5], "rb") as f:
                 output = f.read()
             os.unlink(fields[5])
+        self.finished_output = output
         return int(fields[2]), float(fields[3]), fields[4], output
 
 
@@ -137,10 +169,9 @@ class Conformance(ServerMixin):
         c.send("run;t;1;0;/usr/bin/sha256sum;/dev/zero")
         c.read()
         code, cpu, killed, _ = self.finished(c.read(timeout=20)[0], "t")
-        # The C server sets the hard CPU limit equal to the soft one (SIGKILL,
-        # 9); mathrun's jail leaves one second between them (SIGXCPU, 24).
-        self.assertIn(code, (signal.SIGKILL, signal.SIGXCPU))
-        self.assertEqual(killed, "1")
+        # The C server's hard CPU limit is its soft one (SIGKILL); mathrun's
+        # jail sends SIGXCPU first, and the server reports 9 all the same.
+        self.assertEqual((code, killed), (signal.SIGKILL, "1"))
         self.assertGreaterEqual(cpu, 0.5)  # user CPU; the rest is system time
 
     def test_parallel(self):
@@ -156,6 +187,69 @@ class Conformance(ServerMixin):
         self.assertEqual(c.read(), ["S;ok"])
         self.assertEqual(self.finished(c.read()[0], "ok")[0], 0)
         self.assertTrue(c.quiet())
+
+    def test_interrupt_running(self):
+        c = self.client()
+        c.send("run;r;0;0;/bin/sleep;100")
+        self.assertEqual(c.read(), ["S;r"])
+        c.send("interrupt;r")
+        code, _, killed, _ = self.finished(c.read()[0], "r")
+        self.assertEqual((code, killed), (9, "1"))
+        c.send("interrupt;r", "interrupt;unknown")  # finished or unknown: no reply
+        self.assertTrue(c.quiet())
+
+    def test_interrupt_queued(self):
+        c = self.client()
+        c.send("run;r;0;0;/bin/sleep;100", "run;q;0;0;/bin/sleep;100")
+        self.assertEqual(c.read(), ["S;r"])
+        c.send("interrupt;q")
+        if self.server == DEBIAN:
+            # Differs on purpose: 1.5.1 drops it without a word (the client
+            # waits forever); mathrun answers as 1.8 does, with a real file.
+            self.assertTrue(c.quiet())
+        else:
+            self.assertEqual(self.finished(c.read()[0], "q")[:4:2] + (self.finished_output,), (0, "0", b""))
+        c.send("interrupt;r")
+        self.assertEqual(self.finished(c.read()[0], "r")[0], 9)
+        self.assertTrue(c.quiet())
+
+    def test_command_line_errors(self):
+        # (arguments, stdout, stderr): the server's own messages on stdout, getopt's on stderr
+        cases = [
+            ([], "need to specify a socket name using --socket\n", ""),
+            (["--socket"], "", "{prog}: option '--socket' requires an argument\n"),
+            (["--socket", "/x", "-j"], "", "{prog}: option requires an argument -- 'j'\n"),
+            (["--socket", "/x", "-j", "zero"], "-j requires a positive number\n", ""),
+            (["--socket", "/x", "-j", "-3"], "-j requires a positive number\n", ""),
+            (["--bogus"], "", "{prog}: unrecognized option '--bogus'\n"),
+            (["-help"], "", "{prog}: invalid option -- 'h'\n"),
+            (["-j3", "-x"], "", "{prog}: invalid option -- 'x'\n"),
+            (["--soc"], "", "{prog}: option '--socket' requires an argument\n"),
+            (["--logging=1"], "", "{prog}: option '--logging' doesn't allow an argument\n"),
+            (["--s", "/x"], "", "{prog}: option '--s' is ambiguous; possibilities: '--socket' '--single-client'\n"),
+            (["--socket", "/x", "extra"], "extra arguments, stopping [opt_index=3,argc=4]\n", ""),
+            (["--socket", "/nonexistent/dir/s.sock"], "", ""),
+        ]
+        for args, out, err in cases:
+            r = subprocess.run([self.server, *args], capture_output=True, text=True, timeout=10, cwd=self.dir)
+            self.assertEqual((r.returncode, r.stdout, r.stderr), (1, out, err.format(prog=self.server)), args)
+
+    def test_logging(self):
+        path = os.path.join(self.dir, "logged.sock")
+        proc = subprocess.Popen([self.server, "--socket", path, "--logging"], cwd=self.dir)
+        self.addCleanup(lambda: proc.poll() is None and (proc.terminate(), proc.wait()))
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        c = Client(path)
+        c.send("run;1;0;0;/bin/true", "bogus;line")
+        self.assertEqual(c.read(), ["S;1"])
+        self.finished(c.read()[0], "1")
+        c.close()
+        time.sleep(0.3)
+        with open(os.path.join(self.dir, "why3server.log")) as f:
+            log = f.read()
+        self.assertIn("received query", log)
+        self.assertIn("bogus;line", log)
 
     def test_results_go_to_their_client(self):
         a, b = self.client(), self.client()
@@ -176,18 +270,6 @@ class DebianConformance(Conformance, unittest.TestCase):
 
 class OursOnly(ServerMixin, unittest.TestCase):
     """What mathrun adds or fixes (1.8 behaviour, limits the C server lacks)."""
-
-    def test_interrupt_queued_and_running(self):
-        c = self.client()
-        c.send("run;r;0;0;/bin/sleep;100", "run;q;0;0;/bin/sleep;100")
-        self.assertEqual(c.read(), ["S;r"])
-        c.send("interrupt;q")
-        code, _, killed, output = self.finished(c.read()[0], "q")
-        self.assertEqual((code, killed, output), (0, "0", b""))
-        c.send("interrupt;r")
-        code, _, killed, _ = self.finished(c.read()[0], "r")
-        self.assertEqual((code, killed), (9, "1"))
-        self.assertTrue(c.quiet())
 
     def test_wall_clock_backstop(self):
         c = self.client()
@@ -306,12 +388,6 @@ class OursOnly(ServerMixin, unittest.TestCase):
         c.close()
         self.assertEqual(proc.wait(10), 0)
 
-    def test_command_line_errors(self):
-        r = subprocess.run([OURS], capture_output=True, text=True)
-        self.assertEqual((r.returncode, r.stderr.strip()), (1, "need to specify a socket name using --socket"))
-        r = subprocess.run([OURS, "--socket", "/x", "-j", "zero"], capture_output=True, text=True)
-        self.assertEqual(r.returncode, 1)
-
     def test_binds_fast(self):
         path = os.path.join(self.dir, "fast.sock")
         start = time.monotonic()
@@ -345,11 +421,18 @@ class RealWhy3(unittest.TestCase):
         return r.stdout + r.stderr
 
     def test_prove_through_a_bind_mount_equals_the_c_server(self):
+        verdicts = {}
         for prover in ("z3", "cvc4"):
             theirs = self.prove(prover)
             ours = self.prove(prover, OURS)
             self.assertEqual(len(_summary(ours)), 4, ours)
             self.assertEqual(_summary(ours), _summary(theirs))
+            verdicts[prover] = [verdict for _goal, verdict in _summary(ours)]
+        # Two valid goals, an invalid one, and one that cvc4 gives up on at its
+        # time limit (Debian's z3 4.8.12 prints "timeout", which why3 1.5.1's
+        # driver reads as a failure: the same through either server).
+        self.assertEqual(verdicts["cvc4"], ["Valid", "Valid", "Unknown", "Timeout"])
+        self.assertEqual(verdicts["z3"][:3], ["Valid", "Valid", "Unknown"])
 
     def test_replay_with_why3lib(self):
         lib = os.path.join(self.dir, "lib")
@@ -388,3 +471,48 @@ def _summary(output: str) -> list[tuple[str, str]]:
             pairs.append((goal, line.split(":", 1)[1].split("(")[0].strip()))
             goal = None
     return pairs
+
+
+class ReadAsTheClient(unittest.TestCase):
+    """As root, the server opens the files a request names with the client's
+    own uid, gid and groups: the kernel's check, with no stat-then-open race."""
+
+    def setUp(self):
+        if not ROOT:
+            raise unittest.SkipTest("needs root")
+        from mathrun.why3.server import Credentials
+
+        self.nobody = Credentials.of(65534, 65534)
+        self.dir = temp_dir(self, "mathrun-why3-read-")
+        os.chmod(self.dir, 0o755)
+
+    def file(self, name, mode, text=b"data\n"):
+        path = os.path.join(self.dir, name)
+        with open(path, "wb") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        return path
+
+    def test_what_nobody_may_and_may_not_read(self):
+        from mathrun.why3.server import Credentials, read_as
+
+        readable = self.file("public", 0o644)
+        secret = self.file("secret", 0o600)
+        hidden_dir = os.path.join(self.dir, "private")
+        os.mkdir(hidden_dir, 0o700)
+        behind = os.path.join(hidden_dir, "public-inside")
+        with open(behind, "wb") as f:
+            f.write(b"x")
+        os.chmod(behind, 0o644)
+        link = os.path.join(self.dir, "link")
+        os.symlink(secret, link)
+        fifo = os.path.join(self.dir, "fifo")
+        os.mkfifo(fifo, 0o666)
+        groups, egid = os.getgroups(), os.getegid()
+        self.assertEqual(read_as(self.nobody, readable, 100), b"data\n")
+        self.assertEqual(read_as(self.nobody, readable, 2), b"da")
+        for path in (secret, behind, link, fifo, self.dir, "/nonexistent"):
+            self.assertIsNone(read_as(self.nobody, path, 100), path)
+        self.assertEqual(read_as(Credentials(0, 0, (0,)), secret, 100), b"data\n")
+        self.assertIsNone(read_as(None, readable, 100))
+        self.assertEqual((os.geteuid(), os.getegid(), os.getgroups()), (0, egid, groups))

@@ -6,23 +6,17 @@ unknown lines ignored.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from twisted.internet import protocol
 from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+
+from .catoi import atoi
+
+__all__ = ["atoi", "parse_request", "started", "finished", "Why3Protocol"]
 
 TIME_FORMATS = {"1.5": "%.2f", "1.7": "%.6f"}
-
-
-def atoi(text: str) -> int:
-    """glibc ``atoi``: optional blanks and sign, then digits, anything else
-    stops; ``strtol``'s saturation, then the cast to ``int``."""
-    m = re.match(r"[ \t\n\v\f\r]*([+-]?[0-9]+)", text)
-    if not m:
-        return 0
-    value = max(-(2**63), min(2**63 - 1, int(m.group(1))))
-    return (value + 2**31) % 2**32 - 2**31
+DEFAULT_TIME_FORMAT = TIME_FORMATS["1.5"]  # what Debian 12's why3server 1.5.1 writes
 
 
 @dataclass(frozen=True)
@@ -67,51 +61,61 @@ def parse_request(line: str):
 
 
 def started(id: str) -> bytes:
-    return f"S;{id}\n".encode()
+    return f"S;{id}\n".encode("utf-8", "surrogateescape")
 
 
-def finished(id: str, exitcode: int, time: float, timeout: bool, path: str, time_format: str = "%.2f") -> bytes:
-    return f"F;{id};{exitcode};{time_format % time};{int(timeout)};{path}\n".encode()
+def finished(
+    id: str, exitcode: int, time: float, timeout: bool, path: str, time_format: str = DEFAULT_TIME_FORMAT
+) -> bytes:
+    return f"F;{id};{exitcode};{time_format % time};{int(timeout)};{path}\n".encode("utf-8", "surrogateescape")
 
 
-class Why3Protocol(protocol.Protocol):
-    """Splits the stream at ``\\n`` (a ``\\r`` stays in the last field, as in
-    the C server); an over-long line is dropped up to its end, with a log
-    entry, and the connection goes on."""
+class Why3Protocol(LineOnlyReceiver):
+    """Frames at ``\\n`` (a ``\\r`` stays in the last field, as in the C
+    server) and hands parsed requests to the factory, which owns all policy.
+
+    A line over ``MAX_LENGTH`` is dropped up to its end with a log entry and
+    the connection goes on (LineOnlyReceiver would close it, and would lose
+    the lines after a long one in the same chunk: such chunks are fed to it
+    one line at a time).
+    """
 
     log = Logger()
-    max_line = 1 << 20
+    delimiter = b"\n"
+    MAX_LENGTH = 1 << 20
+    _discarding = False
+    creds = None  # the peer's Credentials as root, set by the factory
 
     def connectionMade(self):
-        self._buffer = b""
-        self._discarding = False
         self.factory.client_connected(self)
 
     def dataReceived(self, data: bytes):
-        self._buffer += data
-        while True:
-            line, sep, rest = self._buffer.partition(b"\n")
-            if not sep:
-                if len(self._buffer) > self.max_line:
-                    self._discard()
-                    self._buffer = b""
+        if self._discarding:
+            end = data.find(b"\n")
+            if end < 0:
                 return
-            self._buffer = rest
-            if self._discarding:
-                self._discarding = False
-                continue
-            if len(line) > self.max_line:
-                self._discard()
-                self._discarding = False
-                continue
-            self.lineReceived(line)
+            data = data[end + 1 :]
+            self._discarding = False
+        if len(self._buffer) + len(data) <= self.MAX_LENGTH:
+            super().dataReceived(data)  # no line in here can be too long
+            return
+        start = 0
+        while start < len(data) and not self._discarding:
+            end = data.find(b"\n", start)
+            if end < 0:
+                super().dataReceived(data[start:])
+                return
+            super().dataReceived(data[start : end + 1])
+            start = end + 1
 
-    def _discard(self):
-        if not self._discarding:
-            self.log.warn("why3 server: dropped a line longer than {n} bytes", n=self.max_line)
-        self._discarding = True
+    def lineLengthExceeded(self, line: bytes):
+        self.log.warn("why3 server: dropped a line longer than {n} bytes", n=self.MAX_LENGTH)
+        if line is self._buffer:  # an unfinished line: skip the rest of it as it comes
+            self._buffer = b""
+            self._discarding = True
 
     def lineReceived(self, line: bytes):
+        self.log.debug("received query {line!r}", line=line[:200])
         request = parse_request(line.decode("utf-8", "surrogateescape"))
         if request is None:
             self.log.info("why3 server: ignored line {line!r}", line=line[:200])

@@ -13,12 +13,15 @@ like the C server's.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import pwd
+import signal
 import socket
 import stat
 import struct
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
@@ -29,8 +32,11 @@ from . import protocol as wire
 
 @dataclass(frozen=True)
 class Why3Config:
+    """The operator's settings; the wall-clock backstop is
+    ``wall_factor`` × timeout + ``wall_margin`` seconds (none for timeout 0)."""
+
     jobs: int = 1
-    time_format: str = "%.2f"  # what Debian's why3 1.5.1 reads; "%.6f" for 1.7+
+    time_format: str = wire.DEFAULT_TIME_FORMAT  # "%.2f" as 1.5.1's server; "%.6f" as 1.7+
     output_dir: str = "."
     output_limit: int = 64 << 20
     wall_factor: float = 2.0
@@ -39,41 +45,92 @@ class Why3Config:
 
 @dataclass(eq=False)
 class Request:
+    """One run request from its arrival to its single ``F`` line."""
+
     client: object
     run: wire.Run
+    state: str = "queued"  # queued → running → answered
     job: object = None
     path: str | None = None
-    interrupted: bool = False
     fd: int | None = None
-    written: int = 0
-    extra: dict = field(default_factory=dict)
+    interrupted: bool = False
 
 
-def peer_uid(transport) -> int | None:
-    """The connecting process's uid, from SO_PEERCRED."""
+def peer_credentials(transport) -> tuple[int, int] | None:
+    """The connecting process's (uid, gid), from SO_PEERCRED."""
     try:
         sock = transport.getHandle()
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        return struct.unpack("3i", creds)[1]
     except (OSError, AttributeError):
         return None
+    _pid, uid, gid = struct.unpack("3i", creds)
+    return uid, gid
 
 
-def may_read(path: str, uid: int | None) -> bool:
-    """Whether ``uid`` may read the regular file ``path`` (owner or other
-    bits; root may read anything)."""
+@dataclass(frozen=True)
+class Credentials:
+    """Who a client is, for opening files on its behalf."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+    @classmethod
+    def of(cls, uid: int, gid: int) -> Credentials:
+        try:
+            groups = tuple(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+        except KeyError:
+            groups = (gid,)
+        return cls(uid, gid, groups)
+
+
+def read_as(creds: Credentials | None, path: str, limit: int) -> bytes | None:
+    """The regular file ``path`` as the client could read it, or None.
+
+    The open runs with the client's effective uid, gid and groups, so the
+    kernel does the whole check (every directory on the way, ACLs) at the
+    moment of the open: no stat-then-open race with a swapped symlink.
+    Only the server as root gets here; the reactor is single-threaded.
+    """
+    if creds is None:
+        return None
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        st = os.stat(path)
+        if creds.uid == 0:
+            fd = os.open(path, flags)
+        else:
+            saved_groups, saved_gid = os.getgroups(), os.getegid()
+            os.setgroups(creds.groups)
+            os.setegid(creds.gid)
+            os.seteuid(creds.uid)
+            try:
+                fd = os.open(path, flags)
+            finally:
+                os.seteuid(0)
+                os.setegid(saved_gid)
+                os.setgroups(saved_groups)
     except OSError:
-        return False
-    if not stat.S_ISREG(st.st_mode):
-        return False
-    if uid == 0:
-        return True
-    return (st.st_uid == uid and st.st_mode & stat.S_IRUSR) or bool(st.st_mode & stat.S_IROTH)
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks, total = [], 0
+        while total < limit:
+            chunk = os.read(fd, min(1 << 20, limit - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 class Why3Server(protocol.Factory):
+    """The policy: queue, ``parallel``, per-client bookkeeping, limits, files."""
+
     protocol = wire.Why3Protocol
     log = Logger()
 
@@ -88,18 +145,23 @@ class Why3Server(protocol.Factory):
         self.running: set[Request] = set()
         self.clients: dict[object, dict[str, Request]] = {}
         self.on_empty = on_empty  # --single-client: called when the last client leaves
+        self._limits_cache: dict[tuple[int, int], Limits] = {}
 
     # -- clients ----------------------------------------------------------------
     def client_connected(self, client) -> None:
         self.clients[client] = {}
-        client.uid = peer_uid(client.transport)
+        client.creds = None
+        if self.sandbox.privileged:
+            peer = peer_credentials(client.transport)
+            client.creds = Credentials.of(*peer) if peer else None
 
     def client_lost(self, client) -> None:
-        requests = self.clients.pop(client, {})
-        for request in requests.values():
-            if request in self.queue:
-                self.queue.remove(request)
-            elif request.job is not None:
+        # By client, not by id: a client may reuse an id while the first runs.
+        del self.clients[client]
+        if self.queue:
+            self.queue = collections.deque(r for r in self.queue if r.client is not client)
+        for request in list(self.running):
+            if request.client is client and request.job is not None:
                 request.job.stop(Status.CANCELLED)
         if not self.clients and self.on_empty is not None:
             self.on_empty()
@@ -121,76 +183,97 @@ class Why3Server(protocol.Factory):
         if request is None or request.interrupted:
             return
         request.interrupted = True
-        if request in self.queue:
-            # Answered as 1.8 does, but with a file that exists: 1.5.1
-            # clients open it.
+        if request.state == "queued":
             self.queue.remove(request)
-            del self.clients[client][id]
-            path = self._output_file(request)
-            os.close(request.fd)
-            client.send(wire.finished(id, 0, 0.0, False, path, self.config.time_format))
+            self._answer_interrupted(request)
         elif request.job is not None:
             request.job.stop(Status.CANCELLED)
+        # else: still waiting for a job user; answered when it gets one
+
+    def _answer_interrupted(self, request: Request) -> None:
+        """As 1.8 answers, but with a file that exists: 1.5.1 clients open it."""
+        self._open_output(request)
+        self._answer(request, 0, 0.0, False)
 
     # -- running ----------------------------------------------------------------
     def _schedule(self) -> None:
         while self.queue and len(self.running) < self.parallel:
             request = self.queue.popleft()
+            request.state = "running"
             self.running.add(request)
             d = defer.ensureDeferred(self._run(request))
-            d.addErrback(lambda f, r=request: self.log.failure("why3 request {id} failed", f, id=r.run.id))
+            d.addErrback(lambda f: self.log.failure("why3 server: cleaning up after a request failed", f))
 
     def _limits(self, run: wire.Run) -> Limits:
-        base = self.sandbox.config.limits
-        timeout = run.timeout if run.timeout > 0 else None
-        return Limits(
-            cpu_seconds=timeout,
-            wall_seconds=timeout * self.config.wall_factor + self.config.wall_margin if timeout else None,
-            memory_bytes=None,
-            address_space_bytes=run.memlimit << 20 if run.memlimit > 0 else None,
-            file_size_bytes=base.file_size_bytes,
-            open_files=base.open_files,
-            processes=base.processes,
-            output_bytes=self.config.output_limit,
-            workspace_bytes=base.workspace_bytes,
-        )
+        """The sandbox limits of a request: why3 sends the same few (timeout,
+        memlimit) pairs over and over, so they are built once each."""
+        key = (run.timeout, run.memlimit)
+        limits = self._limits_cache.get(key)
+        if limits is None:
+            if len(self._limits_cache) > 256:
+                self._limits_cache.clear()
+            base = self.sandbox.config.limits
+            timeout = run.timeout if run.timeout > 0 else None
+            limits = self._limits_cache[key] = Limits(
+                cpu_seconds=timeout,
+                wall_seconds=timeout * self.config.wall_factor + self.config.wall_margin if timeout else None,
+                memory_bytes=None,
+                address_space_bytes=run.memlimit << 20 if run.memlimit > 0 else None,
+                file_size_bytes=base.file_size_bytes,
+                open_files=base.open_files,
+                processes=base.processes,
+                output_bytes=self.config.output_limit,
+                workspace_bytes=base.workspace_bytes,
+            )
+        return limits
 
     async def _run(self, request: Request) -> None:
         client, run = request.client, request.run
         lease = None
         try:
-            stdin = None
-            if run.stdin is not None:
-                stdin = self._read_input(client, run.stdin)
             limits = self._limits(run)
             lease = await self.sandbox.acquire(limits.workspace_bytes)
             if client not in self.clients:
                 return
             if request.interrupted:  # while it waited for a job user
-                self.clients[client].pop(run.id, None)
-                client.send(wire.finished(run.id, 0, 0.0, False, self._output_file(request), self.config.time_format))
+                self._answer_interrupted(request)
                 return
+            stdin = self._input(client, run.stdin) if run.stdin is not None else None
             args = self._stage_files(lease, client, run)
-            self._output_file(request)
+            self._open_output(request)
             request.job = lease.spawn([run.cmd, *args], limits, on_output=lambda _s, data: self._write(request, data))
             client.send(wire.started(run.id))
-            if stdin is not None:
+            if stdin:
                 request.job.write(stdin)
             request.job.close_stdin()
             result = await request.job.done
             self._finish(request, result)
+        except Exception:
+            self.log.failure("why3 request {id} failed", id=run.id)
+            if request.state != "answered" and client in self.clients:
+                # Every request gets its F, even when the server failed it.
+                try:
+                    if request.path is None:
+                        self._open_output(request)
+                    self._write(request, f"{run.cmd}: mathrun could not run it (see the server log)\n".encode())
+                except OSError:
+                    self.log.failure("why3 request {id}: no output file either", id=run.id)
+                self._answer(request, 1, 0.0, False)
         finally:
-            if request.fd is not None:
-                os.close(request.fd)
-                request.fd = None
+            self._close_output(request)
+            if request.state != "answered" and request.path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(request.path)
             self.running.discard(request)
+            # The prover is gone: the next may start while this lease is released.
+            self._schedule()
             if lease is not None:
                 await lease.release()
-            self._schedule()
 
-    def _read_input(self, client, path: str) -> bytes:
-        if self.sandbox.privileged and not may_read(path, getattr(client, "uid", None)):
-            return b""
+    def _input(self, client, path: str) -> bytes:
+        """runstdin's file; as root, only what the client itself may read."""
+        if self.sandbox.privileged:
+            return read_as(client.creds, path, self.config.output_limit) or b""
         try:
             with open(path, "rb") as f:
                 return f.read(self.config.output_limit)
@@ -198,29 +281,32 @@ class Why3Server(protocol.Factory):
             return b""
 
     def _stage_files(self, lease, client, run: wire.Run) -> list[str]:
-        """As root, files named on the command line that the client may read
-        are copied into the workspace, where the job user can read them."""
+        """As root, files named on the command line (absolute paths) that the
+        client may read are copied into the workspace, where the job user can
+        read them; the job's /tmp is private, so the client's are not seen."""
         if not self.sandbox.privileged:
             return list(run.args)
-        uid = getattr(client, "uid", None)
         args = []
         for n, arg in enumerate(run.args):
-            if arg.startswith("/") and may_read(arg, uid):
-                with open(arg, "rb") as f:
-                    data = f.read()
+            data = read_as(client.creds, arg, self.config.output_limit) if arg.startswith("/") else None
+            if data is not None:
                 name = f"in{n}-{os.path.basename(arg)}"
                 lease.workspace.write_file(name, data)
                 arg = os.path.join(lease.workspace.path, name)
             args.append(arg)
         return args
 
-    def _output_file(self, request: Request) -> str:
+    def _open_output(self, request: Request) -> None:
         fd, path = tempfile.mkstemp(prefix="why3", dir=self.config.output_dir)
-        uid = getattr(request.client, "uid", None)
-        if self.sandbox.privileged and uid not in (None, 0):
-            os.fchown(fd, uid, -1)
+        creds = getattr(request.client, "creds", None)
+        if creds is not None and creds.uid != 0:
+            os.fchown(fd, creds.uid, -1)
         request.fd, request.path = fd, os.path.abspath(path)
-        return request.path
+
+    def _close_output(self, request: Request) -> None:
+        if request.fd is not None:
+            os.close(request.fd)
+            request.fd = None
 
     def _write(self, request: Request, data: bytes) -> None:
         if request.fd is not None:
@@ -228,29 +314,27 @@ class Why3Server(protocol.Factory):
             while view:
                 view = view[os.write(request.fd, view) :]
 
+    def _answer(self, request: Request, exitcode: int, time: float, killed: bool) -> None:
+        """The one ``F`` of a request, to the client that sent it."""
+        client, id = request.client, request.run.id
+        request.state = "answered"
+        self._close_output(request)
+        if self.clients.get(client, {}).get(id) is request:
+            del self.clients[client][id]
+        client.send(wire.finished(id, exitcode, time, killed, request.path or "", self.config.time_format))
+
     def _finish(self, request: Request, result) -> None:
-        client, run = request.client, request.run
-        if self.clients.get(client, {}).get(run.id) is request:
-            del self.clients[client][run.id]
-        if client not in self.clients:
-            os.unlink(request.path)  # nobody to read it
-            return
-        if result.status is Status.INTERNAL_ERROR and "starting the program failed" in result.detail:
-            exitcode, killed = 1, False  # exec failure, as the C server reports it
-        elif result.signal is not None:
-            exitcode, killed = result.signal, True
-        elif result.status in (Status.OK, Status.NONZERO_EXIT):
-            exitcode, killed = result.exit_code, False
-        else:
-            exitcode, killed = 9, True  # killed before it could report a signal
+        if request.client not in self.clients:
+            return  # nobody to read it: its file goes in _run
+        exitcode, killed = c_server_status(result)
         self.log.info(
             "why3 {id}: {cmd} {status}, {t:.3f}s CPU",
-            id=run.id,
-            cmd=run.cmd,
+            id=request.run.id,
+            cmd=request.run.cmd,
             status=result.describe(),
             t=result.user_cpu,
         )
-        client.send(wire.finished(run.id, exitcode, result.user_cpu, killed, request.path, self.config.time_format))
+        self._answer(request, exitcode, result.user_cpu, killed)
 
     def stop(self) -> None:
         """Shutting down: drop the queue, kill what runs."""
@@ -258,3 +342,21 @@ class Why3Server(protocol.Factory):
         for request in list(self.running):
             if request.job is not None:
                 request.job.stop(Status.CANCELLED)
+
+
+def c_server_status(result) -> tuple[int, bool]:
+    """(exitcode, timeout flag) as the C server would report this end.
+
+    The C server sets the hard CPU limit equal to the soft one, so a prover
+    over its time dies of SIGKILL; the jail leaves a second between them
+    (SIGXCPU first): reported as 9 all the same.
+    """
+    if result.status is Status.INTERNAL_ERROR and "starting the program failed" in result.detail:
+        return 1, False  # exec failure: the jail wrote the C server's message to stderr
+    if result.signal is not None:
+        if result.signal == signal.SIGXCPU and result.status is Status.TIME_LIMIT:
+            return signal.SIGKILL, True
+        return result.signal, True
+    if result.status in (Status.OK, Status.NONZERO_EXIT):
+        return result.exit_code, False
+    return signal.SIGKILL, True  # killed before it could report a signal

@@ -3,6 +3,7 @@ again at shutdown, with every running prover killed."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from twisted.application import service
@@ -12,14 +13,28 @@ from .server import Why3Config, Why3Server
 
 
 class Why3Service(service.Service):
+    """``Why3Service(sandbox, path, Why3Config(...), reactor)``, or with
+    ``jobs=`` and ``time_format=`` as keywords over the default config."""
+
     name = "why3"
 
-    def __init__(self, sandbox, socket_path: str, config: Why3Config | None = None, reactor=None):
+    def __init__(
+        self,
+        sandbox,
+        socket_path: str,
+        config: Why3Config | None = None,
+        reactor=None,
+        *,
+        jobs: int | None = None,
+        time_format: str | None = None,
+    ):
         if reactor is None:
             from twisted.internet import reactor
+        config = config or Why3Config()
+        changes = {k: v for k, v in (("jobs", jobs), ("time_format", time_format)) if v is not None}
         self.reactor = reactor
         self.socket_path = socket_path
-        self.server = Why3Server(sandbox, config, reactor)
+        self.server = Why3Server(sandbox, dataclasses.replace(config, **changes), reactor)
         self.port = None
 
     def startService(self):
