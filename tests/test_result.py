@@ -103,5 +103,7 @@ class ClassifyTests(unittest.TestCase):
         r = classify(report(status="failed", stage="exec", errno=2), self.limits)
         self.assertEqual(r.status, Status.INTERNAL_ERROR)
         self.assertIn("starting the program failed: No such file or directory", r.detail)
+        self.assertEqual(r.failed_stage, "exec")
+        self.assertEqual(classify(report(status="failed", stage="jail", errno=1), self.limits).failed_stage, "jail")
         r = classify(report(status="exited", code=0, remaining=1), self.limits)
         self.assertEqual(r.status, Status.INTERNAL_ERROR)

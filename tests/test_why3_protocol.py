@@ -207,7 +207,11 @@ class SchedulingTests(unittest.TestCase):
         a.dataReceived(b"parallel;3\nrun;1;0;0;nope\nrun;2;0;0;p\nrun;3;0;0;p\n")
         j1, j2, j3 = self.sandbox.jobs
         j1.end(
-            JobResult(Status.INTERNAL_ERROR, detail="starting the program failed: No such file or directory (ENOENT)")
+            JobResult(
+                Status.INTERNAL_ERROR,
+                detail="starting the program failed: No such file or directory (ENOENT)",
+                failed_stage="exec",
+            )
         )
         j2.end(JobResult(Status.NONZERO_EXIT, exit_code=3, user_cpu=1.5))
         j3.end(JobResult(Status.TIME_LIMIT, signal=24, user_cpu=2.0))

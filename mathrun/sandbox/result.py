@@ -44,6 +44,7 @@ class JobResult:
     peak_memory: int | None = None
     leftover: bool = False
     detail: str = ""
+    failed_stage: str | None = None  # "exec" or "jail" when the program never ran
     stdout: bytes = b""
     stderr: bytes = b""
 
@@ -143,6 +144,7 @@ def classify(
         return JobResult(
             Status.INTERNAL_ERROR,
             detail=f"{what} failed: {os.strerror(code)} ({errno.errorcode.get(code, code)})",
+            failed_stage="exec" if report.get("stage") == "exec" else "jail",
             **common,
         )
     exit_code = report.get("code") if report["status"] == "exited" else None

@@ -351,7 +351,7 @@ def c_server_status(result) -> tuple[int, bool]:
     over its time dies of SIGKILL; the jail leaves a second between them
     (SIGXCPU first): reported as 9 all the same.
     """
-    if result.status is Status.INTERNAL_ERROR and "starting the program failed" in result.detail:
+    if result.failed_stage == "exec":
         return 1, False  # exec failure: the jail wrote the C server's message to stderr
     if result.signal is not None:
         if result.signal == signal.SIGXCPU and result.status is Status.TIME_LIMIT:
