@@ -82,16 +82,24 @@ class TwistdTests(unittest.TestCase):
         self.stop(proc)
         self.assertIn("job mathrun-" if ROOT else "job self-", self.log())
 
+    def start_with_why3(self):
+        """A server with its Why3 socket in the test's directory."""
+        sock = os.path.join(self.dir, "why3.sock")
+        args = [a for a in self.common() if a != "--no-why3"]
+        return self.start("mathrun", *args, "--why3-socket", sock), sock
+
+    def root_only_file(self, name, text):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o600)
+        return path
+
     def test_why3_socket_runs_provers_as_job_users(self):
         from .test_why3_server import Client
 
-        sock = os.path.join(self.dir, "why3.sock")
-        args = [a for a in self.common() if a != "--no-why3"]
-        proc = self.start("mathrun", *args, "--why3-socket", sock)
-        secret = os.path.join(self.dir, "goal.smt2")
-        with open(secret, "w") as f:
-            f.write("(check-sat)\n")
-        os.chmod(secret, 0o600)
+        proc, sock = self.start_with_why3()
+        secret = self.root_only_file("goal.smt2", "(check-sat)\n")
         c = Client(sock)
         c.send(f"run;1;5;0;/bin/cat;{secret}", "run;2;5;0;/usr/bin/id;-un")
         lines = c.read(4)
@@ -112,13 +120,8 @@ class TwistdTests(unittest.TestCase):
     def test_why3_files_the_client_may_not_read_stay_unread(self):
         if not ROOT or not shutil.which("setpriv"):
             raise unittest.SkipTest("needs root and setpriv to connect as another user")
-        sock = os.path.join(self.dir, "why3.sock")
-        args = [a for a in self.common() if a != "--no-why3"]
-        proc = self.start("mathrun", *args, "--why3-socket", sock)
-        secret = os.path.join(self.dir, "secret")
-        with open(secret, "w") as f:
-            f.write("root only\n")
-        os.chmod(secret, 0o600)
+        proc, sock = self.start_with_why3()
+        secret = self.root_only_file("secret", "root only\n")
         os.chmod(self.dir, 0o755)
         client = (
             "import socket, sys\n"

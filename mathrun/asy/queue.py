@@ -130,7 +130,7 @@ class AsyQueue:
             options = RunOptions(**{**options.__dict__, "timeout": timeout_ms})
         client.passed()
         self.slots[task] = slot
-        self.handles[task] = backend.start(client.files, client.main, options, _Relay(self, task))
+        self.handles[task] = backend.start(client.fileset.files, client.fileset.main, options, _Relay(self, task))
         self.log.info(
             "asy task started on {backend} ({kind}, {t} ms)", backend=backend.name, kind=task.kind.name, t=timeout_ms
         )

@@ -30,14 +30,6 @@ class QueueProtocol(WebSocketServerProtocol):
         self.submitted = False
         self.finished = False
 
-    @property
-    def files(self) -> dict[str, bytes]:
-        return self.fileset.files
-
-    @property
-    def main(self) -> str | None:
-        return self.fileset.main
-
     # -- to the client ----------------------------------------------------------
     def send(self, verb, body=None, payload: bytes | None = None):
         send_frames(self, verb, body, payload)
