@@ -29,6 +29,8 @@ STAMP=$PREFIX/.mathrun-build-stamp
 CONFIGURE_FLAGS=(--enable-sbcl --disable-gcl --disable-build-docs)
 APT_PACKAGES=(sbcl make gcc libc6-dev dpkg-dev gnuplot-nox)
 
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 step() { printf '== maxima: %s\n' "$*"; }
 die() { printf 'build-maxima: %s\n' "$*" >&2; exit 1; }
 
@@ -48,19 +50,7 @@ fi
 start=$(date +%s)
 
 # ---------------------------------------------------------------- packages
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-    [ "$status" = installed ] || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    step "installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    fi
-fi
+install_missing "${APT_PACKAGES[@]}"
 
 # ---------------------------------------------------------------- deb-src
 # The private deb-src entry, in deb822 form: the first enabled `deb` entry of

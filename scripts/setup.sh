@@ -16,20 +16,11 @@ APT_PACKAGES=(
     procps iproute2 curl
 )
 
-step() { printf '== %s\n' "$*"; }
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 if [ "$(id -u)" = 0 ]; then
-    missing=()
-    for pkg in "${APT_PACKAGES[@]}"; do
-        status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-        [ "$status" = installed ] || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        step "installing Debian packages: ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    fi
+    install_missing "${APT_PACKAGES[@]}"
 fi
 
 # The Python environment: rebuilt only when requirements.txt changes.

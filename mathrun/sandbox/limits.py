@@ -52,9 +52,6 @@ class Limits:
                 changes[f.name] = cap
         return replace(self, **changes)
 
-    def with_changes(self, **changes) -> Limits:
-        return replace(self, **changes)
-
     def jail_args(self, memory_in_cgroup: bool) -> list[str]:
         """The rlimit options of ``mathrun-jail run``.
 

@@ -271,7 +271,6 @@ class Sandbox:
         # One lock for every server that shares the helper user, wherever
         # its job root is.
         self.kill_lock = os.path.join(RUN_DIR, "kill.lock")
-        self.quarantined: set[JobUser] = set()
         self.cgroups = None
         self.helper: JobUser | None = None
         self.pool: SlotPool | None = None
@@ -393,7 +392,6 @@ class Sandbox:
     def _quarantine(self, user: JobUser, why: str) -> None:
         """A user whose cleanup failed is not handed out again (the pool
         shrinks by one) until the server restarts and reaps it."""
-        self.quarantined.add(user)
         self.log.error("sandbox: job user {user} taken out of service: {why}", user=user.name, why=why)
         self.pool.retire(user)
 
