@@ -32,3 +32,40 @@ class SandboxMetrics:
         self.jobs.labels(result.status.value).inc()
         self.wall.observe(result.wall)
         self.cpu.observe(result.user_cpu + result.system_cpu)
+
+
+class MaximaMetrics:
+    """goemaxima's metrics, in seconds: response, spawn and queue-wait times,
+    responses by result, and the children by state."""
+
+    def __init__(self, registry: CollectorRegistry, pools):
+        self.response = Histogram(
+            "mathrun_maxima_response_seconds",
+            "Time to answer a Maxima request.",
+            buckets=JOB_SECONDS,
+            registry=registry,
+        )
+        self.spawn = Histogram(
+            "mathrun_maxima_spawn_seconds",
+            "Fork of a Maxima child until it is ready.",
+            buckets=JOB_SECONDS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "mathrun_maxima_queue_wait_seconds",
+            "Time a request waited for a ready Maxima child.",
+            buckets=JOB_SECONDS,
+            registry=registry,
+        )
+        self.responses = Counter(
+            "mathrun_maxima_responses", "Maxima responses by result.", ["result"], registry=registry
+        )
+        for result in ("success", "timeout", "error", "busy", "bad_request", "too_large"):
+            self.responses.labels(result)
+        children = Gauge("mathrun_maxima_children", "Maxima children by state.", ["state"], registry=registry)
+        children.labels("ready").set_function(lambda: sum(len(p.ready) for p in pools))
+        children.labels("busy").set_function(lambda: sum(len(p.busy) for p in pools))
+        children.labels("spawning").set_function(lambda: sum(p.spawning for p in pools))
+        children.labels("waiting_requests").set_function(lambda: sum(len(p.waiters) for p in pools))
+        restarts = Gauge("mathrun_maxima_mother_restarts", "Restarts of the Maxima mothers.", registry=registry)
+        restarts.set_function(lambda: sum(p.mother.restarts for p in pools))

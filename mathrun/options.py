@@ -13,6 +13,7 @@ import os
 from twisted.python import usage
 
 from . import __version__
+from .maxima.config import DEFAULT_CORE
 
 
 def _positive_int(value):
@@ -46,6 +47,7 @@ class Options(usage.Options):
     optFlags = [
         ["no-why3", None, "Do not serve Why3's VC server on the unix socket."],
         ["no-asy", None, "Do not serve the Asymptote queue at /asy."],
+        ["no-maxima", None, "Do not serve Maxima at /maxima and /goemaxima."],
         ["no-http", None, "Do not serve the HTTP site (health, metrics and the HTTP front ends)."],
         ["unprivileged", None, "Run jobs as the server's own user (weaker isolation; automatic when not root)."],
         ["job-network", None, "Let jobs use the network (default: none, not even loopback)."],
@@ -78,6 +80,23 @@ class Options(usage.Options):
             "Comma-separated origins allowed to open /asy from a browser (patterns with *; '*' for any).",
         ],
         ["asy-max-connections", None, 256, "Open /asy connections at most.", _positive_int],
+        ["maxima-core", None, DEFAULT_CORE, "The Maxima mother core (made by the set-up step)."],
+        ["maxima-ready", None, 3, "Forked Maxima children kept ready for requests.", _positive_int],
+        ["maxima-max-timeout", None, 30000, "Longest Maxima timeout a request may ask for, in ms.", _positive_int],
+        ["maxima-heap", None, 1024, "The Maxima mother's heap (SBCL --dynamic-space-size), in MiB.", _positive_int],
+        ["maxima-memory", None, 1536, "Memory of one Maxima job (with gnuplot), in MiB (cgroups).", _positive_int],
+        [
+            "maxima-libraries",
+            None,
+            None,
+            "Comma-separated Maxima files loaded into the mother (e.g. STACK's stackmaxima.mac); "
+            "entries VERSION=FILE start one mother per version, chosen by the request's version.",
+        ],
+        ["maxima-packages", None, None, "Comma-separated Maxima packages loaded into the mother."],
+        ["maxima-queue-wait", None, 10.0, "Seconds a Maxima request may wait for a child.", _positive_float],
+        ["maxima-max-waiting", None, 256, "Maxima requests that may wait at once (then 503).", _positive_int],
+        ["maxima-max-input", None, 1024, "Largest Maxima input, in KiB (then 413).", _positive_int],
+        ["maxima-output-limit", None, 4.0, "Output of one Maxima job, in MiB.", _positive_float],
         ["jobs", "j", 8, "Job users (mathrun-1 .. mathrun-N) shared by all front ends.", _positive_int],
         ["user-prefix", None, "mathrun", "Job users are named PREFIX-1 .. PREFIX-N."],
         ["helper-user", None, "mathrun", "Unprivileged user that owns no process (used to kill jobs)."],

@@ -92,6 +92,35 @@ def asy_runner(options, sandbox) -> service.Service:
     return runner
 
 
+def maxima_config(options):
+    from .maxima.config import MaximaConfig
+
+    libraries, versions = [], {}
+    for entry in _split(options["maxima-libraries"]):
+        version, sep, path = entry.partition("=")
+        if sep:
+            versions.setdefault(version.strip(), []).append(path.strip())
+        else:
+            libraries.append(entry)
+    if versions and libraries:
+        # Plain entries are loaded into every version's mother.
+        versions = {v: libraries + paths for v, paths in versions.items()}
+    return MaximaConfig(
+        core=options["maxima-core"],
+        ready=options["maxima-ready"],
+        max_timeout_ms=options["maxima-max-timeout"],
+        heap_mib=options["maxima-heap"],
+        memory_bytes=options["maxima-memory"] * MiB,
+        libraries=libraries,
+        packages=_split(options["maxima-packages"]),
+        versions=versions,
+        queue_wait=options["maxima-queue-wait"],
+        max_waiting=options["maxima-max-waiting"],
+        max_input_bytes=options["maxima-max-input"] * 1024,
+        output_bytes=int(options["maxima-output-limit"] * MiB),
+    )
+
+
 def make_service(options, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
@@ -116,6 +145,12 @@ def make_service(options, reactor=None) -> service.MultiService:
         log.info("Why3 VC server on {path}", path=options["why3-socket"])
 
     front_ends = []
+    if not options["no-maxima"] and not options["no-http"]:
+        from .maxima.service import MaximaService
+
+        maxima = MaximaService(sandbox, maxima_config(options), reactor, registry)
+        maxima.setServiceParent(top)
+        front_ends += [("maxima", maxima.resource), ("goemaxima", maxima.resource)]
     if not options["no-asy"]:
         front_ends.append(asy_front_end(options, sandbox, reactor))
     if options["asy-runner"]:

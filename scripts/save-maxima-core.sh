@@ -20,7 +20,10 @@
 # --end-runtime-options.
 set -euo pipefail
 
-PACKAGES=(stats distrib descriptive simplex draw)
+# stringproc too: every STACK question uses it, and its autoload costs a
+# second per job.
+PACKAGES=(stats distrib descriptive simplex draw stringproc)
+VERSIONED=(stats distrib descriptive simplex draw)  # these put a version on their name
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD_DIR=${1:-${MATHRUN_BUILD_DIR:-$ROOT/.build}}
 mkdir -p "$BUILD_DIR"
@@ -34,7 +37,9 @@ step() { printf '== maxima core: %s\n' "$*"; }
 die() { printf 'save-maxima-core: %s\n' "$*" >&2; exit 1; }
 
 "$ROOT/scripts/build-maxima.sh" "$BUILD_DIR"
-want=$(printf '%s\npackages %s\n' "$(cat "$PREFIX/.mathrun-build-stamp")" "${PACKAGES[*]}")
+MOTHER_LISP=$ROOT/lisp/mathrun-mother.lisp
+want=$(printf '%s\npackages %s\nmother %s\n' "$(cat "$PREFIX/.mathrun-build-stamp")" "${PACKAGES[*]}" \
+    "$(sha256sum < "$MOTHER_LISP" | cut -d' ' -f1)")
 if [ -f "$CORE" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
     step "$CORE is up to date"
     exit 0
@@ -49,13 +54,15 @@ rm -f "$tmp" "$STAMP"
 trap 'rm -f "$tmp"' EXIT
 loads=""
 for p in "${PACKAGES[@]}"; do loads+="load(\"$p\")\$ "; done
-# Saved from inside a Maxima session, once the packages are loaded: first
+# Saved from inside a Maxima session, once the packages and the mother's
+# own code (lisp/mathrun-mother.lisp) are loaded: first
 # undo what this session itself set (the labels and line number of these
 # loads, the "already started" flag that would print "Maxima restarted.",
 # and --very-quiet), so the core starts as a fresh Maxima would.
 # The toplevel runs Maxima and exits with its status when it returns.
 "$PREFIX/bin/maxima" --very-quiet --batch-string="$loads
 kill(labels)\$
+:lisp (load \"$MOTHER_LISP\")
 :lisp (progn (setq *maxima-started* nil *maxima-quiet* nil *display-labels-p* t \$linenum 0) (sb-ext:save-lisp-and-die \"$tmp\" :toplevel (lambda () (cl-user::run) (sb-ext:exit))))
 " > "$log" 2>&1 || { cat "$log" >&2; die "saving the core failed"; }
 [ -s "$tmp" ] || { cat "$log" >&2; die "no core was saved"; }
@@ -63,12 +70,13 @@ mv -f "$tmp" "$CORE"
 
 # The check: SBCL, each package loaded (each puts its version on its name),
 # and labels that start again at %o1.
-pkgs=$(IFS=,; echo "${PACKAGES[*]}")
+pkgs=$(IFS=,; echo "${VERSIONED[*]}")
 out=$(sbcl --core "$CORE" --noinform --end-runtime-options --batch-string="[build_info()@lisp_name, \
-every(lambda([p], get(p, version) # false), [$pkgs]), mean([1,2,3]), maximize_lp(x, [x<=1])];" 2>&1) \
+every(lambda([p], get(p, version) # false), [$pkgs]), mean([1,2,3]), maximize_lp(x, [x<=1]), \
+printf(false, \"~a\", 7)];" 2>&1) \
     || die "the saved core does not start: $out"
 case $out in
-    *'(%o1)'*'[SBCL, true, 2, [1, [x = 1]]]'*) ;;
+    *'(%o1)'*'[SBCL, true, 2, [1, [x = 1]], 7]'*) ;;
     *) die "the saved core gave: $out" ;;
 esac
 printf '%s\n' "$want" > "$STAMP"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The set-up step shared by `make run` and `make test`: Debian packages, the
-# Python environment in .venv/, the C helpers in ext/, and the job users.
+# Python environment in .venv/, the C helpers in ext/, the job users, and
+# Maxima on SBCL with its mother core (in /opt/mathrun/maxima, outside the
+# checkout, so that every clone on the machine shares one build).
 # Idempotent: each step is skipped when already done, so a second run takes
 # a few seconds.  Run as root on Debian 12 (without root, only the Python
 # environment and the C helpers are made, for unprivileged mode).
@@ -51,4 +53,6 @@ if [ "$(id -u)" = 0 ]; then
         for n in $(seq 1 "$JOB_USERS"); do add_user "$USER_PREFIX-$n"; done
     fi
     install -d -m 0755 /run/mathrun
+    # Must match MAXIMA_HOME in mathrun/maxima/config.py.
+    scripts/save-maxima-core.sh "${MATHRUN_MAXIMA_HOME:-/opt/mathrun/maxima}"
 fi

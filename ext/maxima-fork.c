@@ -1,0 +1,210 @@
+/* The fork channel of the Maxima mother process, loaded into SBCL as a
+ * shared object (libmathrun-fork.so) and called from lisp/mathrun-mother.lisp.
+ *
+ * mathrun_fork_loop() never returns in the mother: it reads one request per
+ * line on stdin, forks, and answers on stdout.  It returns only in a child,
+ * once that child holds its named pipes as stdio and has entered its job's
+ * confinement (jail_enter: setsid, cgroups, private /tmp, rlimits, job user).
+ * The child then goes back to the Maxima REPL, which reads the job's input
+ * from the pipe.  Doing all this in C, outside any Lisp handler, means that a
+ * child's error can never unwind into the mother's loop.
+ *
+ * Request:  fork TOKEN UID GID ROOT CPU FSIZE NOFILE NPROC [CGROUP...]
+ *           (UID -1: unprivileged mode, no user switch; a limit of -1: none)
+ * Answers:  forked TOKEN PID          from the mother
+ *           failed TOKEN MESSAGE      from the mother or the failing child
+ * ROOT holds inpipe and outpipe (made by the server, which already holds
+ * their other ends open), work/ (the cwd) and tmp/ (the private /tmp).
+ */
+#define _GNU_SOURCE
+#include "jail.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define MAX_LINE 8192
+#define MAX_WORDS (9 + JAIL_MAX_CGROUPS)
+
+static char child_root[PATH_MAX - 64];
+static struct sigaction saved_sigchld;
+
+static void say(int fd, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (n > (int)sizeof line - 2)
+        n = sizeof line - 2;
+    line[n++] = '\n';
+    /* One write below PIPE_BUF: lines of mother and children never mix. */
+    ssize_t r = write(fd, line, n);
+    (void)r;
+}
+
+/* One line from fd 0, without the newline; 0 at end of input. */
+static int read_line(char *line, size_t size)
+{
+    static char buf[MAX_LINE];
+    static size_t have = 0;
+    for (;;) {
+        char *nl = memchr(buf, '\n', have);
+        if (nl) {
+            size_t len = nl - buf;
+            if (len >= size)
+                len = size - 1;
+            memcpy(line, buf, len);
+            line[len] = 0;
+            have -= nl + 1 - buf;
+            memmove(buf, nl + 1, have);
+            return 1;
+        }
+        if (have == sizeof buf)
+            have = 0; /* an over-long line: dropped */
+        ssize_t n = read(0, buf + have, sizeof buf - have);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return 0;
+        have += n;
+    }
+}
+
+static int parse_number(const char *word, long long *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(word, &end, 10);
+    if (errno || end == word || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* In the child: the pipes as stdio, the job's confinement, nothing else
+ * open.  On failure the reason goes to the mother's stdout (still fd 1). */
+static void child_setup(const char *token, char **w, int nwords)
+{
+    struct jail_config cfg;
+    long long uid, gid;
+    char path[PATH_MAX], work[PATH_MAX], tmp[PATH_MAX];
+    const char *step = "request";
+
+    memset(&cfg, 0, sizeof cfg);
+    sigaction(SIGCHLD, &saved_sigchld, NULL); /* run-program must wait for gnuplot */
+    if (parse_number(w[2], &uid) < 0 || parse_number(w[3], &gid) < 0
+        || parse_number(w[5], &cfg.cpu) < 0 || parse_number(w[6], &cfg.fsize) < 0
+        || parse_number(w[7], &cfg.nofile) < 0 || parse_number(w[8], &cfg.nproc) < 0
+        || w[4][0] != '/' || strlen(w[4]) >= sizeof child_root)
+        goto fail_einval;
+    cfg.uid = (uid_t)uid;
+    cfg.gid = (gid_t)gid;
+    cfg.as = -1; /* SBCL reserves its whole heap: memory is the cgroup's job */
+    for (int i = 9; i < nwords && cfg.ncgroups < JAIL_MAX_CGROUPS; i++)
+        cfg.cgroups[cfg.ncgroups++] = w[i];
+    snprintf(child_root, sizeof child_root, "%s", w[4]);
+    snprintf(work, sizeof work, "%s/work", child_root);
+    snprintf(tmp, sizeof tmp, "%s/tmp", child_root);
+    cfg.dir = work;
+    cfg.tmp = tmp;
+
+    /* The server holds the read end of outpipe and both ends of inpipe,
+     * so neither open blocks. */
+    step = "open outpipe";
+    snprintf(path, sizeof path, "%s/outpipe", child_root);
+    int out = open(path, O_WRONLY | O_NOFOLLOW);
+    if (out < 0)
+        goto fail;
+    step = "open inpipe";
+    snprintf(path, sizeof path, "%s/inpipe", child_root);
+    int in = open(path, O_RDONLY | O_NOFOLLOW);
+    if (in < 0)
+        goto fail;
+    step = "enter the jail";
+    if (jail_enter(&cfg) < 0)
+        goto fail;
+    step = "set up stdio";
+    if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0)
+        goto fail;
+    if (syscall(SYS_close_range, 3U, ~0U, 0U) < 0) {
+        for (int fd = 3; fd < 1024; fd++)
+            close(fd);
+    }
+    return;
+
+fail_einval:
+    errno = EINVAL;
+fail:
+    say(1, "failed %s %s: %s", token, step, strerror(errno));
+    _exit(126);
+}
+
+/* Joins the network namespace NETNS (when not empty), then serves fork
+ * requests until stdin ends.  Returns the job's root directory, in the
+ * child only. */
+const char *mathrun_fork_loop(const char *netns)
+{
+    char line[MAX_LINE];
+    char *w[MAX_WORDS];
+    struct sigaction ignore;
+
+    /* The mother dies with the server, in its own session (no signal from
+     * a terminal reaches it).  It is its jobs' subreaper: whatever a job
+     * leaves orphaned is reparented here and, with SIGCHLD ignored below,
+     * reaped at once; left to init, zombies would linger and count against
+     * the next job's RLIMIT_NPROC. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    setsid();
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    if (netns && *netns) {
+        int fd = open(netns, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || setns(fd, 0) < 0) {
+            say(1, "failed - join network namespace %s: %s", netns, strerror(errno));
+            _exit(1);
+        }
+        close(fd);
+    }
+    /* Children are reaped by the kernel: the server learns a job's end from
+     * its output pipe, and the mother never waits. */
+    memset(&ignore, 0, sizeof ignore);
+    ignore.sa_handler = SIG_IGN;
+    ignore.sa_flags = SA_NOCLDWAIT;
+    sigaction(SIGCHLD, &ignore, &saved_sigchld);
+    say(1, "mathrun-mother ready %d", (int)getpid());
+
+    while (read_line(line, sizeof line)) {
+        int n = 0;
+        for (char *p = strtok(line, " "); p && n < MAX_WORDS; p = strtok(NULL, " "))
+            w[n++] = p;
+        if (n == 0)
+            continue;
+        if (strcmp(w[0], "fork") != 0 || n < 9) {
+            say(1, "failed %s bad request", n > 1 ? w[1] : "-");
+            continue;
+        }
+        pid_t pid = fork();
+        if (pid < 0) {
+            say(1, "failed %s fork: %s", w[1], strerror(errno));
+            continue;
+        }
+        if (pid == 0) {
+            child_setup(w[1], w, n);
+            return child_root;
+        }
+        say(1, "forked %s %d", w[1], (int)pid);
+    }
+    _exit(0);
+}

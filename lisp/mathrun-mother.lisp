@@ -1,0 +1,78 @@
+;;;; The Maxima mother process: mathrun's side inside Maxima.
+;;;;
+;;;; Saved into the mother core by scripts/save-maxima-core.sh.  The server
+;;;; starts the core as a Maxima REPL on a pipe, has it load the operator's
+;;;; libraries, then sends
+;;;;
+;;;;     :lisp (mathrun-mother:serve "/path/libmathrun-fork.so" "/run/mathrun/netns")
+;;;;
+;;;; SERVE never returns in the mother: the C loop (ext/maxima-fork.c) forks
+;;;; a child per request.  In each child it returns, and the REPL goes on
+;;;; reading the job's input from the child's named pipe.
+
+(defpackage :mathrun-mother
+  (:use :cl)
+  (:export #:serve #:+ready-marker+))
+
+(in-package :mathrun-mother)
+
+(defparameter +ready-marker+ (format nil "~Cmathrun-child-ready~%" (code-char 2))
+  "The first thing a child writes: after it, everything is the job's output.")
+
+;;; The variables STACK's plot functions read, as goemaxima sets them.
+(defvar maxima::|$image_dir| "")
+(defvar maxima::|$url_base| "!ploturl!")
+
+(defun urandom-seed ()
+  "Eight words from the kernel: every child its own random state."
+  (let ((seed (make-array 8 :element-type '(unsigned-byte 32))))
+    (with-open-file (s "/dev/urandom" :element-type '(unsigned-byte 32))
+      (read-sequence seed s))
+    seed))
+
+(defun question (&rest args)
+  "Maxima's questions (asksign, ...) would wait for an answer that never
+comes: a job gets an error instead."
+  (declare (ignore args))
+  (maxima::merror "mathrun: Maxima asked a question; declare the facts with assume() instead."))
+
+(setf (symbol-function 'maxima::retrieve) #'question)
+
+(defun start-child (root)
+  "In a fresh child: its directories, its own random state, fresh labels."
+  (let ((work (concatenate 'string root "/work")))
+    (setf maxima::*maxima-tempdir* work
+          maxima::$maxima_tempdir work
+          maxima::|$image_dir| (concatenate 'string root "/output/")
+          maxima::|$url_base| "!ploturl!"
+          maxima::$linenum 0))
+  (let ((seed (urandom-seed)))
+    (setf mt19937::*random-state*
+          (mt19937::make-random-object :state (mt19937::init-random-state seed))
+          *random-state* (sb-ext:seed-random-state seed)))
+  (write-string +ready-marker+)
+  (finish-output))
+
+(defun serve (library netns)
+  "Fork children for the server until its requests end; returns in a child."
+  (sb-alien:load-shared-object library :dont-save t)
+  (finish-output)
+  ;; A raw fork() keeps only the calling thread: stop SBCL's finalizer
+  ;; thread first, so that no child inherits its lock half-taken.
+  (sb-thread::with-system-mutex (sb-thread::*make-thread-lock*)
+    (sb-impl::finalizer-thread-stop))
+  (let ((root (sb-alien:alien-funcall
+               (sb-alien:extern-alien "mathrun_fork_loop"
+                                      (function sb-alien:c-string sb-alien:c-string))
+               netns)))
+    ;; Only a child gets here.  Any error now ends it, with the reason on
+    ;; its output, instead of leaving a REPL that is never ready.
+    (handler-case
+        (progn
+          (ignore-errors (sb-impl::finalizer-thread-start))
+          (start-child root))
+      (error (e)
+        (format t "mathrun-child-failed: ~A~%" e)
+        (finish-output)
+        (sb-ext:exit :code 1 :abort t))))
+  (values))

@@ -1,0 +1,57 @@
+"""What an operator can set for the Maxima front end."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+MiB = 1 << 20
+# Where the set-up step builds Maxima on SBCL and saves the mother core: out
+# of the checkout, so that every clone on a machine shares one build.
+MAXIMA_HOME = "/opt/mathrun/maxima"
+DEFAULT_CORE = os.path.join(MAXIMA_HOME, "maxima", "mother.core")
+FORK_LIBRARY = os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "ext", "libmathrun-fork.so")
+)
+
+
+@dataclass
+class MaximaConfig:
+    core: str = DEFAULT_CORE
+    sbcl: str = "sbcl"
+    fork_library: str = FORK_LIBRARY
+    heap_mib: int = 1024  # the mother's --dynamic-space-size, inherited by every child
+    ready: int = 3  # forked children kept waiting for a request
+    max_timeout_ms: int = 30000
+    queue_wait: float = 10.0  # seconds a request may wait for a child
+    max_waiting: int = 256  # requests that may wait at once
+    max_input_bytes: int = 1 * MiB
+    output_bytes: int = 4 * MiB  # a job's text output, at most
+    plot_files: int = 64
+    plot_bytes: int = 16 * MiB  # all plot files of a job together
+    memory_bytes: int = 1536 * MiB  # the job's cgroup (SBCL's heap plus gnuplot and friends)
+    workspace_bytes: int = 64 * MiB
+    processes: int = 32
+    open_files: int = 256
+    start_timeout: float = 300.0  # the mother loading its libraries
+    spawn_timeout: float = 10.0  # fork to "ready"
+    libraries: list[str] = field(default_factory=list)  # files load()ed into the mother
+    packages: list[str] = field(default_factory=list)  # packages load()ed into the mother
+    # version -> libraries; when not empty, one mother per version, and a
+    # request's ``version`` picks one (the first is the default).
+    versions: dict[str, list[str]] = field(default_factory=dict)
+
+    def argv(self) -> list[str]:
+        """The mother's command line."""
+        return [
+            self.sbcl,
+            "--core",
+            self.core,
+            "--noinform",
+            "--dynamic-space-size",
+            f"{self.heap_mib}MB",
+            "--disable-ldb",
+            "--lose-on-corruption",
+            "--end-runtime-options",
+            "--very-quiet",
+        ]

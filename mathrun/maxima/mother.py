@@ -1,0 +1,227 @@
+"""The Maxima mother process: started once, forks every child, restarted
+with backoff when it dies (as Twisted's procmon restarts its processes).
+
+Its stdin and stdout are the fork channel (see ext/maxima-fork.c): the
+server writes ``fork TOKEN UID GID ROOT CPU FSIZE NOFILE NPROC [CGROUP...]``
+lines and reads ``forked TOKEN PID`` or ``failed TOKEN MESSAGE`` back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+
+from .config import MaximaConfig
+
+_READY = re.compile(rb"mathrun-mother ready (\d+)")
+
+
+class MotherUnavailable(Exception):
+    """The mother is (re)starting: no child can be forked now."""
+
+
+class ForkFailed(Exception):
+    """The mother or the new child reported an error."""
+
+
+def maxima_string(text: str) -> str:
+    """A Maxima string literal."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def preamble(config: MaximaConfig, libraries: list[str], netns: str) -> bytes:
+    """What the mother's REPL reads first: the operator's packages and
+    libraries, then the start of the fork loop."""
+    lines = [f"load({maxima_string(p)})$" for p in config.packages]
+    lines += [f"load({maxima_string(path)})$" for path in libraries]
+    lisp = f"(mathrun-mother:serve {maxima_string(config.fork_library)} {maxima_string(netns)})"
+    lines.append(f":lisp {lisp}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+class MotherProtocol(protocol.ProcessProtocol):
+    """Frames the fork channel; ``ready`` fires with the mother's pid."""
+
+    log = Logger()
+
+    def __init__(self, on_ended):
+        self.ready = defer.Deferred()
+        self.pending: dict[str, defer.Deferred] = {}
+        self._buffer = b""
+        self._on_ended = on_ended
+        self._is_ready = False
+
+    def outReceived(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > 65536:
+            lines.append(self._buffer)
+            self._buffer = b""
+        for line in lines:
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        words = line.split(b" ", 2)
+        if self._is_ready and words[0] == b"forked" and len(words) == 3:
+            d = self.pending.pop(words[1].decode(), None)
+            if d is not None:
+                d.callback(int(words[2]))
+            return
+        if words[0] == b"failed" and len(words) == 3:
+            d = self.pending.pop(words[1].decode(), None)
+            message = words[2].decode(errors="replace")
+            if d is not None:
+                d.errback(ForkFailed(message))
+            else:
+                self.log.error("maxima mother: {message}", message=message)
+            return
+        match = _READY.search(line)
+        if match and not self._is_ready:
+            self._is_ready = True
+            self.ready.callback(int(match.group(1)))
+            return
+        if line.strip():
+            # Whatever the operator's libraries print while they load.
+            self.log.info("maxima mother: {line}", line=line.decode(errors="replace"))
+
+    def errReceived(self, data: bytes) -> None:
+        for line in data.decode(errors="replace").splitlines():
+            if line.strip():
+                self.log.warn("maxima mother (stderr): {line}", line=line)
+
+    def processEnded(self, reason) -> None:
+        pending, self.pending = self.pending, {}
+        for d in pending.values():
+            d.errback(MotherUnavailable("the Maxima mother process died"))
+        if not self.ready.called:
+            self.ready.errback(MotherUnavailable(f"the Maxima mother process ended at start-up: {reason.value}"))
+        self._on_ended(reason)
+
+
+class Mother:
+    """Keeps one mother process running; ``fork`` asks it for a child."""
+
+    log = Logger()
+    min_restart_delay = 1.0
+    max_restart_delay = 60.0
+    stable_after = 60.0  # seconds of life that reset the restart delay
+
+    def __init__(self, config: MaximaConfig, reactor, netns: str = "", libraries=None, name: str = "maxima"):
+        self.config = config
+        self.reactor = reactor
+        self.netns = netns
+        self.libraries = list(config.libraries if libraries is None else libraries)
+        self.name = name
+        self.pid: int | None = None
+        self.restarts = 0
+        self.on_ready = []  # called with no argument each time a mother is ready
+        self._proto: MotherProtocol | None = None
+        self._tokens = itertools.count(1)
+        self._delay = self.min_restart_delay
+        self._restart_call = None
+        self._started_at = 0.0
+        self._start_timer = None
+        self._running = False
+
+    @property
+    def ready(self) -> bool:
+        return self._proto is not None and self._proto._is_ready
+
+    def start(self) -> None:
+        self._running = True
+        self._spawn()
+
+    def stop(self) -> defer.Deferred:
+        """Close the channel (the mother exits at its end) and stop restarting."""
+        self._running = False
+        if self._restart_call is not None and self._restart_call.active():
+            self._restart_call.cancel()
+        proto = self._proto
+        if proto is None or proto.transport is None:
+            return defer.succeed(None)
+        ended = defer.Deferred()
+        killer = self.reactor.callLater(5, _kill, proto.transport)
+
+        def on_ended(reason):
+            if killer.active():
+                killer.cancel()
+            ended.callback(None)
+
+        proto._on_ended = on_ended
+        proto.transport.closeStdin()
+        return ended
+
+    def kill(self) -> None:
+        """Kill the running mother (it is then restarted)."""
+        if self._proto is not None and self._proto.transport is not None:
+            _kill(self._proto.transport)
+
+    def _spawn(self) -> None:
+        self._restart_call = None
+        if not self._running:
+            return
+        if not os.path.exists(self.config.core):
+            self.log.error("maxima: no mother core at {core}: run the set-up step", core=self.config.core)
+            self._schedule_restart()
+            return
+        proto = MotherProtocol(self._ended)
+        self._proto = proto
+        self._started_at = self.reactor.seconds()
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent"}
+        self.reactor.spawnProcess(proto, self.config.sbcl, self.config.argv(), env=env)
+        proto.transport.write(preamble(self.config, self.libraries, self.netns))
+        self._start_timer = self.reactor.callLater(self.config.start_timeout, _kill, proto.transport)
+        proto.ready.addCallbacks(self._ready, lambda f: None)
+
+    def _ready(self, pid: int) -> None:
+        if self._start_timer is not None and self._start_timer.active():
+            self._start_timer.cancel()
+        self.pid = pid
+        self.log.info(
+            "maxima mother {name} ready (pid {pid}) in {s:.2f}s",
+            name=self.name,
+            pid=pid,
+            s=self.reactor.seconds() - self._started_at,
+        )
+        for callback in list(self.on_ready):
+            callback()
+
+    def _ended(self, reason) -> None:
+        if self._start_timer is not None and self._start_timer.active():
+            self._start_timer.cancel()
+        self._proto = None
+        self.pid = None
+        if not self._running:
+            return
+        self.log.warn("maxima mother {name} ended: {why}", name=self.name, why=reason.value)
+        self._schedule_restart()
+
+    def _schedule_restart(self) -> None:
+        if self.reactor.seconds() - self._started_at > self.stable_after:
+            self._delay = self.min_restart_delay
+        delay, self._delay = self._delay, min(self._delay * 2, self.max_restart_delay)
+        self.restarts += 1
+        self.log.info("maxima mother {name}: restarting in {delay:.0f}s", name=self.name, delay=delay)
+        self._restart_call = self.reactor.callLater(delay, self._spawn)
+
+    def fork(self, fields: list[str]) -> defer.Deferred:
+        """Ask for a child; fires with its pid, or fails (ForkFailed,
+        MotherUnavailable)."""
+        if not self.ready:
+            return defer.fail(MotherUnavailable("the Maxima mother process is starting"))
+        token = str(next(self._tokens))
+        d = defer.Deferred()
+        self._proto.pending[token] = d
+        self._proto.transport.write(("fork " + " ".join([token] + fields) + "\n").encode())
+        return d
+
+
+def _kill(transport) -> None:
+    try:
+        transport.signalProcess("KILL")
+    except Exception:
+        pass

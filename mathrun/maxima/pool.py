@@ -1,0 +1,195 @@
+"""The pool of ready Maxima children, as goemaxima keeps it: a few forked
+children wait on their pipes, each already its job user; a request takes
+one, and afterwards its user's processes are killed, its workspace removed
+(the sandbox's cleanup) and a new child is forked in its place.
+
+All of that is off the request's path: a request only waits when no child
+is ready, at most ``queue_wait`` seconds, behind at most ``max_waiting``
+others.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from .child import Child, MaximaResult
+from .config import MaximaConfig
+from .mother import Mother, MotherUnavailable
+
+
+def job_netns(sandbox) -> str:
+    """The network namespace the mother joins (and its children inherit):
+    the sandbox's own, empty when jobs may use the network or when the
+    server is not root."""
+    import os
+
+    privileged = sandbox.config.privileged
+    if privileged is None:
+        privileged = os.geteuid() == 0
+    return sandbox.netns if privileged and not sandbox.config.network else ""
+
+
+class PoolBusy(Exception):
+    """No child became free in time, or too many requests wait already."""
+
+
+class MaximaPool:
+    log = Logger()
+    retry_delay = 0.5  # after a failed fork, before the next try
+
+    def __init__(self, sandbox, config: MaximaConfig, reactor, mother: Mother | None = None, metrics=None):
+        self.sandbox = sandbox
+        self.config = config
+        self.reactor = reactor
+        if mother is None:
+            mother = Mother(config, reactor, job_netns(sandbox))
+        self.mother = mother
+        self.metrics = metrics
+        self.ready: collections.deque[Child] = collections.deque()
+        self.busy: set[Child] = set()
+        self.spawning = 0
+        self.waiters: collections.deque[defer.Deferred] = collections.deque()
+        self.spawn_failures = 0
+        self._running = False
+        self._retry = None
+        self._releasing: set[defer.Deferred] = set()
+        mother.on_ready.append(self._refill)
+
+    # -- service ------------------------------------------------------------
+    def start(self) -> None:
+        self._running = True
+        self.mother.start()
+
+    async def stop(self) -> None:
+        self._running = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        waiters, self.waiters = self.waiters, collections.deque()
+        for d in waiters:
+            d.errback(PoolBusy("the server is stopping"))
+        await self.mother.stop()
+        while self.ready:
+            self._retire(self.ready.popleft())
+        for child in list(self.busy):
+            child._finish("cancelled")
+        while self._releasing:
+            await defer.DeferredList(list(self._releasing))
+
+    # -- requests -------------------------------------------------------------
+    async def evaluate(self, text: bytes, timeout: float) -> MaximaResult:
+        """Run ``text`` in a ready child (waiting for one if need be)."""
+        asked = self.reactor.seconds()
+        child = await self._take()
+        while child.state != "ready":  # it died just now
+            self._retire(child)
+            child = await self._take()
+        if self.metrics:
+            self.metrics.queue_wait.observe(self.reactor.seconds() - asked)
+        self.busy.add(child)
+        try:
+            return await child.evaluate(text, timeout)
+        finally:
+            self.busy.discard(child)
+            self._retire(child)
+
+    def _take(self) -> defer.Deferred:
+        if self.ready:
+            return defer.succeed(self.ready.popleft())
+        if not self._running:
+            return defer.fail(PoolBusy("the server is stopping"))
+        if len(self.waiters) >= self.config.max_waiting:
+            return defer.fail(PoolBusy(f"{len(self.waiters)} requests are already waiting for Maxima"))
+        d = defer.Deferred(lambda d: self.waiters.remove(d))
+        self.waiters.append(d)
+        self._refill()
+        d.addTimeout(self.config.queue_wait, self.reactor)
+
+        def busy(failure):
+            failure.trap(defer.TimeoutError)
+            why = "the Maxima mother process is restarting" if not self.mother.ready else "all Maxima children are busy"
+            raise PoolBusy(f"no Maxima child within {self.config.queue_wait:g}s: {why}")
+
+        return d.addErrback(busy)
+
+    # -- children ---------------------------------------------------------------
+    def _wanted(self) -> int:
+        return self.config.ready + len(self.waiters) - len(self.ready) - self.spawning
+
+    def _refill(self) -> None:
+        if self._retry is not None and self._retry.active():
+            return
+        while self._running and self.mother.ready and self._wanted() > 0:
+            self.spawning += 1
+            d = defer.ensureDeferred(self._spawn())
+            d.addBoth(self._spawned)
+
+    async def _spawn(self) -> Child:
+        lease = await self.sandbox.acquire(self.config.workspace_bytes)
+        # The mother forks the child, not the jail: reap the user at release.
+        lease.external_processes = True
+        started = self.reactor.seconds()
+        child = Child(self.reactor, lease, self.config)
+        try:
+            child.prepare()
+            child.pid = await self.mother.fork(child.fork_fields())
+            await child.ready.addTimeout(self.config.spawn_timeout, self.reactor)
+        except BaseException:
+            self._retire(child)
+            raise
+        if self.metrics:
+            self.metrics.spawn.observe(self.reactor.seconds() - started)
+        return child
+
+    def _spawned(self, result) -> None:
+        self.spawning -= 1
+        if isinstance(result, Child):
+            self.spawn_failures = 0
+            result.on_death = self._died
+            if not self._running:
+                self._retire(result)
+                return
+            while self.waiters:
+                waiter = self.waiters.popleft()
+                if not waiter.called:
+                    waiter.callback(result)
+                    break
+            else:
+                self.ready.append(result)
+            self._refill()
+            return
+        if result.check(MotherUnavailable):
+            return  # the mother's next start refills
+        self.spawn_failures += 1
+        self.log.failure("maxima: forking a child failed", result)
+        if self.spawn_failures >= 3 and self.mother.ready:
+            self.log.error("maxima: 3 forks in a row failed: restarting the mother")
+            self.mother.kill()
+        self._retry = self.reactor.callLater(self.retry_delay, self._after_retry_delay)
+
+    def _after_retry_delay(self) -> None:
+        self._retry = None
+        self._refill()
+
+    def _died(self, child: Child) -> None:
+        """A ready child ended while waiting (someone killed it)."""
+        if child in self.ready:
+            self.ready.remove(child)
+        self._retire(child)
+
+    def _retire(self, child: Child) -> None:
+        """Kill everything of the child's user and remove its workspace
+        (in the background), then fork a replacement."""
+        child.close()
+        d = child.lease.release()
+        self._releasing.add(d)
+
+        def released(result):
+            self._releasing.discard(d)
+            if isinstance(result, defer.Failure):
+                self.log.failure("maxima: cleaning up after a child failed", result)
+            self._refill()
+
+        d.addBoth(released)

@@ -1,0 +1,363 @@
+"""Maxima over HTTP, end to end: a real SBCL mother, real forked children as
+job users, real gnuplot, a real HTTP port, driven as STACK drives it."""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import socket
+import xml.etree.ElementTree as ET
+import zipfile
+
+import treq
+from prometheus_client import CollectorRegistry
+from twisted.internet import defer, reactor, task, threads
+from twisted.trial import unittest
+
+from mathrun.maxima.config import DEFAULT_CORE, MaximaConfig
+from mathrun.maxima.service import MaximaService
+from mathrun.metrics import SandboxMetrics
+from mathrun.web.site import build_site
+
+from .helpers import ROOT, async_test, make_sandbox, processes_of, within
+
+if not os.path.exists(DEFAULT_CORE):
+    raise unittest.SkipTest(f"no Maxima mother core at {DEFAULT_CORE}: run the set-up step")
+
+
+class MaximaServer:
+    """A sandbox, a Maxima service and the site on an ephemeral port."""
+
+    def __init__(self, testcase, jobs=6, **config):
+        config.setdefault("ready", 2)
+        self.sandbox = make_sandbox(testcase, jobs=jobs)
+        self.registry = CollectorRegistry()
+        SandboxMetrics(self.registry, self.sandbox)
+        self.config = MaximaConfig(**config)
+        self.service = MaximaService(self.sandbox, self.config, reactor, self.registry)
+        self.pool = self.service.pools["default"]
+        self.service.startService()
+        testcase.addCleanup(lambda: within(self.service.stopService()))
+        site = build_site(self.sandbox, self.registry, [("maxima", self.service.resource)])
+        self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        testcase.addCleanup(self.port.stopListening)
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}/maxima"
+
+    async def until(self, predicate, what: str, seconds: float = 30):
+        for _ in range(int(seconds / 0.02)):
+            if predicate():
+                return
+            await task.deferLater(reactor, 0.02, lambda: None)
+        raise AssertionError(f"timed out waiting until {what}")
+
+    async def ready(self):
+        await self.until(lambda: len(self.pool.ready) >= self.config.ready, "children are ready")
+
+    async def post(self, input=None, timeout="10000", **fields):
+        data = dict(fields)
+        if input is not None:
+            data["input"] = input
+        if timeout is not None:
+            data["timeout"] = timeout
+        response = await within(treq.post(self.url, data=data, persistent=False))
+        return response.code, response.headers, await within(treq.content(response))
+
+    async def quiet(self):
+        """Wait until every finished job is cleaned up, then check that only
+        the ready children's users run anything and hold a workspace."""
+        await self.until(
+            lambda: not self.pool._releasing and not self.pool.busy and not self.pool.spawning,
+            "cleanups are done",
+        )
+        waiting = {child.lease.user for child in self.pool.ready}
+        for user in self.sandbox.pool._all:
+            if user in waiting:
+                continue
+            root = os.path.join(self.sandbox.job_root, user.name)
+            if ROOT:
+                assert processes_of(user.uid) == [], f"processes of {user.name} survived"
+                assert not os.path.ismount(root), f"the workspace of {user.name} is still mounted"
+            else:
+                assert not os.listdir(os.path.join(root, "work")), f"files of {user.name} survived"
+
+
+class HttpApiTests(unittest.TestCase):
+    """The API as STACK and goemaxima's other clients use it."""
+
+    def setUp(self):
+        self.server = MaximaServer(self)
+
+    @async_test
+    async def test_stack_health_check_expressions(self):
+        code, headers, body = await self.server.post(
+            "display2d: false$ print(diff(x^n,x))$ print(trigsimp(sin(x)^2+cos(x)^2))$\n"
+            "print(build_info()@version)$\n"
+            'load("stats")$ load("distrib")$ load("descriptive")$ load("simplex")$\n'
+            "print(mean([1,2,3]), cdf_normal(0,0,1), maximize_lp(x, [x<=1]))$\n"
+        )
+        self.assertEqual(code, 200)
+        self.assertEqual(headers.getRawHeaders("content-type"), ["text/plain;charset=UTF-8"])
+        lines = [line.strip() for line in body.decode().splitlines()]
+        self.assertEqual(lines, ["n*x^(n-1)", "1", "5.46.0", "2 1/2 [1,[x = 1]]"])
+
+    @async_test
+    async def test_output_is_not_echoed_and_ends_with_the_job(self):
+        code, _, body = await self.server.post('print("[[marker]]", 6*7)$')
+        self.assertEqual((code, body), (200, b"[[marker]] 42 \n"))
+
+    @async_test
+    async def test_fields_from_the_query_string_and_multipart(self):
+        response = await within(treq.get(self.server.url + "?input=2%2B3%3B&timeout=5000", persistent=False))
+        self.assertEqual((response.code, (await treq.content(response)).strip()), (200, b"5"))
+        response = await within(
+            treq.post(
+                self.server.url,
+                files={"input": ("x", io.BytesIO(b"7*6;"))},
+                data={"timeout": "5000"},
+                persistent=False,
+            )
+        )
+        self.assertEqual((response.code, (await treq.content(response)).strip()), (200, b"42"))
+
+    @async_test
+    async def test_expect_100_continue(self):
+        body = b"timeout=5000&input=3%2A3%3B"
+        head = (
+            b"POST /maxima HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+
+        def talk():
+            with socket.create_connection(("127.0.0.1", self.server.port.getHost().port), timeout=20) as s:
+                s.sendall(head)
+                interim = s.recv(100)
+                s.sendall(body)
+                rest = b""
+                while chunk := s.recv(65536):
+                    rest += chunk
+                return interim, rest
+
+        interim, rest = await within(threads.deferToThread(talk))
+        self.assertTrue(interim.startswith(b"HTTP/1.1 100 Continue"), interim)
+        self.assertTrue(rest.startswith(b"HTTP/1.1 200 OK"), rest)
+        self.assertTrue(rest.rstrip().endswith(b"9"), rest)
+
+    @async_test
+    async def test_get_without_input_is_the_info_line(self):
+        response = await within(treq.get(self.server.url + "/anything", persistent=False))
+        body = await treq.content(response)
+        self.assertEqual(response.code, 200)
+        self.assertTrue(body.startswith(b"Hostname: "), body)
+        self.assertIn(b"version: mathrun", body)
+
+    @async_test
+    async def test_health_probe(self):
+        response = await within(treq.get(self.server.url + "?health=1", persistent=False))
+        self.assertEqual((response.code, (await treq.content(response)).strip()), (200, b"healthcheck successful"))
+
+    @async_test
+    async def test_invalid_timeouts_are_400(self):
+        for timeout in (None, "", "abc", "-5", "1.5"):
+            code, headers, body = await self.server.post("1+1;", timeout=timeout)
+            self.assertEqual((code, body), (400, b"400 - bad request (invalid timeout)\n"), timeout)
+            self.assertEqual(headers.getRawHeaders("content-type"), ["text/plain;charset=UTF-8"])
+
+    @async_test
+    async def test_ploturlbase_sets_url_base(self):
+        _, _, body = await self.server.post("print(URL_BASE)$", ploturlbase="https://moodle.example/plots/")
+        self.assertEqual(body.strip(), b"https://moodle.example/plots/")
+        _, _, body = await self.server.post("print(URL_BASE)$", ploturlbase="!ploturl!")
+        self.assertEqual(body.strip(), b"!ploturl!")
+
+    @async_test
+    async def test_version_is_accepted(self):
+        code, _, body = await self.server.post("1+1;", version="2023121100")
+        self.assertEqual((code, body.strip()), (200, b"2"))
+
+    @async_test
+    async def test_plot_comes_back_in_a_zip(self):
+        code, headers, body = await self.server.post(
+            'f: sconcat(IMAGE_DIR, "plot1.svg")$\n'
+            "plot2d(sin(x), [x, 0, 2*%pi], [svg_file, f], [gnuplot_term, svg])$\n"
+            'print(sconcat(URL_BASE, "plot1.svg"))$\n',
+            ploturlbase="https://moodle.example/p/",
+        )
+        self.assertEqual(code, 200, body[:500])
+        self.assertEqual(headers.getRawHeaders("content-type"), ["application/zip"])
+        archive = zipfile.ZipFile(io.BytesIO(body))
+        self.assertEqual(sorted(archive.namelist()), ["OUTPUT", "plot1.svg"])
+        self.assertIn(b"https://moodle.example/p/plot1.svg", archive.read("OUTPUT"))
+        svg = ET.fromstring(archive.read("plot1.svg"))
+        self.assertTrue(svg.tag.endswith("svg"), svg.tag)
+
+    @async_test
+    async def test_every_child_has_its_own_random_state(self):
+        answers = set()
+        for _ in range(3):
+            _, _, body = await self.server.post("random(10^15);")
+            answers.add(body.strip())
+        self.assertEqual(len(answers), 3, answers)
+
+    @async_test
+    async def test_questions_become_errors(self):
+        code, _, body = await self.server.post("integrate(x^a, x);")
+        self.assertEqual(code, 200)
+        self.assertIn(b"Maxima asked a question", body)
+
+    @async_test
+    async def test_oversized_input_is_413(self):
+        code, headers, body = await self.server.post("x" * (self.server.config.max_input_bytes + 1) + ";")
+        self.assertEqual(code, 413)
+        self.assertIn(b"input too large", body)
+        self.assertEqual(headers.getRawHeaders("content-type"), ["text/plain;charset=UTF-8"])
+
+    @async_test
+    async def test_metrics(self):
+        await self.server.post("1+1;")
+        await self.server.post("1+1;", timeout="x")
+        response = await within(treq.get(self.server.url.replace("/maxima", "/metrics"), persistent=False))
+        text = (await treq.content(response)).decode()
+        self.assertIn('mathrun_maxima_responses_total{result="success"} 1.0', text)
+        self.assertIn('mathrun_maxima_responses_total{result="bad_request"} 1.0', text)
+        self.assertIn("mathrun_maxima_response_seconds_count 1.0", text)
+        self.assertIn("mathrun_maxima_queue_wait_seconds_count 1.0", text)
+        self.assertIn("mathrun_maxima_spawn_seconds_count", text)
+        self.assertIn('mathrun_maxima_children{state="ready"}', text)
+
+
+class HostileInputTests(unittest.TestCase):
+    """Each ends with the right status and leaves nothing behind."""
+
+    def setUp(self):
+        self.server = MaximaServer(self, max_timeout_ms=4000, memory_bytes=1200 << 20)
+
+    @async_test
+    async def test_timeout_is_416_with_the_output_so_far(self):
+        code, headers, body = await self.server.post('print("so far")$ while true do 1$', timeout="1000")
+        self.assertEqual(code, 416)
+        self.assertEqual(headers.getRawHeaders("content-type"), ["text/plain;charset=UTF-8"])
+        self.assertEqual(body, b"so far \n")
+        await self.server.quiet()
+
+    @async_test
+    async def test_timeout_is_capped_at_the_maximum(self):
+        code, _, _ = await self.server.post("while true do 1$", timeout="1000000")
+        self.assertEqual(code, 416)
+        await self.server.quiet()
+
+    @async_test
+    async def test_fork_bomb(self):
+        code, _, body = await self.server.post('system("b(){ b|b& };b")$ print("after")$', timeout="3000")
+        self.assertIn(code, (200, 416))
+        await self.server.quiet()
+
+    @async_test
+    async def test_lisp_heap_exhaustion_is_a_maxima_error(self):
+        code, _, body = await self.server.post("a: make_array(any, 3*10^8)$ print(1+1)$")
+        self.assertEqual(code, 200)
+        self.assertIn(b"Heap exhausted", body)
+        self.assertTrue(body.rstrip().endswith(b"2"), body[-200:])
+        await self.server.quiet()
+
+    @async_test
+    async def test_memory_hog_outside_lisp_is_killed(self):
+        if not self.server.sandbox.cgroups:
+            raise unittest.SkipTest("no memory cgroup on this host")
+        code, _, body = await self.server.post(
+            'system("/usr/bin/python3 -c \\"x = bytearray(3 << 30)\\"")$', timeout="4000"
+        )
+        self.assertEqual(code, 500)
+        self.assertIn(b"ran out of memory", body)
+        await self.server.quiet()
+
+    @async_test
+    async def test_ten_megabytes_of_output(self):
+        code, _, body = await self.server.post('for i thru 400000 do print("xxxxxxxxxxxxxxxxxxxxxxx")$')
+        self.assertEqual(code, 500)
+        self.assertIn(b"output exceeded", body)
+        await self.server.quiet()
+
+    @async_test
+    async def test_a_job_cannot_read_another_jobs_files(self):
+        if not ROOT:
+            raise unittest.SkipTest("needs job users")
+        writer = defer.ensureDeferred(
+            self.server.post(
+                'with_stdout(sconcat(maxima_tempdir, "/secret.txt"), print("the-secret"))$ while true do 1$',
+                timeout="3000",
+            )
+        )
+        pattern = os.path.join(self.server.sandbox.job_root, "*", "work", "secret.txt")
+        await self.server.until(lambda: glob.glob(pattern), "the secret is written")
+        (path,) = glob.glob(pattern)
+        code, _, body = await self.server.post(f'printfile("{path}")$ print(file_search("{path}"))$')
+        self.assertEqual(code, 200)
+        self.assertNotIn(b"the-secret", body)
+        self.assertIn(b"not found", body)  # printfile and file_search see no file there
+        code, _, _ = await writer
+        self.assertEqual(code, 416)
+        await self.server.quiet()
+
+
+class LoadTests(unittest.TestCase):
+    @async_test
+    async def test_32_concurrent_requests(self):
+        server = MaximaServer(self, jobs=8, ready=3)
+        await server.ready()
+        answers = await within(
+            defer.gatherResults([defer.ensureDeferred(server.post(f"{n}^2+{n};")) for n in range(32)])
+        )
+        for n, (code, _, body) in enumerate(answers):
+            self.assertEqual((code, body.strip()), (200, str(n * n + n).encode()))
+        await server.quiet()
+
+    @async_test
+    async def test_mother_killed_mid_load_recovers(self):
+        server = MaximaServer(self, jobs=6, ready=2)
+        await server.ready()
+        first = server.pool.mother.pid
+        requests = [defer.ensureDeferred(server.post(f"{n}*1000;")) for n in range(24)]
+        await task.deferLater(reactor, 0.05, lambda: None)
+        os.kill(first, 9)
+        answers = await within(defer.gatherResults(requests))
+        self.assertEqual([code for code, _, _ in answers], [200] * 24)
+        self.assertEqual([body.strip() for _, _, body in answers], [str(n * 1000).encode() for n in range(24)])
+        await server.until(lambda: server.pool.mother.ready, "the mother is back")
+        self.assertNotEqual(server.pool.mother.pid, first)
+        self.assertEqual(server.pool.mother.restarts, 1)
+        code, _, body = await server.post("2^10;")
+        self.assertEqual((code, body.strip()), (200, b"1024"))
+        await server.quiet()
+
+    @async_test
+    async def test_overload_is_503_with_retry_after(self):
+        server = MaximaServer(self, jobs=2, ready=1, queue_wait=0.5, max_timeout_ms=3000)
+        await server.ready()
+        busy = [defer.ensureDeferred(server.post("while true do 1$", timeout="3000")) for _ in range(2)]
+        await server.until(lambda: len(server.pool.busy) == 2, "both users are busy")
+        code, headers, body = await server.post("1+1;")
+        self.assertEqual(code, 503)
+        self.assertEqual(headers.getRawHeaders("retry-after"), ["1"])
+        self.assertIn(b"busy", body)
+        self.assertEqual([c for c, _, _ in await within(defer.gatherResults(busy))], [416, 416])
+        await server.quiet()
+
+
+class DisconnectTests(unittest.TestCase):
+    @async_test
+    async def test_a_client_that_goes_away_stops_its_job(self):
+        server = MaximaServer(self, jobs=3, ready=1)
+        await server.ready()
+        body = b"timeout=20000&input=while%20true%20do%201%24"
+        head = (
+            b"POST /maxima HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        sock = socket.create_connection(("127.0.0.1", server.port.getHost().port), timeout=20)
+        sock.sendall(head + body)
+        await server.until(lambda: server.pool.busy, "the job runs")
+        sock.close()
+        # Long before its 20 s timeout, the job is stopped and cleaned up.
+        await server.until(lambda: not server.pool.busy, "the job is stopped", seconds=10)
+        await server.quiet()

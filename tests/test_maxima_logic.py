@@ -1,0 +1,287 @@
+"""The Maxima front end's logic without processes: the fork channel's
+framing, the mother's restart policy, and the HTTP field handling, on fakes."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import defer, error
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from twisted.web import server
+from twisted.web.test.requesthelper import DummyRequest
+
+from mathrun.maxima.child import MaximaResult
+from mathrun.maxima.config import MaximaConfig
+from mathrun.maxima.http import MaximaResource
+from mathrun.maxima.mother import ForkFailed, Mother, MotherProtocol, MotherUnavailable, maxima_string, preamble
+from mathrun.maxima.pool import PoolBusy
+
+
+def unquote(literal: str) -> str:
+    """Maxima's reading of a string literal (backslash escapes the next char)."""
+    assert literal[0] == literal[-1] == '"'
+    out, chars = [], iter(literal[1:-1])
+    for c in chars:
+        if c == "\\":
+            out.append(next(chars))
+        else:
+            assert c != '"', "an unescaped quote ends the literal early"
+            out.append(c)
+    return "".join(out)
+
+
+class StringLiteralTests(unittest.SynchronousTestCase):
+    @given(st.text())
+    def test_any_text_reads_back(self, text):
+        self.assertEqual(unquote(maxima_string(text)), text)
+
+    def test_preamble(self):
+        config = MaximaConfig(fork_library="/x/lib.so", packages=["stringproc"])
+        text = preamble(config, ['/srv/stack "q".mac'], "/run/mathrun/netns").decode()
+        self.assertEqual(
+            text.splitlines(),
+            [
+                'load("stringproc")$',
+                'load("/srv/stack \\"q\\".mac")$',
+                ':lisp (mathrun-mother:serve "/x/lib.so" "/run/mathrun/netns")',
+            ],
+        )
+
+
+class FakeTransport:
+    def __init__(self):
+        self.written = b""
+        self.stdin_closed = False
+        self.signals = []
+
+    def write(self, data):
+        self.written += data
+
+    def closeStdin(self):
+        self.stdin_closed = True
+
+    def signalProcess(self, name):
+        self.signals.append(name)
+
+
+class ProcessReactor(MemoryReactorClock):
+    def __init__(self):
+        super().__init__()
+        self.spawned = []
+
+    def spawnProcess(self, proto, executable, args, env=None, **kw):
+        transport = FakeTransport()
+        proto.makeConnection(transport)
+        self.spawned.append((proto, executable, args, env))
+        return transport
+
+
+def ended(proto, code=1):
+    proto.processEnded(Failure(error.ProcessTerminated(exitCode=code)))
+
+
+class MotherProtocolTests(unittest.SynchronousTestCase):
+    def setUp(self):
+        self.ends = []
+        self.proto = MotherProtocol(self.ends.append)
+        self.proto.makeConnection(FakeTransport())
+
+    def ready(self):
+        self.proto.outReceived(b"loading stackmaxima...\nmathrun-mother ready 4242\n")
+        return self.successResultOf(self.proto.ready)
+
+    def test_ready_after_library_output(self):
+        self.assertEqual(self.ready(), 4242)
+
+    @given(st.lists(st.integers(min_value=1, max_value=40), max_size=30))
+    def test_any_chunking_gives_the_same_answers(self, cuts):
+        proto = MotherProtocol(lambda reason: None)
+        proto.makeConnection(FakeTransport())
+        stream = b"banner\nmathrun-mother ready 7\nforked 1 100\nfailed 2 open inpipe: No such file\nforked 3 300\n"
+        waiting = {t: proto.pending.setdefault(t, defer.Deferred()) for t in ("1", "2", "3")}
+        position = 0
+        for cut in cuts:
+            proto.outReceived(stream[position : position + cut])
+            position += cut
+        proto.outReceived(stream[position:])
+        self.assertEqual(self.successResultOf(proto.ready), 7)
+        self.assertEqual(self.successResultOf(waiting["1"]), 100)
+        self.assertEqual(str(self.failureResultOf(waiting["2"], ForkFailed).value), "open inpipe: No such file")
+        self.assertEqual(self.successResultOf(waiting["3"]), 300)
+
+    def test_a_forked_line_before_ready_is_not_an_answer(self):
+        d = self.proto.pending.setdefault("1", defer.Deferred())
+        self.proto.outReceived(b"forked 1 100\n")
+        self.assertNoResult(d)
+
+    def test_death_fails_everything_waiting(self):
+        self.ready()
+        d = self.proto.pending.setdefault("9", defer.Deferred())
+        ended(self.proto)
+        self.failureResultOf(d, MotherUnavailable)
+        self.assertEqual(len(self.ends), 1)
+
+    def test_death_at_start_fails_ready(self):
+        ended(self.proto)
+        self.failureResultOf(self.proto.ready, MotherUnavailable)
+
+
+class MotherTests(unittest.SynchronousTestCase):
+    """Restarts with doubling delays, as procmon does."""
+
+    def setUp(self):
+        self.reactor = ProcessReactor()
+        config = MaximaConfig(core=__file__)  # any existing file
+        self.mother = Mother(config, self.reactor, netns="/run/mathrun/netns")
+        self.mother.start()
+
+    def current(self):
+        return self.reactor.spawned[-1][0]
+
+    def test_starts_with_the_preamble_and_bounded_heap(self):
+        proto, executable, args, env = self.reactor.spawned[0]
+        self.assertIn("--dynamic-space-size", args)
+        self.assertIn("--disable-ldb", args)
+        self.assertIn("--lose-on-corruption", args)
+        self.assertIn(b':lisp (mathrun-mother:serve "', proto.transport.written)
+        self.assertIn(b'"/run/mathrun/netns")', proto.transport.written)
+        self.assertFalse(self.mother.ready)
+
+    def test_fork_before_ready_fails_at_once(self):
+        self.failureResultOf(self.mother.fork(["1"]), MotherUnavailable)
+
+    def test_fork_request_and_answer(self):
+        self.current().outReceived(b"mathrun-mother ready 10\n")
+        d = self.mother.fork(["1001", "1001", "/run/mathrun/jobs/u", "32", "100", "256", "32"])
+        self.assertEqual(
+            self.current().transport.written.splitlines()[-1], b"fork 1 1001 1001 /run/mathrun/jobs/u 32 100 256 32"
+        )
+        self.current().outReceived(b"forked 1 555\n")
+        self.assertEqual(self.successResultOf(d), 555)
+
+    def test_restart_delays_double_then_reset_after_a_stable_run(self):
+        delays = []
+        for _ in range(4):
+            ended(self.current())
+            before = len(self.reactor.spawned)
+            call = self.reactor.getDelayedCalls()[-1]
+            delays.append(call.getTime() - self.reactor.seconds())
+            self.reactor.advance(delays[-1])
+            self.assertEqual(len(self.reactor.spawned), before + 1)
+        self.assertEqual(delays, [1, 2, 4, 8])
+        self.current().outReceived(b"mathrun-mother ready 11\n")
+        self.reactor.advance(Mother.stable_after + 1)
+        ended(self.current())
+        self.assertEqual(self.reactor.getDelayedCalls()[-1].getTime() - self.reactor.seconds(), 1)
+        self.assertEqual(self.mother.restarts, 5)
+
+    def test_a_mother_stuck_at_start_is_killed(self):
+        self.reactor.advance(self.mother.config.start_timeout)
+        self.assertEqual(self.current().transport.signals, ["KILL"])
+
+    def test_stop_closes_the_channel_and_does_not_restart(self):
+        self.current().outReceived(b"mathrun-mother ready 10\n")
+        d = self.mother.stop()
+        self.assertTrue(self.current().transport.stdin_closed)
+        ended(self.current(), 0)
+        self.successResultOf(d)
+        self.reactor.advance(100)
+        self.assertEqual(len(self.reactor.spawned), 1)
+
+
+class FakePool:
+    def __init__(self, result=None, failure=None):
+        self.calls = []
+        self.result = result or MaximaResult("ok", b"42\n")
+        self.failure = failure
+
+    async def evaluate(self, text, seconds):
+        self.calls.append((text, seconds))
+        if self.failure:
+            raise self.failure
+        return self.result
+
+
+class ResourceTests(unittest.SynchronousTestCase):
+    """Field handling of /maxima, exactly, on DummyRequests."""
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.config = MaximaConfig(max_input_bytes=100)
+        self.pool = FakePool()
+        self.other = FakePool(MaximaResult("ok", b"other\n"))
+        self.resource = MaximaResource({"default": self.pool, "2024": self.other}, self.config, self.reactor)
+
+    def request(self, method=b"POST", **fields):
+        request = DummyRequest([b""])
+        request.method = method
+        request.args = {k.encode(): [v.encode() if isinstance(v, str) else v] for k, v in fields.items()}
+        body = self.resource.render(request)
+        if body is not server.NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+        return request
+
+    def answer(self, request):
+        return request.responseCode or 200, b"".join(request.written)
+
+    def test_info_line_for_get_without_input(self):
+        code, body = self.answer(self.request(b"GET"))
+        self.assertEqual(code, 200)
+        self.assertRegex(body.decode(), r"^Hostname: .+, version: mathrun ")
+        self.assertEqual(self.pool.calls, [])
+
+    def test_timeout_in_milliseconds_and_capped(self):
+        self.request(input="1+1;", timeout="2500")
+        self.request(input="1+1;", timeout="99999999")
+        self.assertEqual([s for _, s in self.pool.calls], [2.5, 30.0])
+
+    @given(st.text(max_size=8).filter(lambda t: not (t.isascii() and t.isdigit())))
+    def test_any_non_number_timeout_is_400(self, timeout):
+        code, body = self.answer(self.request(input="1+1;", timeout=timeout))
+        self.assertEqual((code, body), (400, b"400 - bad request (invalid timeout)\n"))
+
+    def test_ploturlbase(self):
+        self.request(input="p;", timeout="1000", ploturlbase='http://h/"x"/')
+        self.request(input="p;", timeout="1000", ploturlbase="!ploturl!")
+        self.assertEqual([t for t, _ in self.pool.calls], [b'URL_BASE: "http://h/\\"x\\"/"$\np;\n', b"p;\n"])
+
+    def test_version_picks_a_pool_and_unknown_falls_back(self):
+        self.request(input="1;", timeout="1000", version="2024")
+        self.request(input="1;", timeout="1000", version="1999")
+        self.assertEqual((len(self.other.calls), len(self.pool.calls)), (1, 1))
+
+    def test_input_size_limit(self):
+        code, _ = self.answer(self.request(input="x" * 100, timeout="1000"))
+        self.assertEqual(code, 200)
+        code, body = self.answer(self.request(input="x" * 101, timeout="1000"))
+        self.assertEqual(code, 413)
+        self.assertIn(b"at most 100", body)
+
+    def test_results_become_statuses(self):
+        cases = [
+            (MaximaResult("ok", b"out"), 200, b"text/plain;charset=UTF-8"),
+            (MaximaResult("ok", b"out", [("p.svg", b"<svg/>")]), 200, b"application/zip"),
+            (MaximaResult("timeout", b"partial"), 416, b"text/plain;charset=UTF-8"),
+            (MaximaResult("timeout", b""), 416, b"text/plain;charset=UTF-8"),
+            (MaximaResult("output-limit", b"x", message="too much"), 500, b"text/plain;charset=UTF-8"),
+            (MaximaResult("memory", b"x", message="out of memory"), 500, b"text/plain;charset=UTF-8"),
+        ]
+        for result, code, content_type in cases:
+            self.pool.result = result
+            request = self.request(input="1;", timeout="1000")
+            self.assertEqual(
+                (request.responseCode, request.responseHeaders.getRawHeaders(b"content-type")),
+                (code, [content_type]),
+                result,
+            )
+            if code == 416:
+                self.assertEqual(b"".join(request.written), result.output or b"416 - timeout\n")
+
+    def test_busy_is_503_with_retry_after(self):
+        self.pool.failure = PoolBusy("all Maxima children are busy")
+        request = self.request(input="1;", timeout="1000")
+        self.assertEqual(request.responseCode, 503)
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"retry-after"), [b"10"])
