@@ -20,7 +20,9 @@ test: lint
 	.venv/bin/pytest $(ARGS)
 
 bench: setup
+	@bash -c '. scripts/lib.sh && install_missing wrk'
 	$(PY) bench/sandbox_bench.py
+	$(PY) bench/maxima_bench.py
 
 clean:
 	$(MAKE) -C ext clean

@@ -2,6 +2,7 @@
  *
  *   mathrun-jail run [options] -- PROGRAM [ARG...]
  *   mathrun-jail reap --uid UID --kill-ruid UID
+ *   mathrun-jail reaper --kill-ruid UID [--kill-lock FILE]
  *   mathrun-jail mknetns PATH
  *
  * `run` forks the job (new session, rlimits, namespaces, job user, clean
@@ -49,6 +50,7 @@ static void usage(void)
             "         [--fsize B] [--nofile N] [--nproc N] [--cgroup D]...\n"
             "         [--env K=V]... [--report-fd N] -- PROGRAM [ARG...]\n"
             "       mathrun-jail reap --uid N --kill-ruid N [--kill-lock F]\n"
+            "       mathrun-jail reaper --kill-ruid N [--kill-lock F]\n"
             "       mathrun-jail mknetns FILE\n");
     exit(2);
 }
@@ -337,6 +339,47 @@ static int reap_user(int argc, char **argv)
     return 0;
 }
 
+/* `reap` for a long-lived server: one uid per line on stdin, one answer
+ * per line on stdout ("ok UID" or "failed UID reason"), until stdin ends.
+ * Saves the server a process spawn per job. */
+static int reaper(int argc, char **argv)
+{
+    static struct option opts[] = {{"kill-ruid", required_argument, 0, 'k'},
+                                   {"kill-lock", required_argument, 0, 'l'},
+                                   {0, 0, 0, 0}};
+    long long kill_ruid = -1;
+    const char *lock = NULL;
+    char line[64];
+    int c;
+    while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+        if (c == 'k')
+            kill_ruid = number(optarg, "kill-ruid");
+        else if (c == 'l')
+            lock = optarg;
+        else
+            usage();
+    }
+    if (kill_ruid <= 0)
+        usage();
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    while (fgets(line, sizeof line, stdin)) {
+        char *end;
+        errno = 0;
+        long long uid = strtoll(line, &end, 10);
+        if (errno || end == line || (*end != '\n' && *end) || uid <= 0 || uid == kill_ruid) {
+            printf("failed %lld bad uid\n", uid);
+            continue;
+        }
+        errno = 0;
+        if (jail_kill_user((uid_t)uid, (uid_t)kill_ruid, lock) < 0)
+            printf("failed %lld %s\n", uid, errno ? strerror(errno) : "processes survived");
+        else
+            printf("ok %lld\n", uid);
+    }
+    return 0;
+}
+
 /* A network namespace with only a loopback interface, left down, persisted
  * by a bind mount so that jobs can join it for almost nothing. */
 static int mknetns(const char *path)
@@ -365,6 +408,8 @@ int main(int argc, char **argv)
         return run(argc - 1, argv + 1);
     if (strcmp(argv[1], "reap") == 0)
         return reap_user(argc - 1, argv + 1);
+    if (strcmp(argv[1], "reaper") == 0)
+        return reaper(argc - 1, argv + 1);
     if (strcmp(argv[1], "mknetns") == 0 && argc == 3)
         return mknetns(argv[2]);
     usage();

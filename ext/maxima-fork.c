@@ -29,13 +29,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #define MAX_LINE 8192
+#define MOTHER_NICE 10
 #define MAX_WORDS (9 + JAIL_MAX_CGROUPS)
 
 static char child_root[PATH_MAX - 64];
+static unsigned int child_seed[8];
 static struct sigaction saved_sigchld;
 
 static void say(int fd, const char *fmt, ...)
@@ -136,6 +140,10 @@ static void child_setup(const char *token, char **w, int nwords)
     step = "enter the jail";
     if (jail_enter(&cfg) < 0)
         goto fail;
+    /* Each child its own random state (the mother's is in the core). */
+    step = "getrandom";
+    if (getrandom(child_seed, sizeof child_seed, 0) != (ssize_t)sizeof child_seed)
+        goto fail;
     step = "set up stdio";
     if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0)
         goto fail;
@@ -150,6 +158,12 @@ fail_einval:
 fail:
     say(1, "failed %s %s: %s", token, step, strerror(errno));
     _exit(126);
+}
+
+/* Word I (0..7) of the child's random seed, drawn from the kernel at fork. */
+unsigned int mathrun_child_seed(int i)
+{
+    return child_seed[i & 7];
 }
 
 /* Joins the network namespace NETNS (when not empty), then serves fork
@@ -169,6 +183,10 @@ const char *mathrun_fork_loop(const char *netns)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     setsid();
     prctl(PR_SET_CHILD_SUBREAPER, 1);
+    /* Forking and starting children is background work: a running job
+     * goes first.  Children inherit the nice value; the server lowers it
+     * to 0 when a child takes a request. */
+    setpriority(PRIO_PROCESS, 0, MOTHER_NICE);
     if (netns && *netns) {
         int fd = open(netns, O_RDONLY | O_CLOEXEC);
         if (fd < 0 || setns(fd, 0) < 0) {

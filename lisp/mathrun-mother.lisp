@@ -23,12 +23,15 @@
 (defvar maxima::|$image_dir| "")
 (defvar maxima::|$url_base| "!ploturl!")
 
-(defun urandom-seed ()
-  "Eight words from the kernel: every child its own random state."
+(defun child-seed ()
+  "Eight words the C side drew from the kernel for this child."
   (let ((seed (make-array 8 :element-type '(unsigned-byte 32))))
-    (with-open-file (s "/dev/urandom" :element-type '(unsigned-byte 32))
-      (read-sequence seed s))
-    seed))
+    (dotimes (i 8 seed)
+      (setf (aref seed i)
+            (sb-alien:alien-funcall
+             (sb-alien:extern-alien "mathrun_child_seed"
+                                    (function sb-alien:unsigned-int sb-alien:int))
+             i)))))
 
 (defun question (&rest args)
   "Maxima's questions (asksign, ...) would wait for an answer that never
@@ -46,12 +49,25 @@ comes: a job gets an error instead."
           maxima::|$image_dir| (concatenate 'string root "/output/")
           maxima::|$url_base| "!ploturl!"
           maxima::$linenum 0))
-  (let ((seed (urandom-seed)))
+  (let ((seed (child-seed)))
     (setf mt19937::*random-state*
           (mt19937::make-random-object :state (mt19937::init-random-state seed))
           *random-state* (sb-ext:seed-random-state seed)))
   (write-string +ready-marker+)
   (finish-output))
+
+(defun finish ()
+  "The end of a Maxima session (end of input, quit()): flush, close stdout
+and stderr, which is the server's sign that the job is done, and leave
+without unwinding.  The kernel's teardown of the big address space (about
+2 ms) then happens after the answer, not before it: an exiting process
+closes its files only after freeing its memory."
+  (ignore-errors (sb-impl::flush-standard-output-streams))
+  (sb-unix:unix-close 1)
+  (sb-unix:unix-close 2)
+  (sb-ext:exit :code 0 :abort t))
+
+(setf (symbol-function 'maxima::bye) #'finish)
 
 (defun serve (library netns)
   "Fork children for the server until its requests end; returns in a child."

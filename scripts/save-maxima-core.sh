@@ -59,11 +59,12 @@ for p in "${PACKAGES[@]}"; do loads+="load(\"$p\")\$ "; done
 # undo what this session itself set (the labels and line number of these
 # loads, the "already started" flag that would print "Maxima restarted.",
 # and --very-quiet), so the core starts as a fresh Maxima would.
-# The toplevel runs Maxima and exits with its status when it returns.
+# The toplevel runs Maxima and, when it returns, mathrun-mother::finish
+# closes the output and exits at once.
 "$PREFIX/bin/maxima" --very-quiet --batch-string="$loads
 kill(labels)\$
 :lisp (load \"$MOTHER_LISP\")
-:lisp (progn (setq *maxima-started* nil *maxima-quiet* nil *display-labels-p* t \$linenum 0) (sb-ext:save-lisp-and-die \"$tmp\" :toplevel (lambda () (cl-user::run) (sb-ext:exit))))
+:lisp (progn (setq *maxima-started* nil *maxima-quiet* nil *display-labels-p* t \$linenum 0) (sb-ext:save-lisp-and-die \"$tmp\" :toplevel (lambda () (cl-user::run) (mathrun-mother::finish))))
 " > "$log" 2>&1 || { cat "$log" >&2; die "saving the core failed"; }
 [ -s "$tmp" ] || { cat "$log" >&2; die "no core was saved"; }
 mv -f "$tmp" "$CORE"

@@ -52,7 +52,7 @@ class MaximaServer:
         raise AssertionError(f"timed out waiting until {what}")
 
     async def ready(self):
-        await self.until(lambda: len(self.pool.ready) >= self.config.ready, "children are ready")
+        await self.until(lambda: len(self.pool.ready) >= self.pool.target, "children are ready")
 
     async def post(self, input=None, timeout="10000", **fields):
         data = dict(fields)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 from autobahn.twisted.websocket import WebSocketClientFactory, connectWS
@@ -63,7 +64,7 @@ class TwistdTests(unittest.TestCase):
         self.assertIn("Server Shut Down", self.log())
 
     def common(self):
-        args = ["--http", f"tcp:{self.port}:interface=127.0.0.1", "--jobs", "2", "--no-why3"]
+        args = ["--http", f"tcp:{self.port}:interface=127.0.0.1", "--jobs", "2", "--no-why3", "--no-maxima"]
         if not ROOT:
             args += ["--job-root", os.path.join(self.dir, "jobs")]
         return args
@@ -81,6 +82,19 @@ class TwistdTests(unittest.TestCase):
             self.assertEqual(json.load(r)["probe"], "ok")
         self.stop(proc)
         self.assertIn("job mathrun-" if ROOT else "job self-", self.log())
+
+    def test_maxima_next_to_the_other_front_ends(self):
+        """The default service tree: Maxima keeps one job user free for the rest."""
+        args = [a for a in self.common() if a != "--no-maxima"]
+        proc = self.start("mathrun", *args)
+        body = urllib.parse.urlencode({"input": "integrate(x^2,x);", "timeout": "10000"}).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/goemaxima", body, timeout=30) as r:
+            self.assertEqual(r.headers["Content-Type"], "text/plain;charset=UTF-8")
+            self.assertEqual(r.read().split(), [b"3", b"x", b"--", b"3"])
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health?deep=1", timeout=30) as r:
+            self.assertEqual(json.load(r)["probe"], "ok")
+        self.stop(proc)
+        self.assertIn("maxima mother default ready", self.log())
 
     def start_with_why3(self):
         """A server with its Why3 socket in the test's directory."""

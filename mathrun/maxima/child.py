@@ -151,6 +151,11 @@ class Child:
         self._started = self.reactor.seconds()
         self._done = defer.Deferred(lambda d: self._finish("cancelled"))
         self._timer = self.reactor.callLater(timeout, self._finish, "timeout", f"timeout after {timeout:g}s")
+        # Children wait at the mother's low priority; a job runs at normal.
+        try:
+            os.setpriority(os.PRIO_PROCESS, self.pid, 0)
+        except OSError:
+            pass
         self._writer.write(text)
         self._writer.loseConnection()
         return self._done

@@ -53,6 +53,15 @@ class MaximaPool:
         self.spawning = 0
         self.waiters: collections.deque[defer.Deferred] = collections.deque()
         self.spawn_failures = 0
+        # Ready children hold job users: leave one to the other front ends.
+        self.target = min(config.ready, max(1, sandbox.config.jobs - 1))
+        if self.target < config.ready:
+            self.log.warn(
+                "maxima: {ready} ready children asked for, {target} kept: only {jobs} job users",
+                ready=config.ready,
+                target=self.target,
+                jobs=sandbox.config.jobs,
+            )
         self._running = False
         self._retry = None
         self._releasing: set[defer.Deferred] = set()
@@ -116,7 +125,7 @@ class MaximaPool:
 
     # -- children ---------------------------------------------------------------
     def _wanted(self) -> int:
-        return self.config.ready + len(self.waiters) - len(self.ready) - self.spawning
+        return self.target + len(self.waiters) - len(self.ready) - self.spawning
 
     def _refill(self) -> None:
         if self._retry is not None and self._retry.active():

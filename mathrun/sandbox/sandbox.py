@@ -11,6 +11,7 @@ The sandbox knows nothing of HTTP, WebSocket or Why3.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import shutil
@@ -201,6 +202,37 @@ class _JailProtocol(protocol.ProcessProtocol):
         self.job._finished()
 
 
+class _Reaper(protocol.ProcessProtocol):
+    """A long-lived ``mathrun-jail reaper``: kills every process of a job
+    user on request, without a process spawn per job."""
+
+    def __init__(self):
+        self.waiting: collections.deque[tuple[int, defer.Deferred]] = collections.deque()
+        self.ended = defer.Deferred()
+        self._buffer = b""
+
+    def reap(self, uid: int) -> defer.Deferred:
+        d = defer.Deferred()
+        self.waiting.append((uid, d))
+        self.transport.write(b"%d\n" % uid)
+        return d
+
+    def outReceived(self, data: bytes) -> None:
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        for line in lines:
+            uid, d = self.waiting.popleft()
+            if line.startswith(b"ok "):
+                d.callback(None)
+            else:
+                d.errback(RuntimeError(f"processes of uid {uid} survived the cleanup: {line.decode(errors='replace')}"))
+
+    def processEnded(self, reason) -> None:
+        waiting, self.waiting = self.waiting, collections.deque()
+        for uid, d in waiting:
+            d.errback(RuntimeError(f"the reaper ended before uid {uid} was cleaned up: {reason.value}"))
+        self.ended.callback(None)
+
+
 class Lease:
     """A job user and a workspace, held until ``release``."""
 
@@ -278,6 +310,7 @@ class Sandbox:
         self.leases: set[Lease] = set()
         self.warnings: list[str] = []
         self.observers: list[Callable[[JobResult], None]] = []
+        self._reaper: _Reaper | None = None
 
     # -- start-up -----------------------------------------------------------
     def start(self) -> None:
@@ -396,24 +429,24 @@ class Sandbox:
         self.pool.retire(user)
 
     def stop(self) -> defer.Deferred:
-        """Release every lease (killing its job): for service shutdown."""
-        return defer.DeferredList([lease.release() for lease in list(self.leases)])
+        """Release every lease (killing its job), then end the reaper: for
+        service shutdown."""
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        await defer.DeferredList([lease.release() for lease in list(self.leases)])
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None and not reaper.ended.called:
+            reaper.transport.closeStdin()
+            await reaper.ended
 
     def _reap_async(self, user: JobUser) -> defer.Deferred:
-        from twisted.internet.utils import getProcessValue
-
-        d = getProcessValue(
-            self.config.jail,
-            ["reap", "--uid", str(user.uid)] + self._kill_options(),
-            env={},
-            reactor=self.reactor,
-        )
-
-        def check(code):
-            if code != 0:
-                raise RuntimeError(f"processes of {user.name} survived the cleanup")
-
-        return d.addCallback(check)
+        if self._reaper is None or self._reaper.ended.called:
+            self._reaper = _Reaper()
+            self.reactor.spawnProcess(
+                self._reaper, self.config.jail, [self.config.jail, "reaper"] + self._kill_options(), env={}
+            )
+        return self._reaper.reap(user.uid)
 
     def _job_finished(self, job: Job, result: JobResult) -> None:
         for observer in self.observers:
