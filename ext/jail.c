@@ -149,7 +149,28 @@ static void pause_briefly(long usec)
     nanosleep(&ts, NULL);
 }
 
+static int count_from_file(const char *path)
+{
+    char buf[32];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    char *end;
+    long v = strtol(buf, &end, 10);
+    return (end == buf || v < 0) ? -1 : (int)v;
+}
+
 int jail_kill_user(uid_t uid, uid_t kill_ruid, const char *lock)
+{
+    return jail_kill_user_counted(uid, kill_ruid, lock, NULL);
+}
+
+int jail_kill_user_counted(uid_t uid, uid_t kill_ruid, const char *lock, const char *count_file)
 {
     uid_t r0, e0, s0;
     int result = -1, lock_fd = -1;
@@ -176,7 +197,10 @@ int jail_kill_user(uid_t uid, uid_t kill_ruid, const char *lock)
      * nobody, so /proc tells when they are all gone. */
     for (int round = 0; round < 2000; round++) {
         kill(-1, SIGKILL);
-        if (jail_count_user_processes(uid) == 0) {
+        int left = count_file ? count_from_file(count_file) : -1;
+        if (left < 0)
+            left = jail_count_user_processes(uid);
+        if (left == 0) {
             result = 0;
             break;
         }

@@ -38,6 +38,12 @@ int jail_enter(const struct jail_config *cfg);
  * some survived. */
 int jail_kill_user(uid_t uid, uid_t kill_ruid, const char *lock);
 
+/* The same, counting what is left by reading `count_file` (the pids.current
+ * of the cgroup every process of the user is confined in, which a job cannot
+ * leave) instead of scanning /proc: one read instead of one per process of
+ * root on the host.  NULL, or a file that cannot be read: /proc. */
+int jail_kill_user_counted(uid_t uid, uid_t kill_ruid, const char *lock, const char *count_file);
+
 /* Count live (non-zombie) processes with real uid `uid`, from /proc. */
 int jail_count_user_processes(uid_t uid);
 

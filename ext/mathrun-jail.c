@@ -2,7 +2,7 @@
  *
  *   mathrun-jail run [options] -- PROGRAM [ARG...]
  *   mathrun-jail reap --uid UID --kill-ruid UID
- *   mathrun-jail reaper --kill-ruid UID [--kill-lock FILE]
+ *   mathrun-jail reaper --kill-ruid UID [--kill-lock FILE]   (stdin: UID [PIDS_CURRENT_FILE])
  *   mathrun-jail mknetns PATH
  *
  * `run` forks the job (new session, rlimits, namespaces, job user, clean
@@ -339,9 +339,10 @@ static int reap_user(int argc, char **argv)
     return 0;
 }
 
-/* `reap` for a long-lived server: one uid per line on stdin, one answer
- * per line on stdout ("ok UID" or "failed UID reason"), until stdin ends.
- * Saves the server a process spawn per job. */
+/* `reap` for a long-lived server: one request per line on stdin, "UID" or
+ * "UID FILE" (FILE: the pids.current that counts the user's processes), one
+ * answer per line on stdout ("ok UID" or "failed UID reason"), until stdin
+ * ends.  Saves the server a process spawn per job. */
 static int reaper(int argc, char **argv)
 {
     static struct option opts[] = {{"kill-ruid", required_argument, 0, 'k'},
@@ -349,7 +350,7 @@ static int reaper(int argc, char **argv)
                                    {0, 0, 0, 0}};
     long long kill_ruid = -1;
     const char *lock = NULL;
-    char line[64];
+    char line[4200];
     int c;
     while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
         if (c == 'k')
@@ -364,15 +365,20 @@ static int reaper(int argc, char **argv)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     setvbuf(stdout, NULL, _IOLBF, 0);
     while (fgets(line, sizeof line, stdin)) {
-        char *end;
+        char *end, *count_file = NULL;
+        line[strcspn(line, "\n")] = 0;
         errno = 0;
         long long uid = strtoll(line, &end, 10);
-        if (errno || end == line || (*end != '\n' && *end) || uid <= 0 || uid == kill_ruid) {
-            printf("failed %lld bad uid\n", uid);
+        if (*end == ' ' && end[1] == '/')
+            count_file = end + 1;
+        else if (*end)
+            uid = -1;
+        if (errno || end == line || uid <= 0 || uid == kill_ruid) {
+            printf("failed - bad request\n");
             continue;
         }
         errno = 0;
-        if (jail_kill_user((uid_t)uid, (uid_t)kill_ruid, lock) < 0)
+        if (jail_kill_user_counted((uid_t)uid, (uid_t)kill_ruid, lock, count_file) < 0)
             printf("failed %lld %s\n", uid, errno ? strerror(errno) : "processes survived");
         else
             printf("ok %lld\n", uid);

@@ -97,3 +97,31 @@ class JailTests(unittest.TestCase):
         self.assertEqual(lines[1], str(user.pw_gid))
         self.assertIn("NoNewPrivs:\t1", proc.stdout)
         self.assertIn("CapEff:\t0000000000000000", proc.stdout)
+
+
+class ReaperTests(unittest.TestCase):
+    """``mathrun-jail reaper``: the server's long-lived killer."""
+
+    def test_answers_each_request_in_order(self):
+        if not ROOT:
+            raise unittest.SkipTest("needs root and job users")
+        helper = pwd.getpwnam("mathrun").pw_uid
+        victim = pwd.getpwnam("mathrun-4")
+        sleeper = subprocess.Popen(["setpriv", f"--reuid={victim.pw_uid}", f"--regid={victim.pw_gid}",
+                                    "--clear-groups", "sleep", "600"])  # fmt: skip
+        self.addCleanup(lambda: sleeper.poll() is None and sleeper.kill())
+        requests = f"0\n{helper}\nnonsense\n{victim.pw_uid}\n{victim.pw_uid} /nonexistent/pids.current\n"
+        proc = subprocess.run(
+            [DEFAULT_JAIL, "reaper", "--kill-ruid", str(helper)],
+            input=requests.encode(),
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(
+            proc.stdout.decode().splitlines(),
+            ["failed - bad request", "failed - bad request", "failed - bad request",
+             f"ok {victim.pw_uid}", f"ok {victim.pw_uid}"],
+        )  # fmt: skip
+        # The sleeper was the victim's: killed (by SIGKILL, as the jail kills).
+        self.assertEqual(sleeper.wait(timeout=10), -9)

@@ -20,7 +20,7 @@ from mathrun.maxima.service import MaximaService
 from mathrun.metrics import SandboxMetrics
 from mathrun.web.site import build_site
 
-from .helpers import ROOT, async_test, make_sandbox, processes_of, within
+from .helpers import ROOT, async_test, make_sandbox, processes_of, temp_dir, within
 
 if not os.path.exists(DEFAULT_CORE):
     raise unittest.SkipTest(f"no Maxima mother core at {DEFAULT_CORE}: run the set-up step")
@@ -36,7 +36,7 @@ class MaximaServer:
         SandboxMetrics(self.registry, self.sandbox)
         self.config = MaximaConfig(**config)
         self.service = MaximaService(self.sandbox, self.config, reactor, self.registry)
-        self.pool = self.service.pools["default"]
+        self.pool = next(iter(self.service.pools.values()))
         self.service.startService()
         testcase.addCleanup(lambda: within(self.service.stopService()))
         site = build_site(self.sandbox, self.registry, [("maxima", self.service.resource)])
@@ -66,11 +66,12 @@ class MaximaServer:
     async def quiet(self):
         """Wait until every finished job is cleaned up, then check that only
         the ready children's users run anything and hold a workspace."""
+        pools = list(self.service.pools.values())
         await self.until(
-            lambda: not self.pool._releasing and not self.pool.busy and not self.pool.spawning,
+            lambda: all(not p._releasing and not p.busy and not p.spawning for p in pools),
             "cleanups are done",
         )
-        waiting = {child.lease.user for child in self.pool.ready}
+        waiting = {child.lease.user for p in pools for child in p.ready}
         for user in self.sandbox.pool._all:
             if user in waiting:
                 continue
@@ -224,6 +225,27 @@ class HttpApiTests(unittest.TestCase):
         self.assertIn("mathrun_maxima_queue_wait_seconds_count 1.0", text)
         self.assertIn("mathrun_maxima_spawn_seconds_count", text)
         self.assertIn('mathrun_maxima_children{state="ready"}', text)
+
+
+class LibraryVersionTests(unittest.TestCase):
+    @async_test
+    async def test_version_picks_the_mother_with_that_library(self):
+        directory = temp_dir(self)
+        libraries = {}
+        for version, tag in (("2024012900", "alpha"), ("2023121100", "beta")):
+            path = os.path.join(directory, f"{tag}.mac")
+            with open(path, "w") as f:
+                f.write(f'libtag: "{tag}"$\nlibfun(x) := x^2$\n')
+            libraries[version] = [path]
+        server = MaximaServer(self, jobs=6, ready=1, versions=libraries)
+        answers = []
+        for version in ("2023121100", "2024012900", None, "1999"):
+            fields = {"version": version} if version else {}
+            code, _, body = await server.post("print(libtag, libfun(3))$", **fields)
+            answers.append((code, body.strip()))
+        self.assertEqual(answers, [(200, b"beta 9"), (200, b"alpha 9"), (200, b"alpha 9"), (200, b"alpha 9")])
+        self.assertEqual(len({pool.mother.pid for pool in server.service.pools.values()}), 2)
+        await server.quiet()
 
 
 class HostileInputTests(unittest.TestCase):

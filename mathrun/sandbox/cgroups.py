@@ -8,6 +8,7 @@ neither, ``detect`` returns None and the sandbox falls back to rlimits.
 
 from __future__ import annotations
 
+import functools
 import os
 
 ROOT = "/sys/fs/cgroup"
@@ -43,6 +44,14 @@ class SlotCgroup:
     def dirs(self) -> list[str]:
         """Directories the jail writes the job's pid into."""
         return [d for d in (self.memory_dir, self.pids_dir) if d]
+
+    @functools.cached_property
+    def pids_current(self) -> str | None:
+        """The file counting this slot's processes (what the reaper reads)."""
+        for d in (self.pids_dir, self.memory_dir):
+            if d and os.path.exists(os.path.join(d, "pids.current")):
+                return os.path.join(d, "pids.current")
+        return None
 
     def prepare(self, memory_bytes: int | None, processes: int | None) -> None:
         """Set this job's limits and reset the peak and the OOM count."""

@@ -211,10 +211,10 @@ class _Reaper(protocol.ProcessProtocol):
         self.ended = defer.Deferred()
         self._buffer = b""
 
-    def reap(self, uid: int) -> defer.Deferred:
+    def reap(self, uid: int, count_file: str | None = None) -> defer.Deferred:
         d = defer.Deferred()
         self.waiting.append((uid, d))
-        self.transport.write(b"%d\n" % uid)
+        self.transport.write(b"%d %s\n" % (uid, count_file.encode()) if count_file else b"%d\n" % uid)
         return d
 
     def outReceived(self, data: bytes) -> None:
@@ -415,7 +415,7 @@ class Sandbox:
         self.leases.discard(lease)
         try:
             if lease.external_processes and self.privileged:
-                await self._reap_async(lease.user)
+                await self._reap_async(lease.user, lease.cgroup)
             lease.workspace.remove()
         except Exception as e:
             self._quarantine(lease.user, f"its cleanup failed: {e}")
@@ -440,13 +440,13 @@ class Sandbox:
             reaper.transport.closeStdin()
             await reaper.ended
 
-    def _reap_async(self, user: JobUser) -> defer.Deferred:
+    def _reap_async(self, user: JobUser, cgroup=None) -> defer.Deferred:
         if self._reaper is None or self._reaper.ended.called:
             self._reaper = _Reaper()
             self.reactor.spawnProcess(
                 self._reaper, self.config.jail, [self.config.jail, "reaper"] + self._kill_options(), env={}
             )
-        return self._reaper.reap(user.uid)
+        return self._reaper.reap(user.uid, cgroup.pids_current if cgroup is not None else None)
 
     def _job_finished(self, job: Job, result: JobResult) -> None:
         for observer in self.observers:
