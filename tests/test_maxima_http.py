@@ -29,9 +29,9 @@ if not os.path.exists(DEFAULT_CORE):
 class MaximaServer:
     """A sandbox, a Maxima service and the site on an ephemeral port."""
 
-    def __init__(self, testcase, jobs=6, **config):
+    def __init__(self, testcase, jobs=6, sandbox=None, **config):
         config.setdefault("ready", 2)
-        self.sandbox = make_sandbox(testcase, jobs=jobs)
+        self.sandbox = make_sandbox(testcase, jobs=jobs, **(sandbox or {}))
         self.registry = CollectorRegistry()
         SandboxMetrics(self.registry, self.sandbox)
         self.config = MaximaConfig(**config)
@@ -76,7 +76,7 @@ class MaximaServer:
             if user in waiting:
                 continue
             root = os.path.join(self.sandbox.job_root, user.name)
-            if ROOT:
+            if self.sandbox.privileged:
                 assert processes_of(user.uid) == [], f"processes of {user.name} survived"
                 assert not os.path.ismount(root), f"the workspace of {user.name} is still mounted"
             else:
@@ -364,6 +364,32 @@ class LoadTests(unittest.TestCase):
         self.assertIn(b"busy", body)
         self.assertEqual([c for c, _, _ in await within(defer.gatherResults(busy))], [416, 416])
         await server.quiet()
+
+
+class UnprivilegedTests(unittest.TestCase):
+    @async_test
+    async def test_jobs_run_and_end_without_job_users(self):
+        root = os.path.join(temp_dir(self), "jobs")
+        server = MaximaServer(self, jobs=3, ready=1, sandbox={"privileged": False, "job_root": root})
+        code, _, body = await server.post("print(maxima_tempdir)$ 6*7;")
+        self.assertEqual(code, 200)
+        self.assertEqual(body.split(), [os.path.join(root, "self-1", "work").encode(), b"42"])
+        code, _, _ = await server.post("while true do 1$", timeout="500")
+        self.assertEqual(code, 416)
+        await server.quiet()
+
+        def cwd_in_root():
+            found = []
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    if os.readlink(f"/proc/{pid}/cwd").startswith(root):
+                        found.append(pid)
+                except OSError:
+                    pass
+            return found
+
+        # Only the ready child is left: the looping one was killed.
+        await server.until(lambda: len(cwd_in_root()) == len(server.pool.ready), "the loop is killed")
 
 
 class DisconnectTests(unittest.TestCase):

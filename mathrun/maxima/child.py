@@ -9,6 +9,8 @@ The child's directory (the job user's workspace root) holds ``inpipe`` and
 from __future__ import annotations
 
 import os
+import select
+import signal
 import stat
 from dataclasses import dataclass, field
 
@@ -46,6 +48,7 @@ class Child:
         self.root = lease.workspace.root
         self.output_dir = os.path.join(self.root, "output")
         self.pid: int | None = None
+        self._pidfd = -1
         self.state = "spawning"  # -> ready -> running -> done
         self.ready = defer.Deferred()
         self.on_death = None  # called if a ready child dies while waiting
@@ -96,6 +99,31 @@ class Child:
             if not f or any(c.isspace() for c in f):
                 raise ValueError(f"unusable fork request field {f!r}")
         return fields
+
+    def forked(self, pid: int) -> None:
+        """The mother's answer: hold the child by a pidfd, which cannot
+        come to name another process."""
+        self.pid = pid
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except OSError:
+            pass  # already gone: its pipes will say so
+
+    def kill(self) -> None:
+        """Kill the child's process group, if the child still lives.  For
+        unprivileged mode, where no job user can be reaped; as root the
+        sandbox's cleanup kills everything of the user anyway."""
+        if self._pidfd < 0:
+            return
+        try:
+            alive = not select.select([self._pidfd], [], [], 0)[0]
+            if alive:
+                os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        finally:
+            os.close(self._pidfd)
+            self._pidfd = -1
 
     # -- the pipes ------------------------------------------------------------
     def _data(self, data: bytes) -> None:

@@ -143,7 +143,7 @@ class MaximaPool:
         child = Child(self.reactor, lease, self.config)
         try:
             child.prepare()
-            child.pid = await self.mother.fork(child.fork_fields())
+            child.forked(await self.mother.fork(child.fork_fields()))
             await child.ready.addTimeout(self.config.spawn_timeout, self.reactor)
         except BaseException:
             self._retire(child)
@@ -192,6 +192,7 @@ class MaximaPool:
         """Kill everything of the child's user and remove its workspace
         (in the background), then fork a replacement."""
         child.close()
+        child.kill()
         d = child.lease.release()
         self._releasing.add(d)
 
