@@ -145,6 +145,9 @@ def make_service(options, reactor=None) -> service.MultiService:
         log.info("Why3 VC server on {path}", path=options["why3-socket"])
 
     front_ends = []
+    # Bodies: a Maxima input urlencoded (at most 3 bytes a byte), and room
+    # for the other fields.
+    max_body = 3 * options["maxima-max-input"] * 1024 + 65536
     if not options["no-maxima"] and not options["no-http"]:
         from .maxima.service import MaximaService
 
@@ -156,7 +159,7 @@ def make_service(options, reactor=None) -> service.MultiService:
     if options["asy-runner"]:
         asy_runner(options, sandbox).setServiceParent(top)
     if not options["no-http"]:
-        site = build_site(sandbox, registry, front_ends)
+        site = build_site(sandbox, registry, front_ends, max_body)
         http = strports.service(options["http"], site)
         http.setName("http")
         http.setServiceParent(top)

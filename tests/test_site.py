@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import treq
 from prometheus_client import CollectorRegistry
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.trial import unittest
 
 from mathrun.metrics import SandboxMetrics
@@ -20,7 +21,7 @@ class SiteTests(unittest.TestCase):
         self.sandbox = make_sandbox(self, jobs=2)
         registry = CollectorRegistry()
         SandboxMetrics(registry, self.sandbox)
-        port = reactor.listenTCP(0, build_site(self.sandbox, registry), interface="127.0.0.1")
+        port = reactor.listenTCP(0, build_site(self.sandbox, registry, max_body=1000), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.url = f"http://127.0.0.1:{port.getHost().port}"
 
@@ -54,3 +55,40 @@ class SiteTests(unittest.TestCase):
         self.assertIn(b"/metrics", body)
         code, _, _ = await self.get("/nonexistent")
         self.assertEqual(code, 404)
+
+    async def raw(self, head: bytes, body: bytes) -> bytes:
+        """Send a request (the body possibly far shorter than announced) and
+        read until the server closes."""
+        port = int(self.url.rsplit(":", 1)[1])
+
+        def talk():
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+                s.sendall(head + body)
+                answer = b""
+                while chunk := s.recv(65536):
+                    answer += chunk
+                return answer
+
+        return await within(threads.deferToThread(talk))
+
+    @async_test
+    async def test_an_announced_oversized_body_is_refused_before_it_is_sent(self):
+        answer = await self.raw(b"POST /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n", b"x" * 10)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+        self.assertIn(b"100000000 bytes, at most 1000", answer)
+
+    @async_test
+    async def test_an_oversized_chunked_body_is_refused(self):
+        chunk = b"%x\r\n%s\r\n" % (600, b"y" * 600)
+        answer = await self.raw(
+            b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", chunk * 2 + b"0\r\n\r\n"
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+
+    @async_test
+    async def test_a_body_within_the_limit_is_served(self):
+        answer = await self.raw(
+            b"POST /nonexistent HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1000\r\n\r\n",
+            b"z" * 1000,
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 404 "), answer)

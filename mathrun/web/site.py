@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 from prometheus_client.twisted import MetricsResource
@@ -61,6 +62,46 @@ class HealthResource(resource.Resource):
         request.finish()
 
 
+class BoundedRequest(server.Request):
+    """A request whose body may not exceed ``max_body`` bytes: refused with
+    413 as soon as its length (or the data so far) says so.  Twisted would
+    otherwise take any body, spooling it into a temporary file first."""
+
+    max_body = 4 << 20
+    _refused = False
+    _received = 0
+
+    def gotLength(self, length):
+        if length is not None and length > self.max_body:
+            self._refuse(length)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self.max_body:
+            self._refuse(self._received)
+            return
+        super().handleContentChunk(data)
+
+    def process(self):
+        if not self._refused:  # a refused request is answered already
+            super().process()
+
+    def _refuse(self, size: int) -> None:
+        self._refused = True
+        self.content = io.BytesIO()
+        body = f"413 - request body too large ({size} bytes, at most {self.max_body})\n".encode()
+        head = (
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Type: text/plain;charset=UTF-8\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        self.channel.transport.write(head + body)
+        self.channel.loseConnection()
+
+
 class Root(resource.Resource):
     """``/``: says what is served here."""
 
@@ -75,13 +116,15 @@ class Root(resource.Resource):
         return ("mathrun: " + " ".join("/" + p for p in paths) + "\n").encode()
 
 
-def build_site(sandbox, registry, front_ends=()) -> server.Site:
-    """The site: health, metrics, plus ``(path, resource)`` of each front end."""
+def build_site(sandbox, registry, front_ends=(), max_body: int = BoundedRequest.max_body) -> server.Site:
+    """The site: health, metrics, plus ``(path, resource)`` of each front end;
+    request bodies of at most ``max_body`` bytes."""
     root = Root()
     root.putChild(b"health", HealthResource(sandbox))
     root.putChild(b"metrics", MetricsResource(registry=registry))
     for path, child in front_ends:
         root.putChild(path.encode(), child)
     site = server.Site(root)
+    site.requestFactory = type("SiteRequest", (BoundedRequest,), {"max_body": max_body})
     site.displayTracebacks = False
     return site
