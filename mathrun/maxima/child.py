@@ -96,7 +96,7 @@ class Child:
             lease.cgroup.prepare(cfg.memory_bytes, cfg.processes)
             fields += lease.cgroup.dirs
         for f in fields:
-            if not f or any(c.isspace() for c in f):
+            if f.split() != [f]:  # empty, or with blanks: the line would not parse
                 raise ValueError(f"unusable fork request field {f!r}")
         return fields
 

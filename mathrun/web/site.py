@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 
 from prometheus_client.twisted import MetricsResource
 from twisted.internet import defer
-from twisted.web import pages, resource, server
+from twisted.web import http, pages, resource, server
+
+# Twisted parses each request's Content-Type with the email package (about a
+# third of a millisecond); the same few values come again and again.
+if not hasattr(http._parseContentType, "cache_info"):
+    http._parseContentType = functools.lru_cache(maxsize=64)(http._parseContentType)
 
 
 class HealthResource(resource.Resource):
