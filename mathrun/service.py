@@ -145,6 +145,7 @@ def make_service(options, reactor=None) -> service.MultiService:
         log.info("Why3 VC server on {path}", path=options["why3-socket"])
 
     front_ends = []
+    reports = {}
     # Bodies: a Maxima input urlencoded (at most 3 bytes a byte), and room
     # for the other fields.
     max_body = 3 * options["maxima-max-input"] * 1024 + 65536
@@ -154,12 +155,13 @@ def make_service(options, reactor=None) -> service.MultiService:
         maxima = MaximaService(sandbox, maxima_config(options), reactor, registry)
         maxima.setServiceParent(top)
         front_ends += [("maxima", maxima.resource), ("goemaxima", maxima.resource)]
+        reports["maxima"] = maxima.report
     if not options["no-asy"]:
         front_ends.append(asy_front_end(options, sandbox, reactor))
     if options["asy-runner"]:
         asy_runner(options, sandbox).setServiceParent(top)
     if not options["no-http"]:
-        site = build_site(sandbox, registry, front_ends, max_body)
+        site = build_site(sandbox, registry, front_ends, max_body, reports)
         http = strports.service(options["http"], site)
         http.setName("http")
         http.setServiceParent(top)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import io
+import json
 import os
 import socket
 import xml.etree.ElementTree as ET
@@ -39,7 +40,9 @@ class MaximaServer:
         self.pool = next(iter(self.service.pools.values()))
         self.service.startService()
         testcase.addCleanup(lambda: within(self.service.stopService()))
-        site = build_site(self.sandbox, self.registry, [("maxima", self.service.resource)])
+        site = build_site(
+            self.sandbox, self.registry, [("maxima", self.service.resource)], reports={"maxima": self.service.report}
+        )
         self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
         testcase.addCleanup(self.port.stopListening)
         self.url = f"http://127.0.0.1:{self.port.getHost().port}/maxima"
@@ -212,6 +215,13 @@ class HttpApiTests(unittest.TestCase):
         self.assertEqual(code, 413)
         self.assertIn(b"input too large", body)
         self.assertEqual(headers.getRawHeaders("content-type"), ["text/plain;charset=UTF-8"])
+
+    @async_test
+    async def test_health_reports_the_mother_and_children(self):
+        await self.server.ready()
+        response = await within(treq.get(self.server.url.replace("/maxima", "/health"), persistent=False))
+        state = json.loads(await treq.content(response))["maxima"]["default"]
+        self.assertEqual((state["mother"], state["ready"], state["busy"]), ("ready", 2, 0))
 
     @async_test
     async def test_metrics(self):

@@ -31,6 +31,19 @@ class MaximaService(service.Service):
             self.pools[version] = MaximaPool(sandbox, config, reactor, mother=mother, metrics=metrics)
         self.resource = MaximaResource(self.pools, config, reactor, metrics)
 
+    def report(self) -> dict:
+        """For /health: each version's mother and children."""
+        return {
+            version: {
+                "mother": "ready" if pool.mother.ready else "starting",
+                "restarts": pool.mother.restarts,
+                "ready": len(pool.ready),
+                "busy": len(pool.busy),
+                "waiting": len(pool.waiters),
+            }
+            for version, pool in self.pools.items()
+        }
+
     def startService(self):
         super().startService()
         for pool in self.pools.values():

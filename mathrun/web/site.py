@@ -25,9 +25,10 @@ class HealthResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, sandbox):
+    def __init__(self, sandbox, reports=None):
         super().__init__()
         self.sandbox = sandbox
+        self.reports = reports or {}  # name -> callable giving a front end's state
 
     def render_GET(self, request):
         request.setHeader(b"Content-Type", b"application/json")
@@ -49,6 +50,8 @@ class HealthResource(resource.Resource):
             "privileged": self.sandbox.privileged,
             "warnings": self.sandbox.warnings,
         }
+        for name, report in self.reports.items():
+            body[name] = report()
         return (200 if pool is not None else 503), body
 
     async def _deep(self):
@@ -122,11 +125,12 @@ class Root(resource.Resource):
         return ("mathrun: " + " ".join("/" + p for p in paths) + "\n").encode()
 
 
-def build_site(sandbox, registry, front_ends=(), max_body: int = BoundedRequest.max_body) -> server.Site:
+def build_site(sandbox, registry, front_ends=(), max_body: int = BoundedRequest.max_body, reports=None) -> server.Site:
     """The site: health, metrics, plus ``(path, resource)`` of each front end;
-    request bodies of at most ``max_body`` bytes."""
+    request bodies of at most ``max_body`` bytes; ``reports`` (name ->
+    callable) add front ends' states to /health."""
     root = Root()
-    root.putChild(b"health", HealthResource(sandbox))
+    root.putChild(b"health", HealthResource(sandbox, reports))
     root.putChild(b"metrics", MetricsResource(registry=registry))
     for path, child in front_ends:
         root.putChild(path.encode(), child)
