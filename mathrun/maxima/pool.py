@@ -11,6 +11,7 @@ others.
 from __future__ import annotations
 
 import collections
+import os
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -24,8 +25,6 @@ def job_netns(sandbox) -> str:
     """The network namespace the mother joins (and its children inherit):
     the sandbox's own, empty when jobs may use the network or when the
     server is not root."""
-    import os
-
     privileged = sandbox.config.privileged
     if privileged is None:
         privileged = os.geteuid() == 0
@@ -65,6 +64,7 @@ class MaximaPool:
         self._running = False
         self._retry = None
         self._releasing: set[defer.Deferred] = set()
+        self._acquiring: list[defer.Deferred] = []  # forks waiting for a job user
         mother.on_ready.append(self._refill)
 
     # -- service ------------------------------------------------------------
@@ -111,7 +111,7 @@ class MaximaPool:
             return defer.fail(PoolBusy("the server is stopping"))
         if len(self.waiters) >= self.config.max_waiting:
             return defer.fail(PoolBusy(f"{len(self.waiters)} requests are already waiting for Maxima"))
-        d = defer.Deferred(lambda d: self.waiters.remove(d))
+        d = defer.Deferred(self._gave_up)
         self.waiters.append(d)
         self._refill()
         d.addTimeout(self.config.queue_wait, self.reactor)
@@ -122,6 +122,13 @@ class MaximaPool:
             raise PoolBusy(f"no Maxima child within {self.config.queue_wait:g}s: {why}")
 
         return d.addErrback(busy)
+
+    def _gave_up(self, waiter: defer.Deferred) -> None:
+        """A request stopped waiting (timeout, client gone): the fork it
+        asked for, if still waiting for a job user, is not needed."""
+        self.waiters.remove(waiter)
+        while self._wanted() < 0 and self._acquiring:
+            self._acquiring.pop().cancel()
 
     # -- children ---------------------------------------------------------------
     def _wanted(self) -> int:
@@ -136,7 +143,13 @@ class MaximaPool:
             d.addBoth(self._spawned)
 
     async def _spawn(self) -> Child:
-        lease = await self.sandbox.acquire(self.config.workspace_bytes)
+        acquiring = self.sandbox.acquire(self.config.workspace_bytes)
+        self._acquiring.append(acquiring)
+        try:
+            lease = await acquiring
+        finally:
+            if acquiring in self._acquiring:
+                self._acquiring.remove(acquiring)
         # The mother forks the child, not the jail: reap the user at release.
         lease.external_processes = True
         started = self.reactor.seconds()
@@ -157,7 +170,8 @@ class MaximaPool:
         if isinstance(result, Child):
             self.spawn_failures = 0
             result.on_death = self._died
-            if not self._running:
+            if not self._running or (not self.waiters and len(self.ready) >= self.target):
+                # Forked for requests that have given up meanwhile.
                 self._retire(result)
                 return
             while self.waiters:
@@ -169,8 +183,8 @@ class MaximaPool:
                 self.ready.append(result)
             self._refill()
             return
-        if result.check(MotherUnavailable):
-            return  # the mother's next start refills
+        if result.check(MotherUnavailable, defer.CancelledError):
+            return  # the mother's next start refills; or no longer wanted
         self.spawn_failures += 1
         self.log.failure("maxima: forking a child failed", result)
         if self.spawn_failures >= 3 and self.mother.ready:
