@@ -16,7 +16,7 @@ from mathrun.maxima.child import MaximaResult
 from mathrun.maxima.config import MaximaConfig
 from mathrun.maxima.http import MaximaResource
 from mathrun.maxima.mother import ForkFailed, Mother, MotherProtocol, MotherUnavailable, maxima_string, preamble
-from mathrun.maxima.pool import PoolBusy
+from mathrun.maxima.pool import MaximaPool, PoolBusy
 
 
 def unquote(literal: str) -> str:
@@ -285,3 +285,183 @@ class ResourceTests(unittest.SynchronousTestCase):
         request = self.request(input="1;", timeout="1000")
         self.assertEqual(request.responseCode, 503)
         self.assertEqual(request.responseHeaders.getRawHeaders(b"retry-after"), [b"10"])
+
+
+class FakeLease:
+    def __init__(self, sandbox, user):
+        self.sandbox = sandbox
+        self.user = user
+        self.released = False
+        self.external_processes = False
+
+    def release(self):
+        if not self.released:
+            self.released = True
+            self.sandbox.pool.release(self.user)
+        return defer.succeed(None)
+
+
+class FakeSandbox:
+    """Job users from a real SlotPool; leases without workspaces."""
+
+    def __init__(self, jobs):
+        from mathrun.sandbox.pool import SlotPool
+
+        self.config = type("Config", (), {"jobs": jobs, "network": False, "privileged": True})()
+        self.pool = SlotPool([f"user-{n}" for n in range(1, jobs + 1)])
+        self.netns = "/run/mathrun/netns"
+
+    def acquire(self, workspace_bytes=None):
+        return self.pool.acquire().addCallback(lambda user: FakeLease(self, user))
+
+
+class FakeChild:
+    """A child whose readiness and evaluation the test decides."""
+
+    made: list = []
+
+    def __init__(self, reactor, lease, config):
+        self.lease = lease
+        self.state = "spawning"
+        self.ready = defer.Deferred()
+        self.on_death = None
+        self.evaluation = None
+        self.closed = False
+        FakeChild.made.append(self)
+
+    def prepare(self):
+        pass
+
+    def fork_fields(self):
+        return ["1", "1", "/root", "1", "1", "1", "1"]
+
+    def forked(self, pid):
+        self.pid = pid
+
+    def become_ready(self):
+        self.state = "ready"
+        self.ready.callback(self)
+
+    def evaluate(self, text, timeout):
+        self.state = "running"
+        self.evaluation = defer.Deferred()
+        return self.evaluation
+
+    def close(self):
+        self.closed = True
+
+    def kill(self):
+        pass
+
+
+class FakeMother:
+    def __init__(self):
+        self.on_ready = []
+        self.ready = False
+        self.forks = []
+        self.killed = 0
+        self.restarts = 0
+
+    def start(self):
+        self.ready = True
+        for f in self.on_ready:
+            f()
+
+    def stop(self):
+        return defer.succeed(None)
+
+    def kill(self):
+        self.killed += 1
+
+    def fork(self, fields):
+        d = defer.Deferred()
+        self.forks.append(d)
+        return d
+
+
+class PoolTests(unittest.SynchronousTestCase):
+    """MaximaPool's scheduling on fakes: exact, no processes."""
+
+    def make(self, jobs=4, **config):
+        FakeChild.made = []
+        self.clock = MemoryReactorClock()
+        self.sandbox = FakeSandbox(jobs)
+        self.mother = FakeMother()
+        config.setdefault("ready", 2)
+        self.pool = MaximaPool(
+            self.sandbox, MaximaConfig(**config), self.clock, mother=self.mother, child_factory=FakeChild
+        )
+        self.pool.start()
+
+    def fork_all(self):
+        """The mother answers every fork, and each child becomes ready."""
+        while self.mother.forks:
+            self.mother.forks.pop(0).callback(1234)
+        for child in FakeChild.made:
+            if child.state == "spawning":
+                child.become_ready()
+
+    def test_keeps_the_ready_target(self):
+        self.make(jobs=4, ready=2)
+        self.assertEqual(len(self.mother.forks), 2)
+        self.fork_all()
+        self.assertEqual((len(self.pool.ready), self.sandbox.pool.free), (2, 2))
+
+    def test_target_leaves_one_job_user_to_the_others(self):
+        self.make(jobs=2, ready=3)
+        self.fork_all()
+        self.assertEqual((self.pool.target, len(self.pool.ready), self.sandbox.pool.free), (1, 1, 1))
+
+    def test_a_request_takes_a_child_and_it_is_replaced(self):
+        self.make(jobs=4, ready=1)
+        self.fork_all()
+        d = defer.ensureDeferred(self.pool.evaluate(b"1+1;\n", 5))
+        child = FakeChild.made[0]
+        self.assertEqual(child.state, "running")
+        # Its replacement is forked at once, while it runs.
+        self.assertEqual((len(FakeChild.made), len(self.mother.forks)), (2, 1))
+        child.evaluation.callback(MaximaResult("ok", b"2\n"))
+        self.assertEqual(self.successResultOf(d).output, b"2\n")
+        self.assertTrue(child.lease.released and child.closed)
+        self.fork_all()
+        self.assertEqual(len(self.pool.ready), 1)
+
+    def test_waiting_is_bounded_and_abandoned_forks_are_cancelled(self):
+        self.make(jobs=2, ready=1, queue_wait=2.0)
+        self.fork_all()
+        first = defer.ensureDeferred(self.pool.evaluate(b"a\n", 30))
+        self.fork_all()  # the replacement takes the second user
+        second = defer.ensureDeferred(self.pool.evaluate(b"b\n", 30))
+        # No user left: the third request waits, and so does its fork.
+        third = defer.ensureDeferred(self.pool.evaluate(b"c\n", 30))
+        self.assertEqual((self.pool.spawning, self.sandbox.pool.waiting), (2, 2))
+        self.clock.advance(2.0)
+        self.failureResultOf(third, PoolBusy)
+        # Gave up: the forks asked for it wait for no user any more.
+        self.assertEqual((self.pool.spawning, self.sandbox.pool.waiting, len(self.pool.waiters)), (1, 1, 0))
+        for d in (first, second):
+            self.assertNoResult(d)
+
+    def test_too_many_waiting_is_busy_at_once(self):
+        self.make(jobs=2, ready=1, max_waiting=1)
+        defer.ensureDeferred(self.pool.evaluate(b"a\n", 30))
+        self.assertEqual(len(self.pool.waiters), 1)
+        self.failureResultOf(defer.ensureDeferred(self.pool.evaluate(b"b\n", 30)), PoolBusy)
+
+    def test_three_failed_forks_restart_the_mother(self):
+        self.make(jobs=4, ready=1)
+        for _ in range(3):
+            self.mother.forks.pop(0).errback(ForkFailed("setresuid: Operation not permitted"))
+            self.clock.advance(MaximaPool.retry_delay)
+        self.assertEqual(self.mother.killed, 1)
+        self.assertEqual(self.sandbox.pool.free, 3)  # each failed fork's user came back
+        self.flushLoggedErrors(ForkFailed)
+
+    def test_a_ready_child_that_dies_is_replaced(self):
+        self.make(jobs=4, ready=1)
+        self.fork_all()
+        (child,) = FakeChild.made
+        child.state = "done"
+        child.on_death(child)
+        self.assertTrue(child.lease.released)
+        self.assertEqual((len(self.pool.ready), len(self.mother.forks)), (0, 1))

@@ -39,8 +39,13 @@ class MaximaPool:
     log = Logger()
     retry_delay = 0.5  # after a failed fork, before the next try
 
-    def __init__(self, sandbox, config: MaximaConfig, reactor, mother: Mother | None = None, metrics=None):
+    def __init__(
+        self, sandbox, config: MaximaConfig, reactor, mother: Mother | None = None, metrics=None, child_factory=Child
+    ):
+        """``child_factory(reactor, lease, config)`` makes a Child (tests
+        pass a fake, to drive the pool's logic without processes)."""
         self.sandbox = sandbox
+        self.child_factory = child_factory
         self.config = config
         self.reactor = reactor
         if mother is None:
@@ -106,7 +111,9 @@ class MaximaPool:
 
     def _take(self) -> defer.Deferred:
         if self.ready:
-            return defer.succeed(self.ready.popleft())
+            child = self.ready.popleft()
+            self._refill()  # its replacement starts now, if a job user is free
+            return defer.succeed(child)
         if not self._running:
             return defer.fail(PoolBusy("the server is stopping"))
         if len(self.waiters) >= self.config.max_waiting:
@@ -153,7 +160,7 @@ class MaximaPool:
         # The mother forks the child, not the jail: reap the user at release.
         lease.external_processes = True
         started = self.reactor.seconds()
-        child = Child(self.reactor, lease, self.config)
+        child = self.child_factory(self.reactor, lease, self.config)
         try:
             child.prepare()
             child.forked(await self.mother.fork(child.fork_fields()))
@@ -167,26 +174,30 @@ class MaximaPool:
 
     def _spawned(self, result) -> None:
         self.spawning -= 1
-        if isinstance(result, Child):
-            self.spawn_failures = 0
-            result.on_death = self._died
-            if not self._running or (not self.waiters and len(self.ready) >= self.target):
-                # Forked for requests that have given up meanwhile.
-                self._retire(result)
-                return
-            while self.waiters:
-                waiter = self.waiters.popleft()
-                if not waiter.called:
-                    waiter.callback(result)
-                    break
-            else:
-                self.ready.append(result)
-            self._refill()
+        if isinstance(result, defer.Failure):
+            self._spawn_failed(result)
             return
-        if result.check(MotherUnavailable, defer.CancelledError):
+        child = result
+        self.spawn_failures = 0
+        child.on_death = self._died
+        if not self._running or (not self.waiters and len(self.ready) >= self.target):
+            # Forked for requests that have given up meanwhile.
+            self._retire(child)
+            return
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.called:
+                waiter.callback(child)
+                break
+        else:
+            self.ready.append(child)
+        self._refill()
+
+    def _spawn_failed(self, failure) -> None:
+        if failure.check(MotherUnavailable, defer.CancelledError):
             return  # the mother's next start refills; or no longer wanted
         self.spawn_failures += 1
-        self.log.failure("maxima: forking a child failed", result)
+        self.log.failure("maxima: forking a child failed", failure)
         if self.spawn_failures >= 3 and self.mother.ready:
             self.log.error("maxima: 3 forks in a row failed: restarting the mother")
             self.mother.kill()
