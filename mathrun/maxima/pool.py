@@ -112,7 +112,11 @@ class MaximaPool:
     def _take(self) -> defer.Deferred:
         if self.ready:
             child = self.ready.popleft()
-            self._refill()  # its replacement starts now, if a job user is free
+            if not self.ready:
+                # The last one: its replacement starts now, if a job user is
+                # free (else after this job's cleanup, which costs the
+                # running job no CPU).
+                self._refill()
             return defer.succeed(child)
         if not self._running:
             return defer.fail(PoolBusy("the server is stopping"))
