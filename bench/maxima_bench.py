@@ -156,8 +156,9 @@ def main() -> None:
             print(f"\n{text}")
             for c in levels:
                 row("mathrun HTTP", c, wrk(url, text, c, args.seconds))
-            for c in (1, 2):
+            for c in levels:
                 row("fresh SBCL core", c, fresh(sbcl, text, EXPECT[text], args.fresh, c))
+            for c in levels:
                 row("fresh Debian maxima", c, fresh(debian, text, EXPECT[text], args.fresh, c))
     finally:
         server.terminate()
