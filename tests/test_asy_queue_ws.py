@@ -204,7 +204,10 @@ class FailingBackendTests(unittest.TestCase):
         c = await within(factory.opened)
         c.add("main.asy", CIRCLE, main=True, hashed=True)
         c.send("run")
-        return messages(await within(factory.closed), "complete")[0][1]
+        received = await within(factory.closed)
+        complete = messages(received, "complete")
+        self.assertTrue(complete, f"no complete message; received: {received!r}")
+        return complete[0][1]
 
     @async_test
     async def test_dead_back_end_fails_the_task_leaves_rotation_and_comes_back(self):
@@ -213,7 +216,9 @@ class FailingBackendTests(unittest.TestCase):
         s = socket()
         s.bind(("127.0.0.1", 0))
         dead_port = s.getsockname()[1]
-        s.close()  # nothing listens there: connections are refused
+        # Bound, never listening: connections are refused, and the port
+        # cannot go to the queue's own listener meanwhile (a closed one
+        # could: then the "dead" back end would be the queue itself).
         backend = RemoteBackend(f"ws://127.0.0.1:{dead_port}/", reactor, retry_seconds=0.5)
         queue = AsyQueue([backend], reactor)
         self.addCleanup(queue.stop)
@@ -227,6 +232,7 @@ class FailingBackendTests(unittest.TestCase):
         self.assertEqual(queue.scheduler.disabled, {0})
         # The runner comes up: after the retry delay the queue uses it again.
         sandbox = make_sandbox(self, jobs=1)
+        s.close()
         runner = reactor.listenTCP(dead_port, RunnerFactory(sandbox, RunnerConfig()), interface="127.0.0.1")
         self.addCleanup(runner.stopListening)
         complete = await self.run_one(url)
