@@ -39,23 +39,13 @@ class MaximaMetrics:
     responses by result, and the children by state."""
 
     def __init__(self, registry: CollectorRegistry, pools):
-        self.response = Histogram(
-            "mathrun_maxima_response_seconds",
-            "Time to answer a Maxima request.",
-            buckets=JOB_SECONDS,
-            registry=registry,
-        )
-        self.spawn = Histogram(
-            "mathrun_maxima_spawn_seconds",
-            "Fork of a Maxima child until it is ready.",
-            buckets=JOB_SECONDS,
-            registry=registry,
-        )
-        self.queue_wait = Histogram(
-            "mathrun_maxima_queue_wait_seconds",
-            "Time a request waited for a ready Maxima child.",
-            buckets=JOB_SECONDS,
-            registry=registry,
+        def seconds(name, what):
+            return Histogram(name, what, buckets=JOB_SECONDS, registry=registry)
+
+        self.response = seconds("mathrun_maxima_response_seconds", "Time to answer a Maxima request.")
+        self.spawn = seconds("mathrun_maxima_spawn_seconds", "Fork of a Maxima child until it is ready.")
+        self.queue_wait = seconds(
+            "mathrun_maxima_queue_wait_seconds", "Time a request waited for a ready Maxima child."
         )
         self.responses = Counter(
             "mathrun_maxima_responses", "Maxima responses by result.", ["result"], registry=registry

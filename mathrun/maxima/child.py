@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import select
 import signal
-import stat
 from dataclasses import dataclass, field
 
 from twisted.internet import defer
-from twisted.logger import Logger
 
+from ..sandbox.workspace import _empty, read_files
 from .pipes import PipeReader, PipeWriter
 
 READY_MARKER = b"\x02mathrun-child-ready\n"
@@ -39,8 +38,6 @@ class MaximaResult:
 
 
 class Child:
-    log = Logger()
-
     def __init__(self, reactor, lease, config):
         self.reactor = reactor
         self.lease = lease
@@ -63,11 +60,13 @@ class Child:
 
     # -- set-up -------------------------------------------------------------
     def prepare(self) -> None:
-        """Make the output directory and the pipes, and open our ends: the
-        child opens its ends without blocking, and a keep-alive writer
-        stands in for it until it is ready (a FIFO without writers reads
-        as EOF)."""
+        """Set the job's cgroup limits, make the output directory and the
+        pipes, and open our ends: the child opens its ends without
+        blocking, and a keep-alive writer stands in for it until it is
+        ready (a FIFO without writers reads as EOF)."""
         user = self.lease.user
+        if self.lease.cgroup is not None:
+            self.lease.cgroup.prepare(self.config.memory_bytes, self.config.processes)
         _remove_leftovers(self.root)
         os.mkdir(self.output_dir, 0o700)
         if self.lease.workspace.privileged:
@@ -93,7 +92,6 @@ class Child:
         fields = [uid, gid, self.root, str(cpu), str(cfg.workspace_bytes), str(cfg.open_files)]
         fields.append(str(cfg.processes) if privileged else "-1")
         if lease.cgroup is not None:
-            lease.cgroup.prepare(cfg.memory_bytes, cfg.processes)
             fields += lease.cgroup.dirs
         for f in fields:
             if f.split() != [f]:  # empty, or with blanks: the line would not parse
@@ -201,7 +199,7 @@ class Child:
             status, message = "memory", "the job ran out of memory"
         if status == "ok":
             try:
-                files = read_plot_files(self.output_dir, self.config.plot_files, self.config.plot_bytes)
+                files = read_files(self.output_dir, self.config.plot_files, self.config.plot_bytes)
             except (OSError, ValueError) as e:
                 status, message = "plots", f"the plot files could not be returned: {e}"
         result = MaximaResult(status, b"".join(self._chunks), files, self.reactor.seconds() - self._started, message)
@@ -222,39 +220,9 @@ class Child:
                 end.close()
 
 
-def read_plot_files(directory: str, max_files: int, max_bytes: int) -> list[tuple[str, bytes]]:
-    """The regular files the job left in ``directory``, sorted by name;
-    links and other odd entries are skipped, never followed."""
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        names = sorted(os.listdir(dir_fd))
-        if len(names) > max_files:
-            raise ValueError(f"{len(names)} files, more than {max_files}")
-        files, total = [], 0
-        for name in names:
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-            except OSError:
-                continue
-            with os.fdopen(fd, "rb") as f:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                data = f.read(max_bytes - total + 1)
-            total += len(data)
-            if total > max_bytes:
-                raise ValueError(f"the plot files exceed {max_bytes} bytes")
-            files.append((name, data))
-        return files
-    finally:
-        os.close(dir_fd)
-
-
 def _remove_leftovers(root: str) -> None:
     """A reused (unprivileged) workspace root may still hold the pipes and
     output directory of its last child; a privileged one is a fresh tmpfs."""
-    from ..sandbox.workspace import _empty
-
     for name in ("inpipe", "outpipe"):
         try:
             os.unlink(os.path.join(root, name))

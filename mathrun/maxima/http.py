@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from .. import __version__
+from .mother import maxima_string
 from .pool import PoolBusy
 
 TEXT = b"text/plain;charset=UTF-8"
@@ -34,10 +35,6 @@ HEALTH_CHECK = (
     b" s: openr(f), print(readline(s)), close(s))$\n"
 )
 HEALTH_TIMEOUT = 1.0
-
-
-def maxima_string(value: bytes) -> bytes:
-    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
 def make_zip(output: bytes, files: list[tuple[str, bytes]]) -> bytes:

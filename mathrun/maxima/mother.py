@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from typing import AnyStr
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
@@ -28,9 +29,10 @@ class ForkFailed(Exception):
     """The mother or the new child reported an error."""
 
 
-def maxima_string(text: str) -> str:
-    """A Maxima string literal."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def maxima_string(text: AnyStr) -> AnyStr:
+    """A Maxima string literal, of a str or of bytes."""
+    quote, backslash = ('"', "\\") if isinstance(text, str) else (b'"', b"\\")
+    return quote + text.replace(backslash, backslash * 2).replace(quote, backslash + quote) + quote
 
 
 def preamble(config: MaximaConfig, libraries: list[str], netns: str) -> bytes:

@@ -11,7 +11,6 @@ others.
 from __future__ import annotations
 
 import collections
-import os
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -25,10 +24,7 @@ def job_netns(sandbox) -> str:
     """The network namespace the mother joins (and its children inherit):
     the sandbox's own, empty when jobs may use the network or when the
     server is not root."""
-    privileged = sandbox.config.privileged
-    if privileged is None:
-        privileged = os.geteuid() == 0
-    return sandbox.netns if privileged and not sandbox.config.network else ""
+    return sandbox.netns if sandbox.privileged and not sandbox.config.network else ""
 
 
 class PoolBusy(Exception):

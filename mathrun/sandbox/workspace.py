@@ -134,29 +134,60 @@ class Workspace:
             fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
         finally:
             os.close(dirfd)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise OSError(errno.EINVAL, f"{name} is not a regular file")
-            if st.st_size > limit:
-                raise FileTooLarge(f"{name} has {st.st_size} bytes, more than {limit}")
-            chunks, total = [], 0
-            while total <= limit:
-                chunk = os.read(fd, min(1 << 20, limit + 1 - total))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                total += len(chunk)
-            if total > limit:
-                raise FileTooLarge(f"{name} grew past {limit} bytes")
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
+        return _read_regular(fd, name, limit)
 
     def list_files(self) -> list[str]:
         """Regular files at the top of the work directory, sorted."""
         with os.scandir(self.path) as entries:
             return sorted(e.name for e in entries if e.is_file(follow_symlinks=False))
+
+
+def read_files(directory: str, max_files: int, max_bytes: int) -> list[tuple[str, bytes]]:
+    """The regular files a job left in ``directory`` (a path no job can
+    replace), sorted by name, at most ``max_bytes`` together; links and
+    other odd entries are skipped, never followed."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        names = sorted(os.listdir(dir_fd))
+        if len(names) > max_files:
+            raise ValueError(f"{len(names)} files, more than {max_files}")
+        files, total = [], 0
+        for name in names:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+                data = _read_regular(fd, name, max_bytes - total)
+            except FileTooLarge:
+                raise ValueError(f"the files exceed {max_bytes} bytes") from None
+            except OSError:
+                continue  # a link, a FIFO, a directory...
+            total += len(data)
+            files.append((name, data))
+        return files
+    finally:
+        os.close(dir_fd)
+
+
+def _read_regular(fd: int, name: str, limit: int) -> bytes:
+    """Read an open file (and close it): a regular file of at most ``limit``
+    bytes, or OSError / FileTooLarge."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"{name} is not a regular file")
+        if st.st_size > limit:
+            raise FileTooLarge(f"{name} has {st.st_size} bytes, more than {limit}")
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            raise FileTooLarge(f"{name} grew past {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _empty(directory: str) -> None:
