@@ -4,15 +4,18 @@ PY := .venv/bin/python
 TWISTD := .venv/bin/twistd
 ARGS ?=
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup setup-test run test lint bench clean
 
 setup:
 	@scripts/setup.sh
 
+setup-test:
+	@scripts/setup.sh --test
+
 run: setup
 	$(TWISTD) -n --pidfile= mathrun $(ARGS)
 
-lint: setup
+lint: setup-test
 	.venv/bin/ruff check mathrun twisted tests bench
 	.venv/bin/ruff format --check mathrun twisted tests bench
 

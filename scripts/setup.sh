@@ -4,7 +4,7 @@
 # Maxima on SBCL with its mother core (in /opt/mathrun/maxima, outside the
 # checkout, so that every clone on the machine shares one build).
 # Idempotent: each step is skipped when already done, so a second run takes
-# a few seconds.  Run as root on Debian 12 (without root, only the Python
+# a few seconds.  With --test, also what the tests need.  Run as root on Debian 12 (without root, only the Python
 # environment and the C helpers are made, for unprivileged mode).
 set -euo pipefail
 
@@ -46,11 +46,19 @@ if [ "$(id -u)" = 0 ]; then
         getent passwd "$1" >/dev/null && return 0
         useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$1"
     }
-    if ! getent passwd "$USER_PREFIX" "$USER_PREFIX-$JOB_USERS" >/dev/null 2>&1 \
-        || [ "$(getent passwd "$USER_PREFIX" "$USER_PREFIX-$JOB_USERS" | wc -l)" != 2 ]; then
-        step "creating the helper user $USER_PREFIX and job users $USER_PREFIX-1..$JOB_USERS"
-        add_user "$USER_PREFIX"
-        for n in $(seq 1 "$JOB_USERS"); do add_user "$USER_PREFIX-$n"; done
+    # A helper user PREFIX and job users PREFIX-1..N.
+    add_user_set() {
+        if [ "$(getent passwd "$1" "$1-$2" | wc -l)" != 2 ]; then
+            step "creating the helper user $1 and job users $1-1..$2"
+            add_user "$1"
+            for n in $(seq 1 "$2"); do add_user "$1-$n"; done
+        fi
+    }
+    add_user_set "$USER_PREFIX" "$JOB_USERS"
+    # `make test` runs on its own users, so that it never disturbs a server
+    # on this host (MATHRUN_TEST_PREFIX picks another set, one per parallel run).
+    if [ "${1:-}" = --test ]; then
+        add_user_set "${MATHRUN_TEST_PREFIX:-mathrun-test}" "$JOB_USERS"
     fi
     install -d -m 0755 /run/mathrun
     # Must match MAXIMA_HOME in mathrun/maxima/config.py.

@@ -15,6 +15,15 @@ ROOT = os.geteuid() == 0
 # live under /tmp, which a job sees as its own private directory.
 PYTHON = "/usr/bin/python3"
 TIMEOUT = 60  # seconds any awaited Deferred in a test may take
+# The suite's own job users (made by `make test`'s set-up), helper user and
+# job root, so that it never disturbs a server using the default ones.
+USER_PREFIX = os.environ.get("MATHRUN_TEST_PREFIX", "mathrun-test")
+HELPER_USER = USER_PREFIX
+
+
+def server_args() -> list[str]:
+    """The ``twistd mathrun`` options that put a server on the suite's users."""
+    return ["--user-prefix", USER_PREFIX, "--helper-user", HELPER_USER] if ROOT else []
 
 
 def within(d: defer.Deferred, seconds: float = TIMEOUT) -> defer.Deferred:
@@ -32,6 +41,8 @@ def make_sandbox(testcase, **config) -> Sandbox:
     """A started sandbox whose leases are all released after the test
     (unprivileged, in a temporary job root, when not run as root)."""
     config.setdefault("jobs", 4)
+    config.setdefault("user_prefix", USER_PREFIX)
+    config.setdefault("helper_user", HELPER_USER)
     if not ROOT and "job_root" not in config:
         config.update(privileged=False, job_root=os.path.join(temp_dir(testcase), "jobs"))
     sandbox = Sandbox(SandboxConfig(**config))

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from mathrun.sandbox.result import parse_report
 from mathrun.sandbox.sandbox import DEFAULT_JAIL
 
-from .helpers import ROOT
+from .helpers import HELPER_USER, ROOT, USER_PREFIX
 
 
 def jail(*args, **kw):
@@ -65,7 +65,7 @@ class JailTests(unittest.TestCase):
     def test_job_runs_as_the_job_user_without_privileges(self):
         if not ROOT:
             raise unittest.SkipTest("needs root")
-        user, helper = pwd.getpwnam("mathrun-1"), pwd.getpwnam("mathrun")
+        user, helper = pwd.getpwnam(f"{USER_PREFIX}-1"), pwd.getpwnam(HELPER_USER)
         w = os.pipe()
         proc = subprocess.run(
             [
@@ -105,8 +105,8 @@ class ReaperTests(unittest.TestCase):
     def test_answers_each_request_in_order(self):
         if not ROOT:
             raise unittest.SkipTest("needs root and job users")
-        helper = pwd.getpwnam("mathrun").pw_uid
-        victim = pwd.getpwnam("mathrun-4")
+        helper = pwd.getpwnam(HELPER_USER).pw_uid
+        victim = pwd.getpwnam(f"{USER_PREFIX}-4")
         sleeper = subprocess.Popen(["setpriv", f"--reuid={victim.pw_uid}", f"--regid={victim.pw_gid}",
                                     "--clear-groups", "sleep", "600"])  # fmt: skip
         self.addCleanup(lambda: sleeper.poll() is None and sleeper.kill())

@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from .asyclient import Session, connect, messages
-from .helpers import PYTHON, ROOT, async_test, within
+from .helpers import PYTHON, ROOT, USER_PREFIX, async_test, server_args, within
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -65,6 +65,7 @@ class TwistdTests(unittest.TestCase):
 
     def common(self):
         args = ["--http", f"tcp:{self.port}:interface=127.0.0.1", "--jobs", "2", "--no-why3", "--no-maxima"]
+        args += server_args()
         if not ROOT:
             args += ["--job-root", os.path.join(self.dir, "jobs")]
         return args
@@ -81,7 +82,23 @@ class TwistdTests(unittest.TestCase):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health?deep=1", timeout=30) as r:
             self.assertEqual(json.load(r)["probe"], "ok")
         self.stop(proc)
-        self.assertIn("job mathrun-" if ROOT else "job self-", self.log())
+        self.assertIn(f"job {USER_PREFIX}-" if ROOT else "job self-", self.log())
+
+    def test_second_server_on_the_same_job_users_exits(self):
+        """One server per job-user set: the second one says who holds them,
+        and the first one's running job is not disturbed."""
+        first = self.start("mathrun", *self.common())
+        second_args = [a if a != f"tcp:{self.port}:interface=127.0.0.1" else "tcp:0:interface=127.0.0.1"
+                       for a in self.common()]  # fmt: skip
+        second = subprocess.run(
+            [TWISTD, "-n", "--pidfile=", "mathrun", *second_args], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(second.returncode, 1, second.stdout + second.stderr)
+        self.assertIn(f"another mathrun server (pid {first.pid})", second.stdout + second.stderr)
+        self.assertIsNone(first.poll())
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health?deep=1", timeout=30) as r:
+            self.assertEqual(json.load(r)["status"], "ok")
+        self.stop(first)
 
     def test_maxima_next_to_the_other_front_ends(self):
         """The default service tree: Maxima keeps one job user free for the rest."""
@@ -127,7 +144,7 @@ class TwistdTests(unittest.TestCase):
             os.unlink(fields[5])
         # The prover read a file only root could read: it was copied in.
         self.assertEqual(outputs["1"], "(check-sat)\n")
-        self.assertRegex(outputs["2"], r"^mathrun-\d+\n$" if ROOT else r"^\w")
+        self.assertRegex(outputs["2"], rf"^{USER_PREFIX}-\d+\n$" if ROOT else r"^\w")
         self.stop(proc)
         self.assertFalse(os.path.exists(sock))
 
@@ -184,13 +201,15 @@ class TwistdTests(unittest.TestCase):
         path = os.path.join(self.dir, "mathrun.ini")
         with open(path, "w") as f:
             f.write(f"[mathrun]\nhttp = tcp:{self.port}:interface=127.0.0.1\njobs = 2\nno-why3 = true\n")
-        extra = [] if ROOT else ["--job-root", os.path.join(self.dir, "jobs")]
+        extra = server_args() if ROOT else ["--job-root", os.path.join(self.dir, "jobs")]
         self.stop(self.start("mathrun", "--config", path, *extra))
 
     def test_tac_example(self):
         env_port = f"tcp:{self.port}:interface=127.0.0.1"
         os.environ["MATHRUN_HTTP"] = env_port
         self.addCleanup(os.environ.pop, "MATHRUN_HTTP")
+        os.environ["MATHRUN_USER_PREFIX"] = USER_PREFIX
+        self.addCleanup(os.environ.pop, "MATHRUN_USER_PREFIX")
         if not ROOT:
             os.environ["MATHRUN_JOB_ROOT"] = os.path.join(self.dir, "jobs")
             self.addCleanup(os.environ.pop, "MATHRUN_JOB_ROOT")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import fcntl
 import os
 import shutil
 import subprocess
@@ -63,11 +64,21 @@ class SandboxConfig:
     max_waiting: int | None = None
 
     def resolved_job_root(self, privileged: bool) -> str:
+        """Each job-user set has its own job root, so that two servers with
+        different prefixes never clear each other's workspaces."""
         if self.job_root:
             return self.job_root
+        name = "jobs" if self.user_prefix == "mathrun" else f"jobs-{self.user_prefix}"
+        return os.path.join(self.state_dir(privileged), name)
+
+    def state_dir(self, privileged: bool) -> str:
+        """Where the lock and the shared namespace files live."""
         if privileged:
-            return "/run/mathrun/jobs"
-        return os.path.join(tempfile.gettempdir(), f"mathrun-{os.getuid()}", "jobs")
+            return RUN_DIR
+        return os.path.join(tempfile.gettempdir(), f"mathrun-{os.getuid()}")
+
+    def lock_path(self, privileged: bool) -> str:
+        return os.path.join(self.state_dir(privileged), f"{self.user_prefix}.lock")
 
 
 class Job:
@@ -311,12 +322,14 @@ class Sandbox:
         self.warnings: list[str] = []
         self.observers: list[Callable[[JobResult], None]] = []
         self._reaper: _Reaper | None = None
+        self._lock_fd = -1
 
     # -- start-up -----------------------------------------------------------
     def start(self) -> None:
         """Blocking set-up at service start: users, job root, netns, cgroups."""
         if not os.access(self.config.jail, os.X_OK):
             raise RuntimeError(f"jail helper {self.config.jail} is missing: run the set-up step")
+        self._lock_fd = hold_server_lock(self.config.lock_path(self.privileged), self.config.user_prefix)
         os.makedirs(self.job_root, mode=0o711, exist_ok=True)
         os.chmod(self.job_root, 0o711 if self.privileged else 0o700)
         self._remove_stale_workspaces()
@@ -439,6 +452,9 @@ class Sandbox:
         if reaper is not None and not reaper.ended.called:
             reaper.transport.closeStdin()
             await reaper.ended
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def _reap_async(self, user: JobUser, cgroup=None) -> defer.Deferred:
         if self._reaper is None or self._reaper.ended.called:
@@ -477,6 +493,29 @@ class Sandbox:
     def run(self, argv, limits=None, files=None, stdin=None, env=None) -> defer.Deferred:
         """Run one program to the end: a Deferred firing with its JobResult."""
         return defer.ensureDeferred(self._run(argv, limits, files, stdin, env))
+
+
+class ServerLocked(RuntimeError):
+    """Another server already uses this set of job users."""
+
+
+def hold_server_lock(path: str, prefix: str) -> int:
+    """Take the lock of a job-user set for the server's life: a second
+    server with the same users would kill the first one's jobs."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ServerLocked(
+            f"another mathrun server (pid {holder}) already uses the job users {prefix}-N"
+            f" (lock {path}): stop it, or give this one its own --user-prefix"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _helper(name: str) -> JobUser:
