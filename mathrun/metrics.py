@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .sandbox import Status
 
+FRONTENDS = ("maxima", "asy", "why3", "jobs")  # "jobs": the sandbox's own (the deep health probe)
 JOB_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -13,9 +14,12 @@ class SandboxMetrics:
     """Counts and times every sandbox job, and shows the job-user pool."""
 
     def __init__(self, registry: CollectorRegistry, sandbox):
-        self.jobs = Counter("mathrun_jobs", "Sandbox jobs by how they ended.", ["status"], registry=registry)
-        for status in Status:
-            self.jobs.labels(status.value)
+        self.jobs = Counter(
+            "mathrun_jobs", "Sandbox jobs by front end and how they ended.", ["frontend", "status"], registry=registry
+        )
+        for frontend in FRONTENDS:
+            for status in Status:
+                self.jobs.labels(frontend, status.value)
         self.wall = Histogram(
             "mathrun_job_wall_seconds", "Wall time of sandbox jobs.", buckets=JOB_SECONDS, registry=registry
         )
@@ -28,8 +32,8 @@ class SandboxMetrics:
         users.labels("waiting").set_function(lambda: sandbox.pool.waiting if sandbox.pool else 0)
         sandbox.observers.append(self.observe)
 
-    def observe(self, result) -> None:
-        self.jobs.labels(result.status.value).inc()
+    def observe(self, result, frontend: str = "jobs") -> None:
+        self.jobs.labels(frontend, result.status.value).inc()
         self.wall.observe(result.wall)
         self.cpu.observe(result.user_cpu + result.system_cpu)
 

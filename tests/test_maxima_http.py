@@ -235,6 +235,8 @@ class HttpApiTests(unittest.TestCase):
         self.assertIn("mathrun_maxima_queue_wait_seconds_count 1.0", text)
         self.assertIn("mathrun_maxima_spawn_seconds_count", text)
         self.assertIn('mathrun_maxima_children{state="ready"}', text)
+        # Maxima children are sandbox jobs like any other: counted, and logged.
+        self.assertIn('mathrun_jobs_total{frontend="maxima",status="ok"} 1.0', text)
 
 
 class LibraryVersionTests(unittest.TestCase):
@@ -300,14 +302,14 @@ class HostileInputTests(unittest.TestCase):
             'system("/usr/bin/python3 -c \\"x = bytearray(3 << 30)\\"")$', timeout="4000"
         )
         self.assertEqual(code, 500)
-        self.assertIn(b"ran out of memory", body)
+        self.assertIn(b"memory limit of", body)
         await self.server.quiet()
 
     @async_test
     async def test_ten_megabytes_of_output(self):
         code, _, body = await self.server.post('for i thru 400000 do print("xxxxxxxxxxxxxxxxxxxxxxx")$')
         self.assertEqual(code, 500)
-        self.assertIn(b"output exceeded", body)
+        self.assertIn(b"output limit of", body)
         await self.server.quiet()
 
     @async_test

@@ -12,11 +12,11 @@ from twisted.trial import unittest
 from twisted.web import server
 from twisted.web.test.requesthelper import DummyRequest
 
-from mathrun.maxima.child import MaximaResult
 from mathrun.maxima.config import MaximaConfig
 from mathrun.maxima.http import MaximaResource
 from mathrun.maxima.mother import ForkFailed, Mother, MotherProtocol, MotherUnavailable, maxima_string, preamble
 from mathrun.maxima.pool import MaximaPool, PoolBusy
+from mathrun.sandbox.result import JobResult, Status
 
 
 def unquote(literal: str) -> str:
@@ -194,7 +194,7 @@ class MotherTests(unittest.SynchronousTestCase):
 class FakePool:
     def __init__(self, result=None, failure=None):
         self.calls = []
-        self.result = result or MaximaResult("ok", b"42\n")
+        self.result = result or JobResult(Status.OK, stdout=b"42\n")
         self.failure = failure
 
     async def evaluate(self, text, seconds):
@@ -211,7 +211,7 @@ class ResourceTests(unittest.SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.config = MaximaConfig(max_input_bytes=100)
         self.pool = FakePool()
-        self.other = FakePool(MaximaResult("ok", b"other\n"))
+        self.other = FakePool(JobResult(Status.OK, stdout=b"other\n"))
         self.resource = MaximaResource({"default": self.pool, "2024": self.other}, self.config, self.reactor)
 
     def request(self, method=b"POST", **fields):
@@ -262,12 +262,12 @@ class ResourceTests(unittest.SynchronousTestCase):
 
     def test_results_become_statuses(self):
         cases = [
-            (MaximaResult("ok", b"out"), 200, b"text/plain;charset=UTF-8"),
-            (MaximaResult("ok", b"out", [("p.svg", b"<svg/>")]), 200, b"application/zip"),
-            (MaximaResult("timeout", b"partial"), 416, b"text/plain;charset=UTF-8"),
-            (MaximaResult("timeout", b""), 416, b"text/plain;charset=UTF-8"),
-            (MaximaResult("output-limit", b"x", message="too much"), 500, b"text/plain;charset=UTF-8"),
-            (MaximaResult("memory", b"x", message="out of memory"), 500, b"text/plain;charset=UTF-8"),
+            (JobResult(Status.OK, stdout=b"out"), 200, b"text/plain;charset=UTF-8"),
+            (JobResult(Status.OK, stdout=b"out", files=(("p.svg", b"<svg/>"),)), 200, b"application/zip"),
+            (JobResult(Status.TIME_LIMIT, stdout=b"partial"), 416, b"text/plain;charset=UTF-8"),
+            (JobResult(Status.TIME_LIMIT), 416, b"text/plain;charset=UTF-8"),
+            (JobResult(Status.OUTPUT_LIMIT, stdout=b"x", detail="too much"), 500, b"text/plain;charset=UTF-8"),
+            (JobResult(Status.MEMORY_LIMIT, stdout=b"x", detail="out of memory"), 500, b"text/plain;charset=UTF-8"),
         ]
         for result, code, content_type in cases:
             self.pool.result = result
@@ -278,7 +278,7 @@ class ResourceTests(unittest.SynchronousTestCase):
                 result,
             )
             if code == 416:
-                self.assertEqual(b"".join(request.written), result.output or b"416 - timeout\n")
+                self.assertEqual(b"".join(request.written), result.stdout or b"416 - timeout\n")
 
     def test_busy_is_503_with_retry_after(self):
         self.pool.failure = PoolBusy("all Maxima children are busy")
@@ -326,6 +326,7 @@ class FakeChild:
         self.ready = defer.Deferred()
         self.on_death = None
         self.evaluation = None
+        self.job = None
         self.closed = False
         FakeChild.made.append(self)
 
@@ -420,8 +421,8 @@ class PoolTests(unittest.SynchronousTestCase):
         self.assertEqual(child.state, "running")
         # Its replacement is forked at once, while it runs.
         self.assertEqual((len(FakeChild.made), len(self.mother.forks)), (2, 1))
-        child.evaluation.callback(MaximaResult("ok", b"2\n"))
-        self.assertEqual(self.successResultOf(d).output, b"2\n")
+        child.evaluation.callback(JobResult(Status.OK, stdout=b"2\n"))
+        self.assertEqual(self.successResultOf(d).stdout, b"2\n")
         self.assertTrue(child.lease.released and child.closed)
         self.fork_all()
         self.assertEqual(len(self.pool.ready), 1)

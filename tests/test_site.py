@@ -43,7 +43,7 @@ class SiteTests(unittest.TestCase):
         self.assertEqual((code, json.loads(body)["probe"]), (200, "ok"))
         code, _, body = await self.get("/metrics")
         self.assertEqual(code, 200)
-        self.assertIn(b'mathrun_jobs_total{status="ok"} 1.0', body)
+        self.assertIn(b'mathrun_jobs_total{frontend="jobs",status="ok"} 1.0', body)
         self.assertIn(b'mathrun_job_users{state="free"} 2.0', body)
         self.assertIn(b"mathrun_job_wall_seconds_bucket", body)
 

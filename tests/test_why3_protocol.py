@@ -89,7 +89,7 @@ class FakeLease:
         self.sandbox = sandbox
         self.workspace = FakeWorkspace()
 
-    def spawn(self, argv, limits, on_output=None):
+    def spawn(self, argv, limits, on_output=None, frontend="jobs"):
         job = FakeJob(argv, limits, on_output)
         self.sandbox.jobs.append(job)
         return job

@@ -156,7 +156,7 @@ class AsyRun:
             if self._aborted:
                 return self._complete(False, f"Execution {self._aborted}")
             argv = asy_command(self.config, self.options, None if self.options.interactive else self.main)
-            self.job = lease.spawn(argv, limits, env=asy_environment(), on_output=self._output)
+            self.job = lease.spawn(argv, limits, env=asy_environment(), on_output=self._output, frontend="asy")
             if not self.options.interactive:
                 self.job.close_stdin()
             result = await self.job.done

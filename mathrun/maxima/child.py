@@ -8,13 +8,17 @@ The child's directory (the job user's workspace root) holds ``inpipe`` and
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import select
 import signal
-from dataclasses import dataclass, field
 
 from twisted.internet import defer
+from zope.interface import implementer
 
+from ..sandbox.result import JobResult, Status
+from ..sandbox.sandbox import IJobControl
 from ..sandbox.workspace import _empty, read_files
 from .pipes import PipeReader, PipeWriter
 
@@ -25,23 +29,18 @@ class ChildDied(Exception):
     """The child ended before it was ready."""
 
 
-@dataclass
-class MaximaResult:
-    """How one evaluation ended.  ``status``: ok, timeout, output-limit,
-    memory, plots (unreadable plot files) or cancelled."""
-
-    status: str
-    output: bytes
-    files: list[tuple[str, bytes]] = field(default_factory=list)
-    seconds: float = 0.0
-    message: str = ""
-
-
+@implementer(IJobControl)
 class Child:
+    """A child the mother forked into a lease.  While it evaluates, a
+    sandbox Job (timer, output cap, verdict, log line, accounting) is fed
+    from its output pipe and controls it through this object."""
+
     def __init__(self, reactor, lease, config):
         self.reactor = reactor
         self.lease = lease
         self.config = config
+        self.limits = lease.capped(config.limits())
+        self.job = None
         self.root = lease.workspace.root
         self.output_dir = os.path.join(self.root, "output")
         self.pid: int | None = None
@@ -50,13 +49,10 @@ class Child:
         self.ready = defer.Deferred()
         self.on_death = None  # called if a ready child dies while waiting
         self._before = b""
-        self._chunks: list[bytes] = []
-        self._size = 0
+        self._early: list[bytes] = []  # output after the ready marker, before the input
         self._keep = -1
         self._reader = self._writer = None
-        self._timer = None
         self._started = 0.0
-        self._done: defer.Deferred | None = None
 
     # -- set-up -------------------------------------------------------------
     def prepare(self) -> None:
@@ -65,8 +61,7 @@ class Child:
         blocking, and a keep-alive writer stands in for it until it is
         ready (a FIFO without writers reads as EOF)."""
         user = self.lease.user
-        if self.lease.cgroup is not None:
-            self.lease.cgroup.prepare(self.config.memory_bytes, self.config.processes)
+        self.lease.prepare_limits(self.limits)
         _remove_leftovers(self.root)
         os.mkdir(self.output_dir, 0o700)
         if self.lease.workspace.privileged:
@@ -84,13 +79,15 @@ class Child:
 
     def fork_fields(self) -> list[str]:
         """The fork request's fields after the token."""
-        cfg, lease = self.config, self.lease
+        limits, lease = self.limits, self.lease
         privileged = lease.workspace.privileged
         uid = str(lease.user.uid) if privileged else "-1"
         gid = str(lease.user.gid) if privileged else "-1"
-        cpu = int(cfg.max_timeout_ms / 1000) + 2
-        fields = [uid, gid, self.root, str(cpu), str(cfg.workspace_bytes), str(cfg.open_files)]
-        fields.append(str(cfg.processes) if privileged else "-1")
+        fields = [uid, gid, self.root] + [
+            "-1" if v is None else str(math.ceil(v))
+            for v in (limits.cpu_seconds, limits.file_size_bytes, limits.open_files)
+        ]
+        fields.append(str(limits.processes) if privileged and limits.processes else "-1")
         if lease.cgroup is not None:
             fields += lease.cgroup.dirs
         for f in fields:
@@ -144,14 +141,10 @@ class Child:
             self._collect(data)
 
     def _collect(self, data: bytes) -> None:
-        room = self.config.output_bytes - self._size
-        if len(data) > room:
-            self._chunks.append(data[:room])
-            self._size += room
-            self._finish("output-limit", f"the output exceeded {self.config.output_bytes} bytes")
-            return
-        self._chunks.append(data)
-        self._size += len(data)
+        if self.job is not None:
+            self.job.received(1, data)
+        else:
+            self._early.append(data)
 
     def _eof(self) -> None:
         if self.state == "spawning":
@@ -161,7 +154,7 @@ class Child:
             if self.on_death is not None:
                 self.on_death(self)
         elif self.state == "running":
-            self._finish("ok")
+            self._end()
 
     def _fail_start(self, why: str) -> None:
         self.close()
@@ -171,12 +164,16 @@ class Child:
     # -- one evaluation ---------------------------------------------------------
     def evaluate(self, text: bytes, timeout: float) -> defer.Deferred:
         """Send the input, end it, and collect the output until the child
-        ends or the timeout; fires with a MaximaResult (cancel: stops it)."""
+        ends or the timeout; fires with the Job's JobResult, its plot
+        files in ``files`` (cancel: stops it)."""
         assert self.state == "ready"
         self.state = "running"
         self._started = self.reactor.seconds()
-        self._done = defer.Deferred(lambda d: self._finish("cancelled"))
-        self._timer = self.reactor.callLater(timeout, self._finish, "timeout", f"timeout after {timeout:g}s")
+        limits = dataclasses.replace(self.limits, wall_seconds=min(timeout, self.limits.wall_seconds or timeout))
+        self.job = self.lease.adopt(self, limits, frontend="maxima")
+        for data in self._early:
+            self.job.received(1, data)
+        self._early = []
         # Children wait at the mother's low priority; a job runs at normal.
         try:
             os.setpriority(os.PRIO_PROCESS, self.pid, 0)
@@ -184,28 +181,55 @@ class Child:
             pass
         self._writer.write(text)
         self._writer.loseConnection()
-        return self._done
+        done = defer.Deferred(lambda d: self.job.stop(Status.CANCELLED))
 
-    def _finish(self, status: str, message: str = "") -> None:
+        def deliver(result):
+            if not done.called:  # not when cancelled
+                done.callback(self._with_files(result))
+
+        self.job.done.addCallback(deliver)
+        return done
+
+    def _with_files(self, result: JobResult) -> JobResult:
+        """The plot files of a job that ended well; reading them may fail."""
+        if result.status is not Status.OK:
+            return result
+        try:
+            files = read_files(self.output_dir, self.config.plot_files, self.config.plot_bytes)
+        except (OSError, ValueError) as e:
+            return dataclasses.replace(
+                result, status=Status.INTERNAL_ERROR, detail=f"the plot files could not be returned: {e}"
+            )
+        return dataclasses.replace(result, files=tuple(files))
+
+    def _end(self) -> None:
+        """The child is done (or was killed): close the pipes and give the
+        Job its report.  The mother reaps the child, so its exit status is
+        not known here; CPU time is not measured for Maxima children."""
         if self.state == "done":
             return
         self.state = "done"
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
         self.close()
-        files = []
-        cgroup = self.lease.cgroup
-        if cgroup is not None and cgroup.oom_killed():
-            status, message = "memory", "the job ran out of memory"
-        if status == "ok":
-            try:
-                files = read_files(self.output_dir, self.config.plot_files, self.config.plot_bytes)
-            except (OSError, ValueError) as e:
-                status, message = "plots", f"the plot files could not be returned: {e}"
-        result = MaximaResult(status, b"".join(self._chunks), files, self.reactor.seconds() - self._started, message)
-        done = self._done
-        if done is not None and not done.called:
-            done.callback(result)
+        if self.job is not None:
+            self.job.ended({"status": "ended", "wall": self.reactor.seconds() - self._started})
+
+    # -- IJobControl: how the Job controls the child -----------------------------
+    def signalProcess(self, signal_name) -> None:
+        """Any stop is a kill: the answer so far is all the client gets.
+        The Job's verdict follows in the next turn of the reactor, once the
+        output that caused it has been counted."""
+        self.kill()
+        self.reactor.callLater(0, self._end)
+
+    def write(self, data: bytes) -> None:
+        self._writer.write(data)
+
+    def closeStdin(self) -> None:
+        self._writer.loseConnection()
+
+    def closeChildFD(self, fd: int) -> None:
+        if self._reader is not None:
+            self._reader.close()
 
     def close(self) -> None:
         """Close our ends of the pipes (a child still writing gets SIGPIPE).

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from ..sandbox.limits import Limits
+
 MiB = 1 << 20
 # Where the set-up step builds Maxima on SBCL and saves the mother core: out
 # of the checkout, so that every clone on a machine shares one build.
@@ -40,6 +42,20 @@ class MaximaConfig:
     # version -> libraries; when not empty, one mother per version, and a
     # request's ``version`` picks one (the first is the default).
     versions: dict[str, list[str]] = field(default_factory=dict)
+
+    def limits(self) -> Limits:
+        """A child's sandbox limits (the request's timeout lowers the wall
+        limit); the sandbox caps them by the operator's maxima."""
+        return Limits(
+            cpu_seconds=self.max_timeout_ms / 1000 + 2,
+            wall_seconds=self.max_timeout_ms / 1000,
+            memory_bytes=self.memory_bytes,
+            file_size_bytes=self.workspace_bytes,
+            open_files=self.open_files,
+            processes=self.processes,
+            output_bytes=self.output_bytes,
+            workspace_bytes=self.workspace_bytes,
+        )
 
     def argv(self) -> list[str]:
         """The mother's command line."""

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from .. import __version__
+from ..sandbox.result import JobResult, Status
 from .mother import maxima_string
 from .pool import PoolBusy
 
@@ -110,29 +111,30 @@ class MaximaResource(resource.Resource):
         request.mathrun_gone = True
         d.cancel()
 
-    def _answer(self, result, request, health: bool, started: float) -> None:
-        if getattr(request, "mathrun_gone", False) or result.status == "cancelled":
+    def _answer(self, result: JobResult, request, health: bool, started: float) -> None:
+        if getattr(request, "mathrun_gone", False) or result.status is Status.CANCELLED:
             return
         if self.metrics:
             self.metrics.response.observe(self.reactor.seconds() - started)
+        output = result.stdout
         if health:
-            ok = result.status == "ok" and b"healthcheck successful" in result.output
+            ok = result.ok and b"healthcheck successful" in output
             self._count("success" if ok else "error")
-            body = result.output if ok else f"500 - health check failed ({result.status})\n".encode() + result.output
+            body = output if ok else f"500 - health check failed ({result.describe()})\n".encode() + output
             self._finish(request, 200 if ok else 500, TEXT, body)
-        elif result.status == "ok":
+        elif result.ok:
             self._count("success")
             if result.files:
-                self._finish(request, 200, b"application/zip", make_zip(result.output, result.files))
+                self._finish(request, 200, b"application/zip", make_zip(output, result.files))
             else:
-                self._finish(request, 200, TEXT, result.output)
-        elif result.status == "timeout":
+                self._finish(request, 200, TEXT, output)
+        elif result.status is Status.TIME_LIMIT:
             self._count("timeout")
-            self._finish(request, 416, TEXT, result.output or b"416 - timeout\n")
+            self._finish(request, 416, TEXT, output or b"416 - timeout\n")
         else:
             self._count("error")
-            self.log.warn("maxima: job ended with {status}: {message}", status=result.status, message=result.message)
-            self._finish(request, 500, TEXT, f"500 - internal server error ({result.message})\n".encode())
+            self.log.warn("maxima: job ended with {status}", status=result.describe())
+            self._finish(request, 500, TEXT, f"500 - internal server error ({result.describe()})\n".encode())
 
     def _failed(self, failure, request) -> None:
         if failure.check(defer.CancelledError) or getattr(request, "mathrun_gone", False):

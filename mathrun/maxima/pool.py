@@ -15,7 +15,8 @@ import collections
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .child import Child, MaximaResult
+from ..sandbox.result import JobResult, Status
+from .child import Child
 from .config import MaximaConfig
 from .mother import Mother, MotherUnavailable
 
@@ -84,12 +85,13 @@ class MaximaPool:
         while self.ready:
             self._retire(self.ready.popleft())
         for child in list(self.busy):
-            child._finish("cancelled")
+            if child.job is not None:
+                child.job.stop(Status.CANCELLED)
         while self._releasing:
             await defer.DeferredList(list(self._releasing))
 
     # -- requests -------------------------------------------------------------
-    async def evaluate(self, text: bytes, timeout: float) -> MaximaResult:
+    async def evaluate(self, text: bytes, timeout: float) -> JobResult:
         """Run ``text`` in a ready child (waiting for one if need be)."""
         asked = self.reactor.seconds()
         child = await self._take()

@@ -47,6 +47,7 @@ class JobResult:
     failed_stage: str | None = None  # "exec" or "jail" when the program never ran
     stdout: bytes = b""
     stderr: bytes = b""
+    files: tuple = ()  # (name, bytes) the front end read back from the workspace
 
     @property
     def ok(self) -> bool:
@@ -54,7 +55,7 @@ class JobResult:
 
     def describe(self) -> str:
         """One line for logs and error messages."""
-        parts = [self.status.value]
+        parts = [] if self.detail.startswith(self.status.value) else [self.status.value]
         if self.exit_code is not None and self.status is not Status.OK:
             parts.append(f"exit {self.exit_code}")
         if self.signal is not None:
@@ -77,7 +78,9 @@ class ReportError(ValueError):
 
 _INT_FIELDS = {"code", "signal", "errno", "maxrss_kb", "leftover", "killed", "remaining"}
 _FLOAT_FIELDS = {"utime", "stime", "wall"}
-_STATUSES = {"exited", "signalled", "failed"}
+# "ended": the process closed its output and is gone, its exit status
+# unknown (a Maxima child, whose mother reaps it).
+_STATUSES = {"exited", "signalled", "failed", "ended"}
 
 
 def parse_report(line: bytes) -> dict:
@@ -105,8 +108,8 @@ def parse_report(line: bytes) -> dict:
     status = report.get("status")
     if status not in _STATUSES:
         raise ReportError(f"unknown status {status!r}")
-    needed = {"exited": "code", "signalled": "signal", "failed": "errno"}[status]
-    if needed not in report:
+    needed = {"exited": "code", "signalled": "signal", "failed": "errno", "ended": None}[status]
+    if needed is not None and needed not in report:
         raise ReportError(f"report of {status} lacks {needed}")
     return report
 
@@ -122,7 +125,8 @@ def classify(
     """The verdict on one job.
 
     ``cause`` is why the server stopped it (wall time, output cap, cancel),
-    which wins over how the process died: the server killed it.
+    which wins over how the process died (the server killed it), except a
+    kill by the kernel for memory, which is the root cause.
     """
     if report is None:
         if cause is not None:
@@ -150,14 +154,16 @@ def classify(
     exit_code = report.get("code") if report["status"] == "exited" else None
     sig = report.get("signal") if report["status"] == "signalled" else None
     outcome = dict(exit_code=exit_code, signal=sig, **common)
+    if oom_killed:
+        # The root cause, even when the server stopped the job afterwards
+        # (a tool whose helper the kernel killed may hang until the wall limit).
+        return JobResult(Status.MEMORY_LIMIT, detail=f"memory limit of {limits.memory_bytes} bytes", **outcome)
     if cause is not None:
         detail = {
             Status.TIME_LIMIT: f"wall-clock limit of {limits.wall_seconds:g} s" if limits.wall_seconds else "",
             Status.OUTPUT_LIMIT: f"output limit of {limits.output_bytes} bytes" if limits.output_bytes else "",
         }.get(cause, "")
         return JobResult(cause, detail=detail, **outcome)
-    if oom_killed:
-        return JobResult(Status.MEMORY_LIMIT, detail=f"memory limit of {limits.memory_bytes} bytes", **outcome)
     cpu = common["user_cpu"] + common["system_cpu"]
     if sig == signal.SIGXCPU or (
         sig == signal.SIGKILL and limits.cpu_seconds is not None and cpu >= limits.cpu_seconds
@@ -167,6 +173,6 @@ def classify(
         return JobResult(Status.OUTPUT_LIMIT, detail=f"file size limit of {limits.file_size_bytes} bytes", **outcome)
     if sig is not None:
         return JobResult(Status.SIGNALLED, **outcome)
-    if exit_code != 0:
+    if report["status"] == "exited" and exit_code != 0:
         return JobResult(Status.NONZERO_EXIT, **outcome)
     return JobResult(Status.OK, **outcome)

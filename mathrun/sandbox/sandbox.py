@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
+from zope.interface import Interface
 
 from . import cgroups as cgroups_mod
 from .limits import Limits
@@ -78,20 +79,46 @@ class SandboxConfig:
         return os.path.join(tempfile.gettempdir(), f"mathrun-{os.getuid()}")
 
     def lock_path(self, privileged: bool) -> str:
-        return os.path.join(self.state_dir(privileged), f"{self.user_prefix}.lock")
+        """One server per job-user set; without job users (unprivileged
+        mode), one per job root."""
+        if privileged:
+            return os.path.join(RUN_DIR, f"{self.user_prefix}.lock")
+        return self.resolved_job_root(privileged).rstrip("/") + ".lock"
+
+
+class IJobControl(Interface):
+    """What a Job needs of its running process: Twisted's process transport
+    has it, and so does a Maxima child held by its pipes and pidfd."""
+
+    def signalProcess(signal):
+        """Ask the process to end ("TERM") or kill it ("KILL")."""
+
+    def write(data):
+        """Send bytes to the job's standard input."""
+
+    def closeStdin():
+        """End the job's standard input."""
+
+    def closeChildFD(fd):
+        """Stop reading the job's output on ``fd``."""
 
 
 class Job:
-    """One running program in a lease; ``done`` fires with its JobResult."""
+    """One running program in a lease; ``done`` fires with its JobResult.
 
-    def __init__(self, lease, limits: Limits, on_output: Callable[[str, bytes], None] | None):
+    The same object whatever started the process (the jail helper, or the
+    Maxima mother): the starter calls ``attach``, ``received`` and
+    ``ended``; the Job keeps the timer, the output cap, the stop cause,
+    the verdict, the log line and the observers."""
+
+    def __init__(self, lease, limits: Limits, on_output: Callable[[str, bytes], None] | None, frontend: str = "jobs"):
         self.lease = lease
         self.limits = limits
+        self.frontend = frontend
         self.result: JobResult | None = None
         self._waiters: list[defer.Deferred] = []
         self._on_output = on_output
         self._chunks = {1: [], 2: []}
-        self._report = b""
         self._output = 0
         self._cause: Status | None = None
         self._transport = None
@@ -139,17 +166,16 @@ class Job:
             self._timer.cancel()
         self._timer = self.lease.sandbox.reactor.callLater(seconds, self.stop, Status.TIME_LIMIT)
 
-    # -- from the process protocol ------------------------------------------
-    def _started(self, transport) -> None:
-        self._transport = transport
+    # -- from whatever started the process -----------------------------------
+    def attach(self, control) -> None:
+        """The process runs, controlled through ``control`` (IJobControl)."""
+        self._transport = control
         if self.limits.wall_seconds is not None:
             self._timer = self.lease.sandbox.reactor.callLater(self.limits.wall_seconds, self.stop, Status.TIME_LIMIT)
 
-    def _data(self, fd: int, data: bytes) -> None:
-        if fd == 3:
-            self._report += data[: 4096 - len(self._report)]
-            return
-        if fd not in self._chunks or self._cause is Status.OUTPUT_LIMIT:
+    def received(self, fd: int, data: bytes) -> None:
+        """Output on fd 1 or 2, counted against the output cap."""
+        if fd not in self._chunks or self._cause is Status.OUTPUT_LIMIT or self._ended:
             return
         cap = self.limits.output_bytes
         if cap is not None and self._output + len(data) > cap:
@@ -165,17 +191,16 @@ class Job:
         else:
             self._chunks[fd].append(data)
 
-    def _finished(self) -> None:
+    def ended(self, report: dict | None, problem: str = "") -> None:
+        """The process is gone; ``report`` is what its supervisor measured
+        (see result.parse_report), None when it died without a report."""
+        if self._ended:
+            return
         self._ended = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        problem = ""
-        try:
-            report = parse_report(self._report)
-        except ReportError as e:
-            report, problem = None, f"jail report unreadable: {e}"
         if report is None or report.get("remaining"):
-            # The jail died early, or processes survived it: reap at release.
+            # The supervisor died early, or processes survived it: reap at release.
             self.lease.external_processes = True
         cgroup = self.lease.cgroup
         result = classify(
@@ -200,17 +225,27 @@ def _with_output(result: JobResult, stdout: bytes, stderr: bytes) -> JobResult:
 
 
 class _JailProtocol(protocol.ProcessProtocol):
+    """Feeds a Job from ``mathrun-jail run``: its stdio, and its report on fd 3."""
+
     def __init__(self, job: Job):
         self.job = job
+        self._report = b""
 
     def connectionMade(self):
-        self.job._started(self.transport)
+        self.job.attach(self.transport)
 
     def childDataReceived(self, childFD, data):
-        self.job._data(childFD, data)
+        if childFD == 3:
+            self._report += data[: 4096 - len(self._report)]
+        else:
+            self.job.received(childFD, data)
 
     def processEnded(self, reason):
-        self.job._finished()
+        try:
+            report, problem = parse_report(self._report), ""
+        except ReportError as e:
+            report, problem = None, f"jail report unreadable: {e}"
+        self.job.ended(report, problem)
 
 
 class _Reaper(protocol.ProcessProtocol):
@@ -262,17 +297,13 @@ class Lease:
         limits: Limits | None = None,
         env: dict | None = None,
         on_output: Callable[[str, bytes], None] | None = None,
+        frontend: str = "jobs",
     ) -> Job:
         """Start ``argv`` in the sandbox.  Output is collected into the
         result unless ``on_output(stream, data)`` takes it as it comes."""
-        if self.job is not None and not self.job._ended:
-            raise RuntimeError("this lease already runs a job")
+        job = self._new_job(limits, on_output, frontend)
+        limits = job.limits
         sandbox = self.sandbox
-        limits = (limits or sandbox.config.limits).capped_by(sandbox.config.max_limits)
-        if self.cgroup:
-            self.cgroup.prepare(limits.memory_bytes, limits.processes)
-        job = Job(self, limits, on_output)
-        self.job = job
         args = [sandbox.config.jail, "run"] + sandbox.jail_options(self) + limits.jail_args(self.cgroup is not None)
         environment = {"PATH": DEFAULT_PATH, "HOME": self.workspace.path, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
         environment.update(env or {})
@@ -283,6 +314,32 @@ class Lease:
             _JailProtocol(job), sandbox.config.jail, args, env={}, childFDs={0: "w", 1: "r", 2: "r", 3: "r"}
         )
         return job
+
+    def capped(self, limits: Limits | None) -> Limits:
+        """``limits`` (default: the sandbox's) lowered to the operator's maxima."""
+        return (limits or self.sandbox.config.limits).capped_by(self.sandbox.config.max_limits)
+
+    def prepare_limits(self, limits: Limits) -> None:
+        """Set the cgroup's limits before a process of this lease starts."""
+        if self.cgroup:
+            self.cgroup.prepare(limits.memory_bytes, limits.processes)
+
+    def _new_job(self, limits, on_output, frontend) -> Job:
+        if self.job is not None and not self.job._ended:
+            raise RuntimeError("this lease already runs a job")
+        limits = self.capped(limits)
+        self.prepare_limits(limits)
+        self.job = Job(self, limits, on_output, frontend)
+        return self.job
+
+    def adopt(self, control, limits: Limits, on_output=None, frontend: str = "jobs") -> Job:
+        """A Job for a process the sandbox did not start (a Maxima child,
+        forked by its mother into this lease), controlled by ``control``."""
+        if self.job is not None and not self.job._ended:
+            raise RuntimeError("this lease already runs a job")
+        self.job = Job(self, self.capped(limits), on_output, frontend)
+        self.job.attach(control)
+        return self.job
 
     def release(self) -> defer.Deferred:
         """Stop what runs, kill what is left, remove the workspace, free the user."""
@@ -320,7 +377,7 @@ class Sandbox:
         self._slot_cgroups = {}
         self.leases: set[Lease] = set()
         self.warnings: list[str] = []
-        self.observers: list[Callable[[JobResult], None]] = []
+        self.observers: list[Callable[[JobResult, str], None]] = []  # (result, front end)
         self._reaper: _Reaper | None = None
         self._lock_fd = -1
 
@@ -329,7 +386,7 @@ class Sandbox:
         """Blocking set-up at service start: users, job root, netns, cgroups."""
         if not os.access(self.config.jail, os.X_OK):
             raise RuntimeError(f"jail helper {self.config.jail} is missing: run the set-up step")
-        self._lock_fd = hold_server_lock(self.config.lock_path(self.privileged), self.config.user_prefix)
+        self._lock_fd = hold_server_lock(self.config.lock_path(self.privileged), self._users_described())
         os.makedirs(self.job_root, mode=0o711, exist_ok=True)
         os.chmod(self.job_root, 0o711 if self.privileged else 0o700)
         self._remove_stale_workspaces()
@@ -369,6 +426,11 @@ class Sandbox:
             mode="privileged" if self.privileged else "unprivileged",
             cg=self.cgroups.describe() if self.cgroups else "no cgroups",
         )
+
+    def _users_described(self) -> str:
+        if self.privileged:
+            return f"the job users {self.config.user_prefix}-N"
+        return f"the job root {self.job_root}"
 
     def _remove_stale_workspaces(self) -> None:
         """Workspaces of a previous run that died without cleaning up."""
@@ -466,9 +528,10 @@ class Sandbox:
 
     def _job_finished(self, job: Job, result: JobResult) -> None:
         for observer in self.observers:
-            observer(result)
+            observer(result, job.frontend)
         self.log.info(
-            "job {user} {status}: wall {wall:.3f}s cpu {cpu:.3f}s peak {peak}",
+            "job {user} {status}: wall {wall:.3f}s cpu {cpu:.3f}s peak {peak} ({frontend})",
+            frontend=job.frontend,
             user=job.lease.user.name,
             status=result.describe(),
             wall=result.wall,
@@ -499,7 +562,7 @@ class ServerLocked(RuntimeError):
     """Another server already uses this set of job users."""
 
 
-def hold_server_lock(path: str, prefix: str) -> int:
+def hold_server_lock(path: str, what: str) -> int:
     """Take the lock of a job-user set for the server's life: a second
     server with the same users would kill the first one's jobs."""
     os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
@@ -510,8 +573,8 @@ def hold_server_lock(path: str, prefix: str) -> int:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise ServerLocked(
-            f"another mathrun server (pid {holder}) already uses the job users {prefix}-N"
-            f" (lock {path}): stop it, or give this one its own --user-prefix"
+            f"another mathrun server (pid {holder}) already uses {what}"
+            f" (lock {path}): stop it, or give this one its own --user-prefix or --job-root"
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

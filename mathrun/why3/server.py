@@ -241,7 +241,9 @@ class Why3Server(protocol.Factory):
             stdin = self._input(client, run.stdin) if run.stdin is not None else None
             args = self._stage_files(lease, client, run)
             self._open_output(request)
-            request.job = lease.spawn([run.cmd, *args], limits, on_output=lambda _s, data: self._write(request, data))
+            request.job = lease.spawn(
+                [run.cmd, *args], limits, on_output=lambda _s, data: self._write(request, data), frontend="why3"
+            )
             client.send(wire.started(run.id))
             if stdin:
                 request.job.write(stdin)

@@ -1,0 +1,112 @@
+"""The sandbox's Job on fakes: one object for every front end, whatever
+started the process (the jail helper or the Maxima mother)."""
+
+from __future__ import annotations
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial import unittest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from mathrun.maxima.child import Child
+from mathrun.maxima.config import MaximaConfig
+from mathrun.sandbox import Limits, Status
+from mathrun.sandbox.sandbox import IJobControl, Lease, Sandbox, SandboxConfig
+
+
+@implementer(IJobControl)
+class FakeControl:
+    """Records what the Job asked of its process."""
+
+    def __init__(self):
+        self.signals, self.written, self.closed_fds = [], [], []
+        self.stdin_closed = False
+
+    def signalProcess(self, signal):
+        self.signals.append(signal)
+
+    def write(self, data):
+        self.written.append(data)
+
+    def closeStdin(self):
+        self.stdin_closed = True
+
+    def closeChildFD(self, fd):
+        self.closed_fds.append(fd)
+
+
+class FakeWorkspace:
+    root = path = "/nonexistent"
+    privileged = True
+
+
+def lease_on(reactor, **max_limits) -> Lease:
+    sandbox = Sandbox(SandboxConfig(max_limits=Limits(**max_limits)), reactor=reactor)
+    sandbox.finished = []
+    sandbox.observers.append(lambda result, frontend: sandbox.finished.append((result.status, frontend)))
+    return Lease(
+        sandbox,
+        user=type("User", (), {"name": "u-1", "uid": 1001, "gid": 1001})(),
+        workspace=FakeWorkspace(),
+        cgroup=None,
+    )
+
+
+class JobTests(unittest.SynchronousTestCase):
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.lease = lease_on(self.reactor)
+        self.control = FakeControl()
+
+    def test_fakes_provide_the_interface(self):
+        verifyObject(IJobControl, self.control)
+        child = Child(self.reactor, self.lease, MaximaConfig())
+        verifyObject(IJobControl, child)
+
+    def test_wall_limit_stops_and_is_the_verdict(self):
+        job = self.lease.adopt(self.control, Limits(wall_seconds=2), frontend="maxima")
+        done = job.done
+        self.reactor.advance(1.9)
+        self.assertEqual(self.control.signals, [])
+        self.reactor.advance(0.2)
+        self.assertEqual(self.control.signals, ["TERM"])
+        job.ended({"status": "ended", "wall": 2.1})
+        result = self.successResultOf(done)
+        self.assertEqual(result.status, Status.TIME_LIMIT)
+        self.assertEqual(self.lease.sandbox.finished, [(Status.TIME_LIMIT, "maxima")])
+
+    def test_output_cap_keeps_exactly_the_cap(self):
+        job = self.lease.adopt(self.control, Limits(output_bytes=10))
+        job.received(1, b"12345678")
+        job.received(1, b"abcdef")
+        job.received(1, b"more after the cap")
+        self.assertEqual(self.control.closed_fds, [1, 2])
+        job.ended({"status": "ended"})
+        result = self.successResultOf(job.done)
+        self.assertEqual((result.status, result.stdout), (Status.OUTPUT_LIMIT, b"12345678ab"))
+
+    def test_limits_are_capped_by_the_operators_maxima(self):
+        lease = lease_on(self.reactor, memory_bytes=100 << 20, processes=8)
+        job = lease.adopt(self.control, Limits(memory_bytes=1 << 30, processes=64))
+        self.assertEqual((job.limits.memory_bytes, job.limits.processes), (100 << 20, 8))
+        child = Child(self.reactor, lease, MaximaConfig(memory_bytes=1 << 30, processes=64))
+        self.assertEqual((child.limits.memory_bytes, child.limits.processes), (100 << 20, 8))
+
+    def test_ended_output_is_ok_with_unknown_exit_status(self):
+        job = self.lease.adopt(self.control, Limits())
+        job.received(1, b"x^3/3")
+        job.ended({"status": "ended", "wall": 0.01})
+        result = self.successResultOf(job.done)
+        self.assertEqual((result.status, result.exit_code, result.stdout), (Status.OK, None, b"x^3/3"))
+
+    def test_a_second_job_on_a_busy_lease_is_refused(self):
+        self.lease.adopt(self.control, Limits())
+        self.assertRaises(RuntimeError, self.lease.adopt, FakeControl(), Limits())
+
+    def test_no_report_is_an_internal_error_and_reaps_at_release(self):
+        job = self.lease.adopt(self.control, Limits())
+        job.ended(None, "the supervisor vanished")
+        result = self.successResultOf(job.done)
+        self.assertEqual(result.status, Status.INTERNAL_ERROR)
+        self.assertIn("the supervisor vanished", result.describe())
+        self.assertTrue(self.lease.external_processes)
