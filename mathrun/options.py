@@ -93,6 +93,21 @@ class Options(usage.Options):
             "entries VERSION=FILE start one mother per version, chosen by the request's version.",
         ],
         ["maxima-packages", None, None, "Comma-separated Maxima packages loaded into the mother."],
+        [
+            "maxima-stack",
+            None,
+            None,
+            "Comma-separated [VERSION=]DIR: STACK's stack/maxima directory from a STACK install, loaded as "
+            "STACK's install helper and goemaxima do, one mother per STACK version (a request's version picks "
+            "it; default: the version in DIR's stackmaxima.mac).",
+        ],
+        [
+            "maxima-core-cache",
+            None,
+            None,
+            "Directory of the saved mother cores with the libraries loaded (default: beside the base core "
+            "as root, else ~/.cache/mathrun/maxima-cores).",
+        ],
         ["maxima-queue-wait", None, 10.0, "Seconds a Maxima request may wait for a child.", _positive_float],
         ["maxima-max-waiting", None, 256, "Maxima requests that may wait at once (then 503).", _positive_int],
         ["maxima-max-input", None, 1024, "Largest Maxima input, in KiB (then 413).", _positive_int],

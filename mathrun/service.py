@@ -102,10 +102,14 @@ def maxima_config(options):
             versions.setdefault(version.strip(), []).append(path.strip())
         else:
             libraries.append(entry)
-    if versions and libraries:
-        # Plain entries are loaded into every version's mother.
-        versions = {v: libraries + paths for v, paths in versions.items()}
+    stack = {}
+    for entry in _split(options["maxima-stack"]):
+        version, sep, path = entry.rpartition("=")
+        stack[version.strip()] = path.strip()
+    extra = {"core_cache": options["maxima-core-cache"]} if options["maxima-core-cache"] else {}
     return MaximaConfig(
+        stack=stack,
+        **extra,
         core=options["maxima-core"],
         ready=options["maxima-ready"],
         max_timeout_ms=options["maxima-max-timeout"],

@@ -23,6 +23,8 @@ from mathrun.web.site import build_site
 
 from .helpers import ROOT, async_test, make_sandbox, processes_of, temp_dir, within
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
 if not os.path.exists(DEFAULT_CORE):
     raise unittest.SkipTest(f"no Maxima mother core at {DEFAULT_CORE}: run the set-up step")
 
@@ -32,6 +34,8 @@ class MaximaServer:
 
     def __init__(self, testcase, jobs=6, sandbox=None, **config):
         config.setdefault("ready", 2)
+        # Cores of the tests' library sets stay with the test.
+        config.setdefault("core_cache", os.path.join(temp_dir(testcase), "cores"))
         self.sandbox = make_sandbox(testcase, jobs=jobs, **(sandbox or {}))
         self.registry = CollectorRegistry()
         SandboxMetrics(self.registry, self.sandbox)
@@ -240,7 +244,7 @@ class HttpApiTests(unittest.TestCase):
 
 
 class LibraryVersionTests(unittest.TestCase):
-    @async_test
+    @async_test(timeout=180)
     async def test_version_picks_the_mother_with_that_library(self):
         directory = temp_dir(self)
         libraries = {}
@@ -250,6 +254,8 @@ class LibraryVersionTests(unittest.TestCase):
                 f.write(f'libtag: "{tag}"$\nlibfun(x) := x^2$\n')
             libraries[version] = [path]
         server = MaximaServer(self, jobs=6, ready=1, versions=libraries)
+        pools = server.service.pools.values()
+        await server.until(lambda: all(p.mother.ready for p in pools), "the mothers are ready", 150)
         answers = []
         for version in ("2023121100", "2024012900", None, "1999"):
             fields = {"version": version} if version else {}
@@ -258,6 +264,48 @@ class LibraryVersionTests(unittest.TestCase):
         self.assertEqual(answers, [(200, b"beta 9"), (200, b"alpha 9"), (200, b"alpha 9"), (200, b"alpha 9")])
         self.assertEqual(len({pool.mother.pid for pool in server.service.pools.values()}), 2)
         await server.quiet()
+
+
+class StackLibraryTests(unittest.TestCase):
+    """STACK's library as an operator has it, through --maxima-stack: the
+    search paths set up, saved into a core, routed by version."""
+
+    @async_test(timeout=180)
+    async def test_stack_directory_is_saved_into_a_core_and_routed_by_version(self):
+        stack = os.path.join(HERE, "stacklike", "maxima")
+        server = MaximaServer(self, jobs=6, ready=1, stack={"": stack, "2024010100": stack})
+        self.assertEqual(list(server.service.pools), ["2099010100", "2024010100"])
+        pools = server.service.pools.values()
+        await server.until(lambda: all(p.mother.ready for p in pools), "the mothers are ready", 150)
+        # Both versions have the same library set: one core, built once.
+        self.assertEqual(len({p.mother.core for p in pools}), 1)
+        code, _, body = await server.post("print(stackfun(20), stackmaximaversion)$", version="2099010100")
+        self.assertEqual((code, body.split()), (200, [b"41", b"2099010100"]))
+        for pool in server.service.pools.values():
+            # Run from a saved core, not from the base core with loads at start.
+            self.assertTrue(pool.mother.core.startswith(server.config.core_cache), pool.mother.core)
+            self.assertTrue(os.path.exists(pool.mother.core))
+        response = await within(treq.get(server.url.replace("/maxima", "/health"), persistent=False))
+        state = json.loads(await treq.content(response))
+        self.assertEqual(state["status"], "ok")
+        self.assertGreater(state["maxima"]["2099010100"]["pss_bytes"], 1 << 20)
+        await server.quiet()
+
+    @async_test(timeout=180)
+    async def test_a_library_that_fails_to_load_fails_the_mother_loudly(self):
+        broken = os.path.join(HERE, "stacklike", "broken")
+        server = MaximaServer(self, jobs=3, ready=1, stack={"": broken}, queue_wait=1.0)
+        pool = server.service.pools["2099020200"]
+        await server.until(lambda: pool.mother.error is not None, "the core build to fail", 120)
+        self.assertIn("stacklike_missing_part", pool.mother.error)
+        self.assertFalse(pool.mother.ready)
+        response = await within(treq.get(server.url.replace("/maxima", "/health"), persistent=False))
+        self.assertEqual(response.code, 503)
+        state = json.loads(await treq.content(response))
+        self.assertEqual(state["status"], "failing")
+        self.assertIn("stacklike_missing_part", state["maxima"]["failing"]["2099020200"])
+        code, _, _ = await server.post("1+1;")
+        self.assertEqual(code, 503)
 
 
 class HostileInputTests(unittest.TestCase):

@@ -17,6 +17,15 @@ FORK_LIBRARY = os.path.normpath(
 )
 
 
+def default_core_cache() -> str:
+    """Beside the base core when we may write there (root), else the
+    user's cache directory."""
+    if os.geteuid() == 0:
+        return os.path.join(MAXIMA_HOME, "cores")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "mathrun", "maxima-cores")
+
+
 @dataclass
 class MaximaConfig:
     core: str = DEFAULT_CORE
@@ -42,6 +51,11 @@ class MaximaConfig:
     # version -> libraries; when not empty, one mother per version, and a
     # request's ``version`` picks one (the first is the default).
     versions: dict[str, list[str]] = field(default_factory=dict)
+    # STACK library directories (stack/maxima of a STACK install): version
+    # ("" = read from its stackmaxima.mac) -> directory; one mother each.
+    stack: dict[str, str] = field(default_factory=dict)
+    # Where saved cores of library sets are cached (see cores.py).
+    core_cache: str = field(default_factory=lambda: default_core_cache())
 
     def limits(self) -> Limits:
         """A child's sandbox limits (the request's timeout lowers the wall
@@ -57,12 +71,12 @@ class MaximaConfig:
             workspace_bytes=self.workspace_bytes,
         )
 
-    def argv(self) -> list[str]:
-        """The mother's command line."""
+    def argv(self, core: str | None = None) -> list[str]:
+        """The mother's command line, from ``core`` (default: the base core)."""
         return [
             self.sbcl,
             "--core",
-            self.core,
+            core or self.core,
             "--noinform",
             "--dynamic-space-size",
             f"{self.heap_mib}MB",

@@ -17,6 +17,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from .config import MaximaConfig
+from .libraries import LibrarySet
 
 _READY = re.compile(rb"mathrun-mother ready (\d+)")
 
@@ -35,14 +36,11 @@ def maxima_string(text: AnyStr) -> AnyStr:
     return quote + text.replace(backslash, backslash * 2).replace(quote, backslash + quote) + quote
 
 
-def preamble(config: MaximaConfig, libraries: list[str], netns: str) -> bytes:
-    """What the mother's REPL reads first: the operator's packages and
-    libraries, then the start of the fork loop."""
-    lines = [f"load({maxima_string(p)})$" for p in config.packages]
-    lines += [f"load({maxima_string(path)})$" for path in libraries]
+def preamble(config: MaximaConfig, netns: str) -> bytes:
+    """What the mother's REPL reads first: the start of the fork loop (its
+    libraries are already in its core, see cores.py)."""
     lisp = f"(mathrun-mother:serve {maxima_string(config.fork_library)} {maxima_string(netns)})"
-    lines.append(f":lisp {lisp}")
-    return ("\n".join(lines) + "\n").encode()
+    return f":lisp {lisp}\n".encode()
 
 
 class MotherProtocol(protocol.ProcessProtocol):
@@ -87,7 +85,7 @@ class MotherProtocol(protocol.ProcessProtocol):
             self.ready.callback(int(match.group(1)))
             return
         if line.strip():
-            # Whatever the operator's libraries print while they load.
+            # Whatever the mother prints before it serves.
             self.log.info("maxima mother: {line}", line=line.decode(errors="replace"))
 
     def errReceived(self, data: bytes) -> None:
@@ -112,12 +110,19 @@ class Mother:
     max_restart_delay = 60.0
     stable_after = 60.0  # seconds of life that reset the restart delay
 
-    def __init__(self, config: MaximaConfig, reactor, netns: str = "", libraries=None, name: str = "maxima"):
+    def __init__(
+        self, config: MaximaConfig, reactor, netns: str = "", libraries=None, name: str = "maxima", cores=None
+    ):
+        """``libraries``: the LibrarySet saved into this mother's core by
+        ``cores`` (a CoreCache); none: the base core."""
         self.config = config
         self.reactor = reactor
         self.netns = netns
-        self.libraries = list(config.libraries if libraries is None else libraries)
+        self.libraries = libraries if libraries is not None else LibrarySet()
+        self.cores = cores
         self.name = name
+        self.core: str | None = None  # the core it runs from, once known
+        self.error: str | None = None  # why it cannot start (a library failed to load)
         self.pid: int | None = None
         self.restarts = 0
         self.on_ready = []  # called with no argument each time a mother is ready
@@ -166,16 +171,37 @@ class Mother:
         self._restart_call = None
         if not self._running:
             return
-        if not os.path.exists(self.config.core):
-            self.log.error("maxima: no mother core at {core}: run the set-up step", core=self.config.core)
+        self._started_at = self.reactor.seconds()
+        if self.libraries.empty or self.cores is None:
+            self._spawn_from(self.config.core)
+            return
+        d = self.cores.core_for(self.libraries)
+        d.addCallbacks(self._spawn_from, self._core_failed)
+
+    def _core_failed(self, failure) -> None:
+        """A library that does not load fails the mother, loudly; it is
+        tried again (with backoff) in case the operator fixes the file."""
+        if not self._running:
+            return  # stopped while its core was being built
+        self.error = str(failure.value)
+        self.log.error("maxima mother {name} cannot start: {why}", name=self.name, why=self.error)
+        self._schedule_restart()
+
+    def _spawn_from(self, core: str) -> None:
+        if not self._running:
+            return
+        if not os.path.exists(core):
+            self.error = f"no mother core at {core}: run the set-up step"
+            self.log.error("maxima: {why}", why=self.error)
             self._schedule_restart()
             return
+        self.core, self.error = core, None
         proto = MotherProtocol(self._ended)
         self._proto = proto
-        self._started_at = self.reactor.seconds()
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent"}
-        self.reactor.spawnProcess(proto, self.config.sbcl, self.config.argv(), env=env)
-        proto.transport.write(preamble(self.config, self.libraries, self.netns))
+        argv = self.config.argv(core)
+        self.reactor.spawnProcess(proto, argv[0], argv, env=env)
+        proto.transport.write(preamble(self.config, self.netns))
         self._start_timer = self.reactor.callLater(self.config.start_timeout, _kill, proto.transport)
         proto.ready.addCallbacks(self._ready, lambda f: None)
 

@@ -7,7 +7,9 @@ from twisted.application import service
 from twisted.internet import defer
 
 from .config import MaximaConfig
+from .cores import CoreCache
 from .http import MaximaResource
+from .libraries import library_sets
 from .mother import Mother
 from .pool import MaximaPool, job_netns
 
@@ -20,29 +22,38 @@ class MaximaService(service.Service):
         self.config = config
         self.reactor = reactor
         self.pools: dict[str, MaximaPool] = {}
-        versions = config.versions or {"default": config.libraries}
+        self.cores = CoreCache(config, reactor, config.core_cache)
         metrics = None
         if registry is not None:
             from ..metrics import MaximaMetrics
 
             metrics = MaximaMetrics(registry, self.pools.values())
-        for version, libraries in versions.items():
-            mother = Mother(config, reactor, job_netns(sandbox), libraries=libraries, name=version)
+        for version, libraries in library_sets(config, config.core_cache).items():
+            mother = Mother(config, reactor, job_netns(sandbox), libraries=libraries, name=version, cores=self.cores)
             self.pools[version] = MaximaPool(sandbox, config, reactor, mother=mother, metrics=metrics)
         self.resource = MaximaResource(self.pools, config, reactor, metrics)
 
     def report(self) -> dict:
-        """For /health: each version's mother and children."""
-        return {
-            version: {
-                "mother": "ready" if pool.mother.ready else "starting",
-                "restarts": pool.mother.restarts,
+        """For /health: each version's mother (its memory, PSS) and children;
+        ``failing`` names the mothers that cannot start, and why."""
+        report = {}
+        failing = {}
+        for version, pool in self.pools.items():
+            mother = pool.mother
+            state = "ready" if mother.ready else ("failed" if mother.error else "starting")
+            report[version] = {
+                "mother": state,
+                "restarts": mother.restarts,
+                "pss_bytes": pss_bytes(mother.pid) if mother.pid else None,
                 "ready": len(pool.ready),
                 "busy": len(pool.busy),
                 "waiting": len(pool.waiters),
             }
-            for version, pool in self.pools.items()
-        }
+            if mother.error:
+                report[version]["error"] = failing[version] = mother.error
+        if failing:
+            report["failing"] = failing
+        return report
 
     def startService(self):
         super().startService()
@@ -51,4 +62,18 @@ class MaximaService(service.Service):
 
     def stopService(self):
         super().stopService()
-        return defer.DeferredList([defer.ensureDeferred(p.stop()) for p in self.pools.values()])
+        stops = [defer.ensureDeferred(p.stop()) for p in self.pools.values()]
+        return defer.DeferredList([*stops, self.cores.stop()])
+
+
+def pss_bytes(pid: int) -> int | None:
+    """A process's proportional set size: its share of the pages it has in
+    common with the mother's other children."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -50,9 +50,13 @@ class HealthResource(resource.Resource):
             "privileged": self.sandbox.privileged,
             "warnings": self.sandbox.warnings,
         }
+        failing = False
         for name, report in self.reports.items():
             body[name] = report()
-        return (200 if pool is not None else 503), body
+            failing = failing or bool(body[name].get("failing"))
+        if failing:
+            body["status"] = "failing"  # a front end cannot serve
+        return (200 if pool is not None and not failing else 503), body
 
     async def _deep(self):
         status, body = self._state()
