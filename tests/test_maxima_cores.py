@@ -46,10 +46,10 @@ class CoreKeyTests(unittest.TestCase):
 
     def test_script_loads_in_order_and_saves_only_without_failure(self):
         script = build_script(self.set, "/c/x.core.tmp").decode()
-        self.assertLess(script.index('load("stats")'), script.index(f'load("{self.lib}")'))
-        self.assertEqual(script.count("errcatch(load("), 2)
+        self.assertLess(script.index('$load) "stats"'), script.index(f'$load) "{self.lib}"'))
+        self.assertEqual(script.count("(maxima::$errcatch)"), 2)
         self.assertIn('save-lisp-and-die "/c/x.core.tmp"', script)
-        self.assertIn("(stringp maxima::$mathrun_failed)", script)
+        self.assertIn("(if cl-user::*mathrun-failed*", script)
 
 
 class LibrarySetTests(unittest.TestCase):

@@ -67,19 +67,22 @@ def build_script(libraries: LibrarySet, target: str) -> bytes:
     """The Maxima session that loads the set and saves it as ``target``.
 
     Each load runs under ``errcatch``; the first failure stops the rest and
-    the session exits with a marker instead of saving.  The save undoes what
-    the session itself set (labels, line number, the started flag), as
-    scripts/save-maxima-core.sh does for the base core."""
-    lines = ["mathrun_failed: false$"]
+    the session exits with a marker instead of saving.  The flag is a Lisp
+    variable, since a library may kill Maxima's own (STACK does).  The save
+    undoes what the session itself set (labels, line number, the started
+    flag), as scripts/save-maxima-core.sh does for the base core."""
+    lines = [":lisp (progn (defvar cl-user::*mathrun-failed* nil) (values))"]
     for name in libraries.loads:
         label = maxima_string(f"{'library' if os.path.isabs(name) else 'package'} {name}")
         lines.append(
-            f"if mathrun_failed = false and errcatch(load({maxima_string(name)})) = [] then mathrun_failed: {label}$"
+            ":lisp (progn (unless cl-user::*mathrun-failed*"
+            f" (unless (cdr (maxima::meval '((maxima::$errcatch) ((maxima::$load) {maxima_string(name)}))))"
+            f" (setq cl-user::*mathrun-failed* {label}))) (values))"
         )
     lines.append("kill(labels)$")
     save = (
-        "(if (stringp maxima::$mathrun_failed)"
-        f' (progn (format t "~%{FAILED_MARKER}: ~A~%" maxima::$mathrun_failed) (finish-output)'
+        "(if cl-user::*mathrun-failed*"
+        f' (progn (format t "~%{FAILED_MARKER}: ~A~%" cl-user::*mathrun-failed*) (finish-output)'
         " (sb-ext:exit :code 3 :abort t))"
         " (progn (setq maxima::*maxima-started* nil maxima::*maxima-quiet* nil"
         " maxima::*display-labels-p* t maxima::$linenum 0)"
