@@ -41,19 +41,30 @@ comes: a job gets an error instead."
 
 (setf (symbol-function 'maxima::retrieve) #'question)
 
+(defvar *labels* t
+  "Whether children answer as goemaxima's do, with Maxima's REPL labels and
+prompts; NIL: the quiet form (no labels, no prompts).")
+
 (defun start-child (root)
   "In a fresh child: its directories, its own random state, fresh labels."
   (let ((work (concatenate 'string root "/work")))
+    ;; maxima_tempdir ends with a slash, as goemaxima's: STACK builds plot
+    ;; file names as concat(maxima_tempdir, name).
     (setf maxima::*maxima-tempdir* work
-          maxima::$maxima_tempdir work
+          maxima::$maxima_tempdir (concatenate 'string work "/")
+          maxima::*display-labels-p* *labels*
           maxima::|$image_dir| (concatenate 'string root "/output/")
           maxima::|$url_base| "!ploturl!"
-          maxima::$linenum 0))
+          maxima::$linenum (if *labels* 1 0)))
   (let ((seed (child-seed)))
     (setf mt19937::*random-state*
           (mt19937::make-random-object :state (mt19937::init-random-state seed))
           *random-state* (sb-ext:seed-random-state seed)))
   (write-string +ready-marker+)
+  ;; The REPL's prompt for this read was made in the mother, without
+  ;; labels: the child shows its own first prompt, as a fresh Maxima does.
+  (when *labels*
+    (format t "~%~A" (maxima::main-prompt)))
   (finish-output))
 
 (defun finish ()
@@ -69,8 +80,11 @@ closes its files only after freeing its memory."
 
 (setf (symbol-function 'maxima::bye) #'finish)
 
-(defun serve (library netns)
-  "Fork children for the server until its requests end; returns in a child."
+(defun serve (library netns &optional (labels t))
+  "Fork children for the server until its requests end; returns in a child.
+LABELS: whether the children answer with Maxima's REPL labels (goemaxima's
+form) or quietly."
+  (setf *labels* labels)
   (sb-alien:load-shared-object library :dont-save t)
   (finish-output)
   ;; A raw fork() keeps only the calling thread: stop SBCL's finalizer

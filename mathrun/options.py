@@ -52,6 +52,11 @@ class Options(usage.Options):
         ["unprivileged", None, "Run jobs as the server's own user (weaker isolation; automatic when not root)."],
         ["job-network", None, "Let jobs use the network (default: none, not even loopback)."],
         ["no-cgroups", None, "Do not use cgroups for memory and process limits."],
+        [
+            "maxima-quiet",
+            None,
+            "Answer Maxima requests with the output alone (no REPL labels and prompts, unlike goemaxima).",
+        ],
     ]
 
     optParameters = [

@@ -108,6 +108,7 @@ def maxima_config(options):
         stack[version.strip()] = path.strip()
     extra = {"core_cache": options["maxima-core-cache"]} if options["maxima-core-cache"] else {}
     return MaximaConfig(
+        labels=not options["maxima-quiet"],
         stack=stack,
         **extra,
         core=options["maxima-core"],

@@ -6,7 +6,8 @@
 #     scripts/save-maxima-core.sh [BUILD_DIR]
 #
 # BUILD_DIR (or $MATHRUN_BUILD_DIR) is the one of build-maxima.sh; the core
-# goes to BUILD_DIR/maxima/mother.core ($MATHRUN_MAXIMA_CORE overrides).
+# goes to BUILD_DIR/maxima/mother-KEY.core, KEY the start of the SHA-256 of
+# lisp/mathrun-mother.lisp ($MATHRUN_MAXIMA_CORE overrides).
 # Idempotent: skipped when the core is there for the same Maxima and the
 # same packages.  Start it with the sbcl that built Maxima:
 #
@@ -30,14 +31,17 @@ mkdir -p "$BUILD_DIR"
 BUILD_DIR=$(cd "$BUILD_DIR" && pwd)
 export MATHRUN_BUILD_DIR=$BUILD_DIR
 PREFIX=${MATHRUN_MAXIMA_PREFIX:-$BUILD_DIR/maxima}
-CORE=${MATHRUN_MAXIMA_CORE:-$PREFIX/mother.core}
+MOTHER_LISP=$ROOT/lisp/mathrun-mother.lisp
+# Named by the mother's Lisp, as mathrun/maxima/config.py finds it: checkouts
+# with different Lisp on one machine each get their own core.
+KEY=$(sha256sum < "$MOTHER_LISP" | cut -c1-16)
+CORE=${MATHRUN_MAXIMA_CORE:-$PREFIX/mother-$KEY.core}
 STAMP=$CORE.stamp
 
 step() { printf '== maxima core: %s\n' "$*"; }
 die() { printf 'save-maxima-core: %s\n' "$*" >&2; exit 1; }
 
 "$ROOT/scripts/build-maxima.sh" "$BUILD_DIR"
-MOTHER_LISP=$ROOT/lisp/mathrun-mother.lisp
 want=$(printf '%s\npackages %s\nmother %s\n' "$(cat "$PREFIX/.mathrun-build-stamp")" "${PACKAGES[*]}" \
     "$(sha256sum < "$MOTHER_LISP" | cut -d' ' -f1)")
 if [ -f "$CORE" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then

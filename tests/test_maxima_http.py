@@ -34,6 +34,8 @@ class MaximaServer:
 
     def __init__(self, testcase, jobs=6, sandbox=None, **config):
         config.setdefault("ready", 2)
+        # The quiet form (--maxima-quiet) unless a test asks for goemaxima's.
+        config.setdefault("labels", False)
         # Cores of the tests' library sets stay with the test.
         config.setdefault("core_cache", os.path.join(temp_dir(testcase), "cores"))
         self.sandbox = make_sandbox(testcase, jobs=jobs, **(sandbox or {}))
@@ -162,7 +164,8 @@ class HttpApiTests(unittest.TestCase):
     @async_test
     async def test_health_probe(self):
         response = await within(treq.get(self.server.url + "?health=1", persistent=False))
-        self.assertEqual((response.code, (await treq.content(response)).strip()), (200, b"healthcheck successful"))
+        # goemaxima's check: the file it wrote, printed back.
+        self.assertEqual((response.code, (await treq.content(response)).strip()), (200, b'"healthcheck successful";'))
 
     @async_test
     async def test_invalid_timeouts_are_400(self):
@@ -263,6 +266,46 @@ class LibraryVersionTests(unittest.TestCase):
             answers.append((code, body.strip()))
         self.assertEqual(answers, [(200, b"beta 9"), (200, b"alpha 9"), (200, b"alpha 9"), (200, b"alpha 9")])
         self.assertEqual(len({pool.mother.pid for pool in server.service.pools.values()}), 2)
+        await server.quiet()
+
+
+class GoemaximaOutputTests(unittest.TestCase):
+    """goemaxima answers with Maxima's REPL form: the child's first prompt,
+    each displayed result under its label, and the next prompt; numbers
+    start at 1 in mathrun's children (goemaxima's count the loads done in
+    its mother: 7 with STACK)."""
+
+    @async_test(timeout=120)
+    async def test_repl_form_on_a_table_of_inputs(self):
+        server = MaximaServer(self, jobs=4, ready=1, labels=True)
+        cases = [
+            ("display2d:false$ integrate(x^2,x);", b"\n(%i1) \n(%o2) x^3/3\n(%i3) "),
+            ("display2d:false$ a:1; b:2;", b"\n(%i1) \n(%o2) 1\n(%o3) 2\n(%i4) "),
+            ("1+1$", b"\n(%i1) \n(%i2) "),
+            ('print("hi")$', b"\n(%i1) \nhi \n(%i2) "),
+            (
+                "x^2;",
+                b"\n(%i1) \n                                       2\n(%o1)                                 x\n(%i2) ",
+            ),
+        ]
+        for text, expected in cases:
+            code, _, body = await server.post(text, ploturlbase="!ploturl!")  # as STACK sends it
+            self.assertEqual((code, body), (200, expected), text)
+        # Without ploturlbase, goemaxima runs URL_BASE: ""$ first: one label more.
+        code, _, body = await server.post("1+1$")
+        self.assertEqual(body, b"\n(%i1) \n(%i2) \n(%i3) ")
+        code, _, body = await server.post("foo(;", ploturlbase="!ploturl!")
+        self.assertEqual(code, 200)
+        self.assertTrue(body.startswith(b"\n(%i1) \nincorrect syntax: Premature termination of input"), body)
+        self.assertTrue(body.endswith(b"\n(%i1) "), body)
+        # maxima_tempdir ends with a slash (STACK writes concat(maxima_tempdir, name)).
+        code, _, body = await server.post("display2d:false$ maxima_tempdir;", ploturlbase="!ploturl!")
+        self.assertRegex(body, rb'^\n\(%i1\) \n\(%o2\) "/.*/work/"\n\(%i3\) $')
+        # goemaxima's health check, and its answer.
+        response = await within(treq.get(server.url + "?health=1", persistent=False))
+        body = await treq.content(response)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(body, b'\n(%i1) \n(%i2) \n(%i3) \n(%i4) \n"healthcheck successful";\n(%i5) ')
         await server.quiet()
 
 
@@ -439,7 +482,7 @@ class UnprivilegedTests(unittest.TestCase):
         server = MaximaServer(self, jobs=3, ready=1, sandbox={"privileged": False, "job_root": root})
         code, _, body = await server.post("print(maxima_tempdir)$ 6*7;")
         self.assertEqual(code, 200)
-        self.assertEqual(body.split(), [os.path.join(root, "self-1", "work").encode(), b"42"])
+        self.assertRegex(body, rb"^" + root.encode() + rb"/self-\d+/work/\s+42\s*$")
         code, _, _ = await server.post("while true do 1$", timeout="500")
         self.assertEqual(code, 416)
         await server.quiet()

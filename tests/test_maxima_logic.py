@@ -40,7 +40,9 @@ class StringLiteralTests(unittest.SynchronousTestCase):
     def test_preamble(self):
         config = MaximaConfig(fork_library='/x/"lib".so')
         text = preamble(config, "/run/mathrun/netns").decode()
-        self.assertEqual(text, ':lisp (mathrun-mother:serve "/x/\\"lib\\".so" "/run/mathrun/netns")\n')
+        self.assertEqual(text, ':lisp (mathrun-mother:serve "/x/\\"lib\\".so" "/run/mathrun/netns" t)\n')
+        quiet = preamble(MaximaConfig(fork_library="/l.so", labels=False), "/n").decode()
+        self.assertEqual(quiet, ':lisp (mathrun-mother:serve "/l.so" "/n" nil)\n')
 
 
 class FakeTransport:
@@ -139,7 +141,7 @@ class MotherTests(unittest.SynchronousTestCase):
         self.assertIn("--disable-ldb", args)
         self.assertIn("--lose-on-corruption", args)
         self.assertIn(b':lisp (mathrun-mother:serve "', proto.transport.written)
-        self.assertIn(b'"/run/mathrun/netns")', proto.transport.written)
+        self.assertIn(b'"/run/mathrun/netns" t)', proto.transport.written)
         self.assertFalse(self.mother.ready)
 
     def test_fork_before_ready_fails_at_once(self):
@@ -239,7 +241,10 @@ class ResourceTests(unittest.SynchronousTestCase):
     def test_ploturlbase(self):
         self.request(input="p;", timeout="1000", ploturlbase='http://h/"x"/')
         self.request(input="p;", timeout="1000", ploturlbase="!ploturl!")
-        self.assertEqual([t for t, _ in self.pool.calls], [b'URL_BASE: "http://h/\\"x\\"/"$\np;\n', b"p;\n"])
+        self.request(input="p;", timeout="1000")  # none: as goemaxima, an empty one
+        self.assertEqual(
+            [t for t, _ in self.pool.calls], [b'URL_BASE: "http://h/\\"x\\"/"$\np;\n', b"p;\n", b'URL_BASE: ""$\np;\n']
+        )
 
     def test_version_picks_a_pool_and_unknown_falls_back(self):
         self.request(input="1;", timeout="1000", version="2024")

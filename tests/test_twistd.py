@@ -107,7 +107,9 @@ class TwistdTests(unittest.TestCase):
         body = urllib.parse.urlencode({"input": "integrate(x^2,x);", "timeout": "10000"}).encode()
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/goemaxima", body, timeout=30) as r:
             self.assertEqual(r.headers["Content-Type"], "text/plain;charset=UTF-8")
-            self.assertEqual(r.read().split(), [b"3", b"x", b"--", b"3"])
+            # goemaxima's form by default: Maxima's REPL labels and prompts
+            # (and URL_BASE: ""$ first, since the request has no ploturlbase).
+            self.assertEqual(r.read().split(), [b"(%i1)", b"(%i2)", b"3", b"x", b"(%o2)", b"--", b"3", b"(%i3)"])
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health?deep=1", timeout=30) as r:
             self.assertEqual(json.load(r)["probe"], "ok")
         self.stop(proc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -11,7 +12,24 @@ MiB = 1 << 20
 # Where the set-up step builds Maxima on SBCL and saves the mother core: out
 # of the checkout, so that every clone on a machine shares one build.
 MAXIMA_HOME = "/opt/mathrun/maxima"
-DEFAULT_CORE = os.path.join(MAXIMA_HOME, "maxima", "mother.core")
+MOTHER_LISP = os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lisp", "mathrun-mother.lisp")
+)
+
+
+def base_core_path(home: str = MAXIMA_HOME) -> str:
+    """The set-up step's core for this checkout's mother Lisp: named by its
+    SHA-256, so that checkouts with other Lisp never share (or overwrite)
+    one core (scripts/save-maxima-core.sh names it the same way)."""
+    try:
+        with open(MOTHER_LISP, "rb") as f:
+            key = hashlib.sha256(f.read()).hexdigest()[:16]
+    except OSError:
+        key = "missing"
+    return os.path.join(home, "maxima", f"mother-{key}.core")
+
+
+DEFAULT_CORE = base_core_path()
 FORK_LIBRARY = os.path.normpath(
     os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "ext", "libmathrun-fork.so")
 )
@@ -33,6 +51,7 @@ class MaximaConfig:
     fork_library: str = FORK_LIBRARY
     heap_mib: int = 1024  # the mother's --dynamic-space-size, inherited by every child
     ready: int = 3  # forked children kept waiting for a request
+    labels: bool = True  # answer as goemaxima does: Maxima's REPL labels and prompts
     max_timeout_ms: int = 30000
     queue_wait: float = 10.0  # seconds a request may wait for a child
     max_waiting: int = 256  # requests that may wait at once

@@ -28,13 +28,14 @@ from .mother import maxima_string
 from .pool import PoolBusy
 
 TEXT = b"text/plain;charset=UTF-8"
-# Writes a file into maxima_tempdir and reads it back: the fork, the job
-# user's workspace and the pipes all work when this prints its line.
-HEALTH_CHECK = (
-    b'block([f: sconcat(maxima_tempdir, "/healthcheck.txt"), s],'
-    b' s: openw(f), printf(s, "healthcheck ~a~%", "successful"), close(s),'
-    b" s: openr(f), print(readline(s)), close(s))$\n"
-)
+# goemaxima's health check, word for word: it writes a file into
+# maxima_tempdir and prints it back, so the fork, the job user's workspace
+# and the pipes all work when the answer holds "healthcheck successful".
+HEALTH_CHECK = b"""
+\tf: concat(maxima_tempdir, "/test")$
+\tstringout(f, concat("healthcheck ", "successful"))$
+\tprintfile(f)$
+"""
 HEALTH_TIMEOUT = 1.0
 
 
@@ -91,11 +92,15 @@ class MaximaResource(resource.Resource):
                     413,
                     f"413 - input too large ({len(text)} bytes, at most {self.config.max_input_bytes})\n",
                 )
-            ploturl = field(b"ploturlbase")
-            if ploturl is not None and ploturl != b"!ploturl!":
-                text = b"URL_BASE: " + maxima_string(ploturl) + b"$\n" + text
+            # As goemaxima: a missing ploturlbase counts as an empty one
+            # (URL_BASE: ""$ runs first, and takes a label).
             if not text.endswith(b"\n"):
                 text += b"\n"
+        # As goemaxima (the health check included): a missing ploturlbase
+        # counts as an empty one, so URL_BASE: ""$ runs first (and takes a label).
+        ploturl = field(b"ploturlbase") or b""
+        if ploturl != b"!ploturl!":
+            text = b"URL_BASE: " + maxima_string(ploturl) + b"$\n" + text
         version = field(b"version")
         pool = self.pools.get(version.decode(errors="replace"), self.default) if version else self.default
         started = self.reactor.seconds()

@@ -39,7 +39,8 @@ def maxima_string(text: AnyStr) -> AnyStr:
 def preamble(config: MaximaConfig, netns: str) -> bytes:
     """What the mother's REPL reads first: the start of the fork loop (its
     libraries are already in its core, see cores.py)."""
-    lisp = f"(mathrun-mother:serve {maxima_string(config.fork_library)} {maxima_string(netns)})"
+    labels = "t" if config.labels else "nil"
+    lisp = f"(mathrun-mother:serve {maxima_string(config.fork_library)} {maxima_string(netns)} {labels})"
     return f":lisp {lisp}\n".encode()
 
 
