@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from twisted.internet import defer
 
+from ..sandbox.pipes import PipeReader, PipeWriter
 from ..sandbox.workspace import _empty, read_files
-from .pipes import PipeReader, PipeWriter
 
 READY_MARKER = b"\x02mathrun-child-ready\n"
 

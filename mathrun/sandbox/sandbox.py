@@ -12,7 +12,6 @@ The sandbox knows nothing of HTTP, WebSocket or Why3.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import fcntl
 import os
 import shutil
@@ -21,17 +20,20 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from . import cgroups as cgroups_mod
+from .job import Job
 from .limits import Limits
 from .pool import JobUser, SlotPool, find_job_users
-from .result import JobResult, ReportError, Status, classify, parse_report
+from .result import JobResult, Status
+from .spawner import SpawnServer
 from .workspace import Workspace, unmount
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_JAIL = os.path.normpath(os.path.join(_HERE, "..", "..", "ext", "mathrun-jail"))
+DEFAULT_SPAWN = os.path.normpath(os.path.join(_HERE, "..", "..", "ext", "mathrun-spawn"))
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 RUN_DIR = "/run/mathrun"
 
@@ -45,6 +47,7 @@ class SandboxConfig:
     helper_user: str = "mathrun"
     job_root: str | None = None
     jail: str = DEFAULT_JAIL
+    spawn_server: str = DEFAULT_SPAWN
     privileged: bool | None = None
     network: bool = False
     use_cgroups: bool = True
@@ -79,138 +82,6 @@ class SandboxConfig:
 
     def lock_path(self, privileged: bool) -> str:
         return os.path.join(self.state_dir(privileged), f"{self.user_prefix}.lock")
-
-
-class Job:
-    """One running program in a lease; ``done`` fires with its JobResult."""
-
-    def __init__(self, lease, limits: Limits, on_output: Callable[[str, bytes], None] | None):
-        self.lease = lease
-        self.limits = limits
-        self.result: JobResult | None = None
-        self._waiters: list[defer.Deferred] = []
-        self._on_output = on_output
-        self._chunks = {1: [], 2: []}
-        self._report = b""
-        self._output = 0
-        self._cause: Status | None = None
-        self._transport = None
-        self._timer = None
-        self._ended = False
-
-    @property
-    def done(self) -> defer.Deferred:
-        """A new Deferred for each caller, firing with the JobResult (so
-        that several parties can wait without taking it from each other)."""
-        if self.result is not None:
-            return defer.succeed(self.result)
-        d = defer.Deferred()
-        self._waiters.append(d)
-        return d
-
-    # -- control ------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        if not self._ended:
-            self._transport.write(data)
-
-    def close_stdin(self) -> None:
-        if not self._ended:
-            self._transport.closeStdin()
-
-    def stop(self, cause: Status = Status.CANCELLED) -> None:
-        """Kill the job and all it started; ``cause`` becomes its status."""
-        if self._ended:
-            return
-        if self._cause is None:
-            self._cause = cause
-        try:
-            self._transport.signalProcess("TERM")
-        except error.ProcessExitedAlready:
-            pass
-
-    def lower_wall_limit(self, seconds: float) -> None:
-        """Shorten the wall-clock limit, counted from now (never lengthen)."""
-        if self._ended:
-            return
-        if self._timer is not None:
-            remaining = self._timer.getTime() - self.lease.sandbox.reactor.seconds()
-            if remaining <= seconds:
-                return
-            self._timer.cancel()
-        self._timer = self.lease.sandbox.reactor.callLater(seconds, self.stop, Status.TIME_LIMIT)
-
-    # -- from the process protocol ------------------------------------------
-    def _started(self, transport) -> None:
-        self._transport = transport
-        if self.limits.wall_seconds is not None:
-            self._timer = self.lease.sandbox.reactor.callLater(self.limits.wall_seconds, self.stop, Status.TIME_LIMIT)
-
-    def _data(self, fd: int, data: bytes) -> None:
-        if fd == 3:
-            self._report += data[: 4096 - len(self._report)]
-            return
-        if fd not in self._chunks or self._cause is Status.OUTPUT_LIMIT:
-            return
-        cap = self.limits.output_bytes
-        if cap is not None and self._output + len(data) > cap:
-            data = data[: cap - self._output]
-            self.stop(Status.OUTPUT_LIMIT)
-            for child_fd in (1, 2):
-                self._transport.closeChildFD(child_fd)
-        self._output += len(data)
-        if not data:
-            return
-        if self._on_output is not None:
-            self._on_output("stdout" if fd == 1 else "stderr", data)
-        else:
-            self._chunks[fd].append(data)
-
-    def _finished(self) -> None:
-        self._ended = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        problem = ""
-        try:
-            report = parse_report(self._report)
-        except ReportError as e:
-            report, problem = None, f"jail report unreadable: {e}"
-        if report is None or report.get("remaining"):
-            # The jail died early, or processes survived it: reap at release.
-            self.lease.external_processes = True
-        cgroup = self.lease.cgroup
-        result = classify(
-            report,
-            self.limits,
-            cause=self._cause,
-            oom_killed=cgroup.oom_killed() if cgroup else False,
-            peak_memory=cgroup.peak_memory() if cgroup else None,
-            problem=problem,
-        )
-        if self._on_output is None:
-            result = _with_output(result, b"".join(self._chunks[1]), b"".join(self._chunks[2]))
-        self.result = result
-        self.lease.sandbox._job_finished(self, result)
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(result)
-
-
-def _with_output(result: JobResult, stdout: bytes, stderr: bytes) -> JobResult:
-    return dataclasses.replace(result, stdout=stdout, stderr=stderr)
-
-
-class _JailProtocol(protocol.ProcessProtocol):
-    def __init__(self, job: Job):
-        self.job = job
-
-    def connectionMade(self):
-        self.job._started(self.transport)
-
-    def childDataReceived(self, childFD, data):
-        self.job._data(childFD, data)
-
-    def processEnded(self, reason):
-        self.job._finished()
 
 
 class _Reaper(protocol.ProcessProtocol):
@@ -273,15 +144,12 @@ class Lease:
             self.cgroup.prepare(limits.memory_bytes, limits.processes)
         job = Job(self, limits, on_output)
         self.job = job
-        args = [sandbox.config.jail, "run"] + sandbox.jail_options(self) + limits.jail_args(self.cgroup is not None)
+        options = sandbox.jail_options(self) + limits.jail_args(self.cgroup is not None)
+        if self.cgroup is not None and self.cgroup.pids_current:
+            options += ["--count-file", self.cgroup.pids_current]
         environment = {"PATH": DEFAULT_PATH, "HOME": self.workspace.path, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
         environment.update(env or {})
-        for key, value in environment.items():
-            args += ["--env", f"{key}={value}"]
-        args += ["--"] + list(argv)
-        sandbox.reactor.spawnProcess(
-            _JailProtocol(job), sandbox.config.jail, args, env={}, childFDs={0: "w", 1: "r", 2: "r", 3: "r"}
-        )
+        job.start(sandbox.starter, list(argv), environment, options)
         return job
 
     def release(self) -> defer.Deferred:
@@ -303,11 +171,13 @@ class Sandbox:
 
     log = Logger()
 
-    def __init__(self, config: SandboxConfig | None = None, reactor=None):
+    def __init__(self, config: SandboxConfig | None = None, reactor=None, starter=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.config = config or SandboxConfig()
+        # What forks the jobs (an IJobStarter): the spawn server, from start().
+        self.starter = starter
         self.privileged = self.config.privileged if self.config.privileged is not None else os.geteuid() == 0
         self.job_root = self.config.resolved_job_root(self.privileged)
         self.netns = os.path.join(RUN_DIR, "netns")
@@ -327,8 +197,9 @@ class Sandbox:
     # -- start-up -----------------------------------------------------------
     def start(self) -> None:
         """Blocking set-up at service start: users, job root, netns, cgroups."""
-        if not os.access(self.config.jail, os.X_OK):
-            raise RuntimeError(f"jail helper {self.config.jail} is missing: run the set-up step")
+        for helper in (self.config.jail, self.config.spawn_server):
+            if not os.access(helper, os.X_OK):
+                raise RuntimeError(f"sandbox helper {helper} is missing: run the set-up step")
         self._lock_fd = hold_server_lock(self.config.lock_path(self.privileged), self.config.user_prefix)
         os.makedirs(self.job_root, mode=0o711, exist_ok=True)
         os.chmod(self.job_root, 0o711 if self.privileged else 0o700)
@@ -361,6 +232,9 @@ class Sandbox:
         if self.config.network:
             self.warnings.append("jobs may use the network (--job-network)")
         self.pool = SlotPool(users, max_waiting=self.config.max_waiting)
+        if self.starter is None:
+            self.starter = SpawnServer(self.reactor, self.config.spawn_server)
+        self.starter.start()
         for w in self.warnings:
             self.log.warn("sandbox: {warning}", warning=w)
         self.log.info(
@@ -442,8 +316,8 @@ class Sandbox:
         self.pool.retire(user)
 
     def stop(self) -> defer.Deferred:
-        """Release every lease (killing its job), then end the reaper: for
-        service shutdown."""
+        """Release every lease (killing its job), then end the reaper and
+        the spawn server: for service shutdown."""
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
@@ -452,6 +326,8 @@ class Sandbox:
         if reaper is not None and not reaper.ended.called:
             reaper.transport.closeStdin()
             await reaper.ended
+        if self.starter is not None:
+            await self.starter.stop()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1

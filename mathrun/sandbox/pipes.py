@@ -1,8 +1,9 @@
-"""The two named pipes of a forked child, driven by the reactor.
+"""Pipe ends of a process the reactor did not spawn, driven by the reactor.
 
 Twisted has transports for sockets and for its own children's pipes, not for
-a FIFO a process we did not spawn opened: these small FileDescriptors fill
-that gap, so that no thread ever blocks on a child.
+a job's stdio pipes that came from the spawn server, nor for a FIFO a forked
+Maxima child opened: these small FileDescriptors fill that gap, so that no
+thread ever blocks on a child.
 """
 
 from __future__ import annotations
