@@ -65,6 +65,9 @@ class SandboxConfig:
         )
     )
     max_waiting: int | None = None
+    # False only for a server with nothing to share: unprivileged, with a
+    # job root of its own (the standalone Why3 server, started per session).
+    server_lock: bool = True
 
     def resolved_job_root(self, privileged: bool) -> str:
         """Each job-user set has its own job root, so that two servers with
@@ -200,7 +203,8 @@ class Sandbox:
         for helper in (self.config.jail, self.config.spawn_server):
             if not os.access(helper, os.X_OK):
                 raise RuntimeError(f"sandbox helper {helper} is missing: run the set-up step")
-        self._lock_fd = hold_server_lock(self.config.lock_path(self.privileged), self.config.user_prefix)
+        if self.config.server_lock or self.privileged:
+            self._lock_fd = hold_server_lock(self.config.lock_path(self.privileged), self.config.user_prefix)
         os.makedirs(self.job_root, mode=0o711, exist_ok=True)
         os.chmod(self.job_root, 0o711 if self.privileged else 0o700)
         self._remove_stale_workspaces()
