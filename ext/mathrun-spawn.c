@@ -20,7 +20,8 @@
  *                               count-file (the slot's pids.current)
  *   -> kill ID
  *   <- ready pid=PID
- *   <- spawned ID pid=PID fds=N  (+ N fds: stdin, stdout, stderr, pidfd)
+ *   <- spawned ID pid=PID fds=N  (+ N fds: stdin, stdout, stderr, pidfd;
+ *                                 the pipe ends already non-blocking)
  *   <- exited ID report=LINE
  *   <- error MESSAGE             (a request it could not read)
  * A job whose spawn failed gets `exited` with a `status=failed` report and
@@ -263,6 +264,8 @@ static void spawn(struct spawn_request *rq)
         return;
     }
     close(p[0]), close(p[3]), close(p[5]), close(p[7]);
+    /* The reactor's ends come non-blocking (the job's ends stay blocking). */
+    fcntl(p[1], F_SETFL, O_NONBLOCK), fcntl(p[2], F_SETFL, O_NONBLOCK), fcntl(p[4], F_SETFL, O_NONBLOCK);
     snprintf(job->id, sizeof job->id, "%s", rq->id);
     job->pid = pid;
     job->errfd = p[6];

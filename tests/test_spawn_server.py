@@ -43,7 +43,10 @@ class Peer:
             if not data:
                 raise EOFError("the spawn server closed its socket")
             self.pending += self.parser.feed(data)
-        return self.pending.pop(0)
+        message = self.pending.pop(0)
+        for fd in message.fds[:3]:
+            os.set_blocking(fd, True)  # they come non-blocking, for the reactor
+        return message
 
     def close(self):
         self.sock.close()

@@ -124,9 +124,9 @@ class SpawnServerTests(unittest.SynchronousTestCase):
         self.connect()
 
     def connect(self):
-        """The socket the keeper adopted, on a StringTransport."""
-        _fd, _family, factory = self.reactor.adoptedStreamConnections[-1]
-        self.proto = factory.buildProtocol(None)
+        """The keeper's protocol, moved onto a StringTransport."""
+        self.proto = self.server._proto
+        self.proto.transport.socket.close()
         self.transport = StringTransport()
         self.proto.makeConnection(self.transport)
 
@@ -249,6 +249,14 @@ class FakeStarter:
         return None
 
 
+def server_pipes():
+    """Three pipes whose job's ends are non-blocking, as the spawn server sends them."""
+    pipes = [os.pipe() for _ in range(3)]
+    for fd in (pipes[0][1], pipes[1][0], pipes[2][0]):
+        os.set_blocking(fd, False)
+    return pipes
+
+
 class FakeLease:
     def __init__(self):
         self.sandbox, self.cgroup, self.external_processes, self.finished = self, None, False, []
@@ -268,7 +276,7 @@ class JobOnFakeStarterTests(unittest.TestCase):
         job = Job(self.lease, limits or Limits(wall_seconds=None), None)
         verifyObject(IJobEvents, job)
         job.start(self.starter, ["prog"], {}, [])
-        pipes = [os.pipe() for _ in range(3)]
+        pipes = server_pipes()
         job.spawned(42, (pipes[0][1], pipes[1][0], pipes[2][0]))
         self.held = {pipes[0][0], pipes[1][1], pipes[2][1]}  # the test's ends (the job owns the others)
         self.addCleanup(lambda: [os.close(fd) for fd in self.held])
@@ -313,7 +321,7 @@ class JobOnFakeStarterTests(unittest.TestCase):
         job.write(b"early ")
         job.write(b"input")
         job.close_stdin()
-        pipes = [os.pipe() for _ in range(3)]
+        pipes = server_pipes()
         os.set_blocking(pipes[0][0], False)
         job.spawned(7, (pipes[0][1], pipes[1][0], pipes[2][0]))
         got = b""

@@ -115,14 +115,14 @@ class Job:
         if self._stdin_closed and not self._stdin_queue:
             os.close(stdin)  # the usual case: no input, no FileDescriptor for it
         else:
-            self._stdin = PipeWriter(self._reactor, stdin)
+            self._stdin = PipeWriter(self._reactor, stdin, nonblocking=True)
             for data in self._stdin_queue:
                 self._stdin.write(data)
             self._stdin_queue = []
             if self._stdin_closed:
                 self._stdin.loseConnection()
         for name, fd in (("stdout", stdout), ("stderr", stderr)):
-            reader = PipeReader(self._reactor, fd, self._reading(name), self._eof(name))
+            reader = PipeReader(self._reactor, fd, self._reading(name), self._eof(name), nonblocking=True)
             self._readers[name] = reader
             reader.startReading()
 

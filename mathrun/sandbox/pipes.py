@@ -16,9 +16,10 @@ from twisted.internet import abstract, fdesc, main
 class _Pipe(abstract.FileDescriptor):
     """One non-blocking pipe end; ``close`` drops it at once."""
 
-    def __init__(self, reactor, fd: int):
+    def __init__(self, reactor, fd: int, nonblocking: bool = False):
         super().__init__(reactor)
-        fdesc.setNonBlocking(fd)
+        if not nonblocking:  # (the spawn server's pipes come non-blocking)
+            fdesc.setNonBlocking(fd)
         self.fd = fd
         self.connected = 1
 
@@ -43,8 +44,8 @@ class _Pipe(abstract.FileDescriptor):
 class PipeReader(_Pipe):
     """Calls ``on_data(bytes)`` as data comes, ``on_end()`` once at EOF or close."""
 
-    def __init__(self, reactor, fd: int, on_data, on_end):
-        super().__init__(reactor, fd)
+    def __init__(self, reactor, fd: int, on_data, on_end, nonblocking: bool = False):
+        super().__init__(reactor, fd, nonblocking)
         self._on_data = on_data
         self._on_end = on_end
 

@@ -142,14 +142,11 @@ class Lease:
         if self.job is not None and not self.job._ended:
             raise RuntimeError("this lease already runs a job")
         sandbox = self.sandbox
-        limits = (limits or sandbox.config.limits).capped_by(sandbox.config.max_limits)
+        limits, options = sandbox.spawn_settings(self, limits or sandbox.config.limits)
         if self.cgroup:
             self.cgroup.prepare(limits.memory_bytes, limits.processes)
         job = Job(self, limits, on_output)
         self.job = job
-        options = sandbox.jail_options(self) + limits.jail_args(self.cgroup is not None)
-        if self.cgroup is not None and self.cgroup.pids_current:
-            options += ["--count-file", self.cgroup.pids_current]
         environment = {"PATH": DEFAULT_PATH, "HOME": self.workspace.path, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
         environment.update(env or {})
         job.start(sandbox.starter, list(argv), environment, options)
@@ -195,6 +192,7 @@ class Sandbox:
         self.warnings: list[str] = []
         self.observers: list[Callable[[JobResult], None]] = []
         self._reaper: _Reaper | None = None
+        self._settings: dict[tuple, tuple[Limits, list[str]]] = {}
         self._lock_fd = -1
 
     # -- start-up -----------------------------------------------------------
@@ -275,6 +273,21 @@ class Sandbox:
             for d in lease.cgroup.dirs:
                 opts += ["--cgroup", d]
         return opts
+
+    def spawn_settings(self, lease: Lease, limits: Limits) -> tuple[Limits, list[str]]:
+        """The limits capped by the maxima, and the jail options, of a job
+        in this lease: the same few over and over, so each is built once."""
+        key = (lease.user, limits)
+        settings = self._settings.get(key)
+        if settings is None:
+            if len(self._settings) > 1024:
+                self._settings.clear()
+            capped = limits.capped_by(self.config.max_limits)
+            options = self.jail_options(lease) + capped.jail_args(lease.cgroup is not None)
+            if lease.cgroup is not None and lease.cgroup.pids_current:
+                options += ["--count-file", lease.cgroup.pids_current]
+            settings = self._settings[key] = (capped, options)
+        return settings
 
     # -- leases ---------------------------------------------------------------
     def acquire(self, workspace_bytes: int | None = None) -> defer.Deferred:

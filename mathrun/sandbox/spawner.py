@@ -19,7 +19,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from twisted.internet import defer, protocol
+from twisted.internet import abstract, defer, main, protocol
 from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
@@ -102,8 +102,10 @@ def option_fields(options: list[str]) -> list[bytes]:
     return fields
 
 
-def spawn_request(job_id: int, argv: list[str], env: dict[str, str], options: list[str]) -> bytes:
-    fields = [b"spawn", b"%d" % job_id] + option_fields(options)
+def spawn_request(job_id: int, argv: list[str], env: dict[str, str], options: list[str] | list[bytes]) -> bytes:
+    """``options``: the jail's ``--key value`` list, or its fields already."""
+    fields = [b"spawn", b"%d" % job_id]
+    fields += options if options and isinstance(options[0], bytes) else option_fields(options)
     fields += [f"env={k}={v}".encode() for k, v in env.items()]
     fields += [b"arg=" + os.fsencode(a) for a in argv]
     return encode(fields)
@@ -182,6 +184,62 @@ class SpawnProtocol(protocol.Protocol):
         self._on_lost(f"the spawn server's socket closed ({reason.getErrorMessage()})")
 
 
+class SpawnSocket(abstract.FileDescriptor):
+    """The reactor's end of the socket: descriptors received close-on-exec,
+    and a frame goes out at once when nothing waits before it (no extra
+    reactor turn per request)."""
+
+    def __init__(self, reactor, sock: socket.socket, proto: SpawnProtocol):
+        super().__init__(reactor)
+        self.socket = sock
+        self.protocol = proto
+        self.connected = 1
+        proto.makeConnection(self)
+        self.startReading()
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def write(self, data: bytes) -> None:
+        if self.connected and not self.disconnecting and not self.dataBuffer and not self._tempDataBuffer:
+            try:
+                data = data[self.socket.send(data) :]
+            except BlockingIOError:
+                pass
+            except OSError:
+                return  # the read side sees the end too
+            if not data:
+                return
+        super().write(data)
+
+    def writeSomeData(self, data):
+        try:
+            return self.socket.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            return main.CONNECTION_LOST
+
+    def doRead(self):
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.socket, 65536, 16, socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if fds:
+            self.protocol.parser.fds_received(fds)
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        self.socket.close()
+        self.protocol.connectionLost(reason)
+
+
 class _ServerProcess(protocol.ProcessProtocol):
     """The spawn server process: its stderr to the log, its end to the keeper."""
 
@@ -214,6 +272,7 @@ class SpawnServer:
         self.restarts = 0
         self.jobs: dict[int, object] = {}
         self._ids = itertools.count(1)
+        self._fields: dict[tuple, list[bytes]] = {}  # option fields of the jail options seen
         self._proto: SpawnProtocol | None = None
         self._process = None
         self._running = False
@@ -243,12 +302,13 @@ class SpawnServer:
                 env={},
                 childFDs={1: "r", 2: "r", 3: theirs.fileno()},
             )
-            proto = SpawnProtocol(self._message, self._lost)
-            factory = protocol.Factory.forProtocol(lambda: proto)
-            self.reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, factory)
-        finally:
+        except BaseException:
             ours.close()
+            raise
+        finally:
             theirs.close()
+        proto = SpawnProtocol(self._message, self._lost)
+        SpawnSocket(self.reactor, ours, proto)
         self._proto = proto
         self._started_at = self.reactor.seconds()
         self.pid = getattr(self._process, "pid", None)
@@ -259,7 +319,13 @@ class SpawnServer:
             events.lost("the spawn server is not running (it is being restarted)")
             return job_id
         self.jobs[job_id] = events
-        self._proto.transport.write(spawn_request(job_id, argv, env, options))
+        key = tuple(options)
+        fields = self._fields.get(key)
+        if fields is None:
+            if len(self._fields) > 1024:
+                self._fields.clear()
+            fields = self._fields[key] = option_fields(options)
+        self._proto.transport.write(spawn_request(job_id, argv, env, fields))
         return job_id
 
     def kill(self, job_id: int) -> None:
