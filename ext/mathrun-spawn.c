@@ -266,6 +266,7 @@ static void spawn(struct spawn_request *rq)
     close(p[0]), close(p[3]), close(p[5]), close(p[7]);
     /* The reactor's ends come non-blocking (the job's ends stay blocking). */
     fcntl(p[1], F_SETFL, O_NONBLOCK), fcntl(p[2], F_SETFL, O_NONBLOCK), fcntl(p[4], F_SETFL, O_NONBLOCK);
+    fcntl(p[6], F_SETFL, O_NONBLOCK); /* read when the job has ended: never wait on it */
     snprintf(job->id, sizeof job->id, "%s", rq->id);
     job->pid = pid;
     job->errfd = p[6];

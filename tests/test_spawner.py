@@ -5,10 +5,11 @@ backoff; and Job fed by a fake starter (real pipes, real reactor)."""
 from __future__ import annotations
 
 import os
+import socket
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import error, reactor, task
+from twisted.internet import defer, error, reactor, task
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -23,7 +24,9 @@ from mathrun.sandbox.spawner import (
     IJobEvents,
     IJobStarter,
     Message,
+    SpawnProtocol,
     SpawnServer,
+    SpawnSocket,
     encode,
     option_fields,
 )
@@ -225,6 +228,25 @@ class SpawnServerTests(unittest.SynchronousTestCase):
         self.die()
         self.successResultOf(d)
         self.assertEqual(self.reactor.getDelayedCalls(), [])  # no restart
+
+
+class SpawnSocketTests(unittest.TestCase):
+    @async_test
+    async def test_a_bad_frame_on_a_real_socket_aborts_it(self):
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        self.addCleanup(theirs.close)
+        lost, messages = defer.Deferred(), []
+        proto = SpawnProtocol(messages.append, lambda problem: lost.called or lost.callback(problem))
+        SpawnSocket(reactor, ours, proto)
+        proto.transport.write(encode([b"kill", b"1"]))
+        self.assertEqual(FrameParser().feed(theirs.recv(100)), [Message(b"kill", (b"1",))])
+        theirs.sendall(encode([b"ready", b"pid=1"]) + b"\xff\xff\xff\xff")
+        self.assertIn("bad frame", await lost)
+        self.assertEqual(messages, [Message(b"ready", (b"pid=1",))])
+        while ours.fileno() != -1:
+            await task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(theirs.recv(100), b"")  # closed on our side
 
 
 @implementer(IJobStarter)

@@ -19,9 +19,10 @@ import os
 import socket
 from dataclasses import dataclass
 
-from twisted.internet import abstract, defer, main, protocol
+from twisted.internet import abstract, defer, error, main, protocol
 from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.logger import Logger
+from twisted.python import failure
 from zope.interface import Interface, implementer
 
 MAX_FRAME = 1 << 20
@@ -60,7 +61,10 @@ class IJobStarter(Interface):
 
 
 class FrameError(ValueError):
-    """The peer sent something that is not a frame: the stream is lost."""
+    """The peer sent something that is not a frame: the stream is lost.
+    ``messages``: the whole frames that came before it."""
+
+    messages: list = []
 
 
 @dataclass(frozen=True)
@@ -127,14 +131,19 @@ class FrameParser:
         buffer = self._buffer
         buffer += data
         messages, start = [], 0
-        while len(buffer) - start >= 4:
-            size = int.from_bytes(buffer[start : start + 4], "little")
-            if size > self.max_frame:
-                raise FrameError(f"frame of {size} bytes")
-            if len(buffer) - start < 4 + size:
-                break
-            messages.append(self._message(bytes(buffer[start + 4 : start + 4 + size])))
-            start += 4 + size
+        try:
+            while len(buffer) - start >= 4:
+                size = int.from_bytes(buffer[start : start + 4], "little")
+                if size > self.max_frame:
+                    raise FrameError(f"frame of {size} bytes")
+                if len(buffer) - start < 4 + size:
+                    break
+                messages.append(self._message(bytes(buffer[start + 4 : start + 4 + size])))
+                start += 4 + size
+        except (FrameError, ValueError) as e:
+            broken = e if isinstance(e, FrameError) else FrameError(str(e))
+            broken.messages = messages
+            raise broken from None
         del buffer[:start]
         return messages
 
@@ -172,7 +181,9 @@ class SpawnProtocol(protocol.Protocol):
     def dataReceived(self, data: bytes) -> None:
         try:
             messages = self.parser.feed(data)
-        except (FrameError, ValueError) as e:
+        except FrameError as e:
+            for m in e.messages:
+                self._on_message(m)
             self._on_lost(f"the spawn server sent a bad frame: {e}")
             self.transport.abortConnection()
             return
@@ -194,6 +205,7 @@ class SpawnSocket(abstract.FileDescriptor):
         self.socket = sock
         self.protocol = proto
         self.connected = 1
+        self._aborting = False
         proto.makeConnection(self)
         self.startReading()
 
@@ -233,6 +245,15 @@ class SpawnSocket(abstract.FileDescriptor):
             return main.CONNECTION_DONE
         self.protocol.dataReceived(data)
         return None
+
+    def abortConnection(self) -> None:
+        """Drop the stream now (what is queued is not sent)."""
+        if not self.connected or self._aborting:
+            return
+        self._aborting = True
+        self.stopReading()
+        self.stopWriting()
+        self.reactor.callLater(0, self.connectionLost, failure.Failure(error.ConnectionAborted()))
 
     def connectionLost(self, reason) -> None:
         super().connectionLost(reason)
