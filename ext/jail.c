@@ -99,6 +99,16 @@ static int enter_netns(const struct jail_config *cfg)
     return 0;
 }
 
+/* ---- jail_fork, minimal version (spawn branch) ----------------------------
+ * A plain fork until the jail branch's version (PID namespace, user
+ * namespace) replaces this block at the merge. */
+pid_t jail_fork(const struct jail_config *cfg)
+{
+    (void)cfg;
+    return fork();
+}
+/* ---- end of the minimal jail_fork ------------------------------------------ */
+
 int jail_enter(const struct jail_config *cfg)
 {
     int privileged = cfg->uid != (uid_t)-1;

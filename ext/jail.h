@@ -27,7 +27,17 @@ struct jail_config {
     int ncgroups;
 };
 
-/* In the child, after fork: everything up to (not including) exec. */
+/* Fork one job process.  Like fork(): returns 0 in the job, its pid (in the
+ * caller's PID namespace) in the caller, -1 with errno on failure.  With
+ * cfg->pidns the job gets a fresh PID namespace; the pid returned is what the
+ * caller waits for, and its wait status and rusage are the job's (the tool's
+ * own exit code or signal).  Killing that pid with SIGKILL ends every process
+ * of the job.  With cfg->userns (unprivileged mode) the job also gets a fresh
+ * user namespace first.  The job must then call jail_enter(cfg) and exec. */
+pid_t jail_fork(const struct jail_config *cfg);
+
+/* In the job, after jail_fork: confinement up to (not including) exec;
+ * the seccomp filter is its last step. */
 int jail_enter(const struct jail_config *cfg);
 
 /* Kill every process whose real or saved uid is `uid`, atomically against

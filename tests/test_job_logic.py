@@ -3,6 +3,7 @@ started the process (the jail helper or the Maxima mother)."""
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -11,28 +12,29 @@ from zope.interface.verify import verifyObject
 from mathrun.maxima.child import Child
 from mathrun.maxima.config import MaximaConfig
 from mathrun.sandbox import Limits, Status
-from mathrun.sandbox.sandbox import IJobControl, Lease, Sandbox, SandboxConfig
+from mathrun.sandbox.sandbox import Lease, Sandbox, SandboxConfig
+from mathrun.sandbox.spawner import IJobEvents, IJobStarter
 
 
-@implementer(IJobControl)
-class FakeControl:
-    """Records what the Job asked of its process."""
+@implementer(IJobStarter)
+class FakeStarter:
+    """A starter that keeps the job's output itself, as a Maxima child does."""
 
     def __init__(self):
-        self.signals, self.written, self.closed_fds = [], [], []
-        self.stdin_closed = False
+        self.kills, self.events = [], None
 
-    def signalProcess(self, signal):
-        self.signals.append(signal)
+    def start(self):
+        pass
 
-    def write(self, data):
-        self.written.append(data)
+    def spawn(self, argv, env, options, events):
+        self.events = events
+        return 7
 
-    def closeStdin(self):
-        self.stdin_closed = True
+    def kill(self, job_id):
+        self.kills.append(job_id)
 
-    def closeChildFD(self, fd):
-        self.closed_fds.append(fd)
+    def stop(self):
+        return defer.succeed(None)
 
 
 class FakeWorkspace:
@@ -56,32 +58,32 @@ class JobTests(unittest.SynchronousTestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
         self.lease = lease_on(self.reactor)
-        self.control = FakeControl()
+        self.control = FakeStarter()
 
     def test_fakes_provide_the_interface(self):
-        verifyObject(IJobControl, self.control)
-        child = Child(self.reactor, self.lease, MaximaConfig())
-        verifyObject(IJobControl, child)
+        verifyObject(IJobStarter, self.control)
+        verifyObject(IJobStarter, Child(self.reactor, self.lease, MaximaConfig()))
+        verifyObject(IJobEvents, self.lease.adopt(self.control, Limits()))
 
     def test_wall_limit_stops_and_is_the_verdict(self):
         job = self.lease.adopt(self.control, Limits(wall_seconds=2), frontend="maxima")
         done = job.done
         self.reactor.advance(1.9)
-        self.assertEqual(self.control.signals, [])
+        self.assertEqual(self.control.kills, [])
         self.reactor.advance(0.2)
-        self.assertEqual(self.control.signals, ["TERM"])
-        job.ended({"status": "ended", "wall": 2.1})
+        self.assertEqual(self.control.kills, [7])
+        job.exited(b"status=ended wall=2.1")
         result = self.successResultOf(done)
         self.assertEqual(result.status, Status.TIME_LIMIT)
         self.assertEqual(self.lease.sandbox.finished, [(Status.TIME_LIMIT, "maxima")])
 
     def test_output_cap_keeps_exactly_the_cap(self):
         job = self.lease.adopt(self.control, Limits(output_bytes=10))
-        job.received(1, b"12345678")
-        job.received(1, b"abcdef")
-        job.received(1, b"more after the cap")
-        self.assertEqual(self.control.closed_fds, [1, 2])
-        job.ended({"status": "ended"})
+        job.output("stdout", b"12345678")
+        job.output("stdout", b"abcdef")
+        job.output("stdout", b"more after the cap")
+        self.assertEqual(self.control.kills, [7])
+        job.exited(b"status=ended")
         result = self.successResultOf(job.done)
         self.assertEqual((result.status, result.stdout), (Status.OUTPUT_LIMIT, b"12345678ab"))
 
@@ -94,18 +96,18 @@ class JobTests(unittest.SynchronousTestCase):
 
     def test_ended_output_is_ok_with_unknown_exit_status(self):
         job = self.lease.adopt(self.control, Limits())
-        job.received(1, b"x^3/3")
-        job.ended({"status": "ended", "wall": 0.01})
+        job.output("stdout", b"x^3/3")
+        job.exited(b"status=ended wall=0.01")
         result = self.successResultOf(job.done)
         self.assertEqual((result.status, result.exit_code, result.stdout), (Status.OK, None, b"x^3/3"))
 
     def test_a_second_job_on_a_busy_lease_is_refused(self):
         self.lease.adopt(self.control, Limits())
-        self.assertRaises(RuntimeError, self.lease.adopt, FakeControl(), Limits())
+        self.assertRaises(RuntimeError, self.lease.adopt, FakeStarter(), Limits())
 
     def test_no_report_is_an_internal_error_and_reaps_at_release(self):
         job = self.lease.adopt(self.control, Limits())
-        job.ended(None, "the supervisor vanished")
+        job.lost("the supervisor vanished")
         result = self.successResultOf(job.done)
         self.assertEqual(result.status, Status.INTERNAL_ERROR)
         self.assertIn("the supervisor vanished", result.describe())

@@ -17,10 +17,10 @@ import signal
 from twisted.internet import defer
 from zope.interface import implementer
 
+from ..sandbox.pipes import PipeReader, PipeWriter
 from ..sandbox.result import JobResult, Status
-from ..sandbox.sandbox import IJobControl
+from ..sandbox.spawner import IJobStarter
 from ..sandbox.workspace import _empty, read_files
-from .pipes import PipeReader, PipeWriter
 
 READY_MARKER = b"\x02mathrun-child-ready\n"
 
@@ -29,11 +29,13 @@ class ChildDied(Exception):
     """The child ended before it was ready."""
 
 
-@implementer(IJobControl)
+@implementer(IJobStarter)
 class Child:
-    """A child the mother forked into a lease.  While it evaluates, a
-    sandbox Job (timer, output cap, verdict, log line, accounting) is fed
-    from its output pipe and controls it through this object."""
+    """A child the mother forked into a lease.  While it evaluates, it is the
+    starter (IJobStarter) of a sandbox Job, the same Job every front end's
+    processes have (timer, output cap, verdict, log line, accounting): it
+    keeps its named pipes, passes the output on, kills on the Job's word,
+    and reports when the child's output ends."""
 
     def __init__(self, reactor, lease, config):
         self.reactor = reactor
@@ -104,7 +106,7 @@ class Child:
         except OSError:
             pass  # already gone: its pipes will say so
 
-    def kill(self) -> None:
+    def _kill_process(self) -> None:
         """Kill the child's process group, if the child still lives.  For
         unprivileged mode, where no job user can be reaped; as root the
         sandbox's cleanup kills everything of the user anyway."""
@@ -142,7 +144,7 @@ class Child:
 
     def _collect(self, data: bytes) -> None:
         if self.job is not None:
-            self.job.received(1, data)
+            self.job.output("stdout", data)
         else:
             self._early.append(data)
 
@@ -172,7 +174,7 @@ class Child:
         limits = dataclasses.replace(self.limits, wall_seconds=min(timeout, self.limits.wall_seconds or timeout))
         self.job = self.lease.adopt(self, limits, frontend="maxima")
         for data in self._early:
-            self.job.received(1, data)
+            self.job.output("stdout", data)
         self._early = []
         # Children wait at the mother's low priority; a job runs at normal.
         try:
@@ -205,31 +207,34 @@ class Child:
     def _end(self) -> None:
         """The child is done (or was killed): close the pipes and give the
         Job its report.  The mother reaps the child, so its exit status is
-        not known here; CPU time is not measured for Maxima children."""
+        not known here ("ended"); CPU time is not measured for Maxima
+        children."""
         if self.state == "done":
             return
         self.state = "done"
         self.close()
         if self.job is not None:
-            self.job.ended({"status": "ended", "wall": self.reactor.seconds() - self._started})
+            self.job.exited(b"status=ended wall=%.6f" % (self.reactor.seconds() - self._started))
 
-    # -- IJobControl: how the Job controls the child -----------------------------
-    def signalProcess(self, signal_name) -> None:
+    # -- IJobStarter: the Job's view of this child ----------------------------
+    def start(self) -> None:
+        """Already running (the mother forked it)."""
+
+    def spawn(self, argv, env, options, events) -> int:
+        """The Job attaches itself; the child runs already."""
+        return self.pid or 0
+
+    def kill(self, job_id=None) -> None:
         """Any stop is a kill: the answer so far is all the client gets.
         The Job's verdict follows in the next turn of the reactor, once the
         output that caused it has been counted."""
+        self._kill_process()
+        if self.state == "running":
+            self.reactor.callLater(0, self._end)
+
+    def stop(self) -> defer.Deferred:
         self.kill()
-        self.reactor.callLater(0, self._end)
-
-    def write(self, data: bytes) -> None:
-        self._writer.write(data)
-
-    def closeStdin(self) -> None:
-        self._writer.loseConnection()
-
-    def closeChildFD(self, fd: int) -> None:
-        if self._reader is not None:
-            self._reader.close()
+        return defer.succeed(None)
 
     def close(self) -> None:
         """Close our ends of the pipes (a child still writing gets SIGPIPE).

@@ -30,8 +30,8 @@ class Status(enum.Enum):
 class JobResult:
     """Everything the sandbox knows about a finished job.
 
-    CPU times cover the job and all its descendants (wait4 rusage of the
-    jail, which reaps them all).  ``peak_memory`` is the cgroup's peak where
+    CPU times cover the job's main process and the descendants it waited
+    for (the spawn server's wait4 rusage of it).  ``peak_memory`` is the cgroup's peak where
     there is one, else the largest single process's maximum RSS.
     """
 

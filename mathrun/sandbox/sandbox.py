@@ -12,7 +12,6 @@ The sandbox knows nothing of HTTP, WebSocket or Why3.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import fcntl
 import os
 import shutil
@@ -21,18 +20,20 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
-from zope.interface import Interface
 
 from . import cgroups as cgroups_mod
+from .job import Job
 from .limits import Limits
 from .pool import JobUser, SlotPool, find_job_users
-from .result import JobResult, ReportError, Status, classify, parse_report
+from .result import JobResult, Status
+from .spawner import SpawnServer
 from .workspace import Workspace, unmount
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_JAIL = os.path.normpath(os.path.join(_HERE, "..", "..", "ext", "mathrun-jail"))
+DEFAULT_SPAWN = os.path.normpath(os.path.join(_HERE, "..", "..", "ext", "mathrun-spawn"))
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 RUN_DIR = "/run/mathrun"
 
@@ -46,6 +47,7 @@ class SandboxConfig:
     helper_user: str = "mathrun"
     job_root: str | None = None
     jail: str = DEFAULT_JAIL
+    spawn_server: str = DEFAULT_SPAWN
     privileged: bool | None = None
     network: bool = False
     use_cgroups: bool = True
@@ -63,6 +65,9 @@ class SandboxConfig:
         )
     )
     max_waiting: int | None = None
+    # False only for a server with nothing to share: unprivileged, with a
+    # job root of its own (the standalone Why3 server, started per session).
+    server_lock: bool = True
 
     def resolved_job_root(self, privileged: bool) -> str:
         """Each job-user set has its own job root, so that two servers with
@@ -84,168 +89,6 @@ class SandboxConfig:
         if privileged:
             return os.path.join(RUN_DIR, f"{self.user_prefix}.lock")
         return self.resolved_job_root(privileged).rstrip("/") + ".lock"
-
-
-class IJobControl(Interface):
-    """What a Job needs of its running process: Twisted's process transport
-    has it, and so does a Maxima child held by its pipes and pidfd."""
-
-    def signalProcess(signal):
-        """Ask the process to end ("TERM") or kill it ("KILL")."""
-
-    def write(data):
-        """Send bytes to the job's standard input."""
-
-    def closeStdin():
-        """End the job's standard input."""
-
-    def closeChildFD(fd):
-        """Stop reading the job's output on ``fd``."""
-
-
-class Job:
-    """One running program in a lease; ``done`` fires with its JobResult.
-
-    The same object whatever started the process (the jail helper, or the
-    Maxima mother): the starter calls ``attach``, ``received`` and
-    ``ended``; the Job keeps the timer, the output cap, the stop cause,
-    the verdict, the log line and the observers."""
-
-    def __init__(self, lease, limits: Limits, on_output: Callable[[str, bytes], None] | None, frontend: str = "jobs"):
-        self.lease = lease
-        self.limits = limits
-        self.frontend = frontend
-        self.result: JobResult | None = None
-        self._waiters: list[defer.Deferred] = []
-        self._on_output = on_output
-        self._chunks = {1: [], 2: []}
-        self._output = 0
-        self._cause: Status | None = None
-        self._transport = None
-        self._timer = None
-        self._ended = False
-
-    @property
-    def done(self) -> defer.Deferred:
-        """A new Deferred for each caller, firing with the JobResult (so
-        that several parties can wait without taking it from each other)."""
-        if self.result is not None:
-            return defer.succeed(self.result)
-        d = defer.Deferred()
-        self._waiters.append(d)
-        return d
-
-    # -- control ------------------------------------------------------------
-    def write(self, data: bytes) -> None:
-        if not self._ended:
-            self._transport.write(data)
-
-    def close_stdin(self) -> None:
-        if not self._ended:
-            self._transport.closeStdin()
-
-    def stop(self, cause: Status = Status.CANCELLED) -> None:
-        """Kill the job and all it started; ``cause`` becomes its status."""
-        if self._ended:
-            return
-        if self._cause is None:
-            self._cause = cause
-        try:
-            self._transport.signalProcess("TERM")
-        except error.ProcessExitedAlready:
-            pass
-
-    def lower_wall_limit(self, seconds: float) -> None:
-        """Shorten the wall-clock limit, counted from now (never lengthen)."""
-        if self._ended:
-            return
-        if self._timer is not None:
-            remaining = self._timer.getTime() - self.lease.sandbox.reactor.seconds()
-            if remaining <= seconds:
-                return
-            self._timer.cancel()
-        self._timer = self.lease.sandbox.reactor.callLater(seconds, self.stop, Status.TIME_LIMIT)
-
-    # -- from whatever started the process -----------------------------------
-    def attach(self, control) -> None:
-        """The process runs, controlled through ``control`` (IJobControl)."""
-        self._transport = control
-        if self.limits.wall_seconds is not None:
-            self._timer = self.lease.sandbox.reactor.callLater(self.limits.wall_seconds, self.stop, Status.TIME_LIMIT)
-
-    def received(self, fd: int, data: bytes) -> None:
-        """Output on fd 1 or 2, counted against the output cap."""
-        if fd not in self._chunks or self._cause is Status.OUTPUT_LIMIT or self._ended:
-            return
-        cap = self.limits.output_bytes
-        if cap is not None and self._output + len(data) > cap:
-            data = data[: cap - self._output]
-            self.stop(Status.OUTPUT_LIMIT)
-            for child_fd in (1, 2):
-                self._transport.closeChildFD(child_fd)
-        self._output += len(data)
-        if not data:
-            return
-        if self._on_output is not None:
-            self._on_output("stdout" if fd == 1 else "stderr", data)
-        else:
-            self._chunks[fd].append(data)
-
-    def ended(self, report: dict | None, problem: str = "") -> None:
-        """The process is gone; ``report`` is what its supervisor measured
-        (see result.parse_report), None when it died without a report."""
-        if self._ended:
-            return
-        self._ended = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        if report is None or report.get("remaining"):
-            # The supervisor died early, or processes survived it: reap at release.
-            self.lease.external_processes = True
-        cgroup = self.lease.cgroup
-        result = classify(
-            report,
-            self.limits,
-            cause=self._cause,
-            oom_killed=cgroup.oom_killed() if cgroup else False,
-            peak_memory=cgroup.peak_memory() if cgroup else None,
-            problem=problem,
-        )
-        if self._on_output is None:
-            result = _with_output(result, b"".join(self._chunks[1]), b"".join(self._chunks[2]))
-        self.result = result
-        self.lease.sandbox._job_finished(self, result)
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(result)
-
-
-def _with_output(result: JobResult, stdout: bytes, stderr: bytes) -> JobResult:
-    return dataclasses.replace(result, stdout=stdout, stderr=stderr)
-
-
-class _JailProtocol(protocol.ProcessProtocol):
-    """Feeds a Job from ``mathrun-jail run``: its stdio, and its report on fd 3."""
-
-    def __init__(self, job: Job):
-        self.job = job
-        self._report = b""
-
-    def connectionMade(self):
-        self.job.attach(self.transport)
-
-    def childDataReceived(self, childFD, data):
-        if childFD == 3:
-            self._report += data[: 4096 - len(self._report)]
-        else:
-            self.job.received(childFD, data)
-
-    def processEnded(self, reason):
-        try:
-            report, problem = parse_report(self._report), ""
-        except ReportError as e:
-            report, problem = None, f"jail report unreadable: {e}"
-        self.job.ended(report, problem)
 
 
 class _Reaper(protocol.ProcessProtocol):
@@ -301,18 +144,15 @@ class Lease:
     ) -> Job:
         """Start ``argv`` in the sandbox.  Output is collected into the
         result unless ``on_output(stream, data)`` takes it as it comes."""
-        job = self._new_job(limits, on_output, frontend)
-        limits = job.limits
         sandbox = self.sandbox
-        args = [sandbox.config.jail, "run"] + sandbox.jail_options(self) + limits.jail_args(self.cgroup is not None)
+        if self.job is not None and not self.job._ended:
+            raise RuntimeError("this lease already runs a job")
+        limits, options = sandbox.spawn_settings(self, limits or sandbox.config.limits)
+        self.prepare_limits(limits)
+        job = self.job = Job(self, limits, on_output, frontend)
         environment = {"PATH": DEFAULT_PATH, "HOME": self.workspace.path, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
         environment.update(env or {})
-        for key, value in environment.items():
-            args += ["--env", f"{key}={value}"]
-        args += ["--"] + list(argv)
-        sandbox.reactor.spawnProcess(
-            _JailProtocol(job), sandbox.config.jail, args, env={}, childFDs={0: "w", 1: "r", 2: "r", 3: "r"}
-        )
+        job.start(sandbox.starter, list(argv), environment, options)
         return job
 
     def capped(self, limits: Limits | None) -> Limits:
@@ -324,21 +164,14 @@ class Lease:
         if self.cgroup:
             self.cgroup.prepare(limits.memory_bytes, limits.processes)
 
-    def _new_job(self, limits, on_output, frontend) -> Job:
-        if self.job is not None and not self.job._ended:
-            raise RuntimeError("this lease already runs a job")
-        limits = self.capped(limits)
-        self.prepare_limits(limits)
-        self.job = Job(self, limits, on_output, frontend)
-        return self.job
-
-    def adopt(self, control, limits: Limits, on_output=None, frontend: str = "jobs") -> Job:
-        """A Job for a process the sandbox did not start (a Maxima child,
-        forked by its mother into this lease), controlled by ``control``."""
+    def adopt(self, starter, limits: Limits, on_output=None, frontend: str = "jobs") -> Job:
+        """A Job whose process comes from ``starter`` (an IJobStarter) instead
+        of the spawn server: a Maxima child, forked by its mother into this
+        lease, starts itself this way."""
         if self.job is not None and not self.job._ended:
             raise RuntimeError("this lease already runs a job")
         self.job = Job(self, self.capped(limits), on_output, frontend)
-        self.job.attach(control)
+        self.job.start(starter, [], {}, [])
         return self.job
 
     def release(self) -> defer.Deferred:
@@ -360,11 +193,13 @@ class Sandbox:
 
     log = Logger()
 
-    def __init__(self, config: SandboxConfig | None = None, reactor=None):
+    def __init__(self, config: SandboxConfig | None = None, reactor=None, starter=None):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.config = config or SandboxConfig()
+        # What forks the jobs (an IJobStarter): the spawn server, from start().
+        self.starter = starter
         self.privileged = self.config.privileged if self.config.privileged is not None else os.geteuid() == 0
         self.job_root = self.config.resolved_job_root(self.privileged)
         self.netns = os.path.join(RUN_DIR, "netns")
@@ -379,14 +214,17 @@ class Sandbox:
         self.warnings: list[str] = []
         self.observers: list[Callable[[JobResult, str], None]] = []  # (result, front end)
         self._reaper: _Reaper | None = None
+        self._settings: dict[tuple, tuple[Limits, list[str]]] = {}
         self._lock_fd = -1
 
     # -- start-up -----------------------------------------------------------
     def start(self) -> None:
         """Blocking set-up at service start: users, job root, netns, cgroups."""
-        if not os.access(self.config.jail, os.X_OK):
-            raise RuntimeError(f"jail helper {self.config.jail} is missing: run the set-up step")
-        self._lock_fd = hold_server_lock(self.config.lock_path(self.privileged), self._users_described())
+        for helper in (self.config.jail, self.config.spawn_server):
+            if not os.access(helper, os.X_OK):
+                raise RuntimeError(f"sandbox helper {helper} is missing: run the set-up step")
+        if self.config.server_lock or self.privileged:
+            self._lock_fd = hold_server_lock(self.config.lock_path(self.privileged), self._users_described())
         os.makedirs(self.job_root, mode=0o711, exist_ok=True)
         os.chmod(self.job_root, 0o711 if self.privileged else 0o700)
         self._remove_stale_workspaces()
@@ -418,6 +256,9 @@ class Sandbox:
         if self.config.network:
             self.warnings.append("jobs may use the network (--job-network)")
         self.pool = SlotPool(users, max_waiting=self.config.max_waiting)
+        if self.starter is None:
+            self.starter = SpawnServer(self.reactor, self.config.spawn_server)
+        self.starter.start()
         for w in self.warnings:
             self.log.warn("sandbox: {warning}", warning=w)
         self.log.info(
@@ -459,6 +300,21 @@ class Sandbox:
             for d in lease.cgroup.dirs:
                 opts += ["--cgroup", d]
         return opts
+
+    def spawn_settings(self, lease: Lease, limits: Limits) -> tuple[Limits, list[str]]:
+        """The limits capped by the maxima, and the jail options, of a job
+        in this lease: the same few over and over, so each is built once."""
+        key = (lease.user, limits)
+        settings = self._settings.get(key)
+        if settings is None:
+            if len(self._settings) > 1024:
+                self._settings.clear()
+            capped = limits.capped_by(self.config.max_limits)
+            options = self.jail_options(lease) + capped.jail_args(lease.cgroup is not None)
+            if lease.cgroup is not None and lease.cgroup.pids_current:
+                options += ["--count-file", lease.cgroup.pids_current]
+            settings = self._settings[key] = (capped, options)
+        return settings
 
     # -- leases ---------------------------------------------------------------
     def acquire(self, workspace_bytes: int | None = None) -> defer.Deferred:
@@ -504,8 +360,8 @@ class Sandbox:
         self.pool.retire(user)
 
     def stop(self) -> defer.Deferred:
-        """Release every lease (killing its job), then end the reaper: for
-        service shutdown."""
+        """Release every lease (killing its job), then end the reaper and
+        the spawn server: for service shutdown."""
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
@@ -514,6 +370,8 @@ class Sandbox:
         if reaper is not None and not reaper.ended.called:
             reaper.transport.closeStdin()
             await reaper.ended
+        if self.starter is not None:
+            await self.starter.stop()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1

@@ -152,7 +152,13 @@ def serve(sock, options: dict) -> None:
     try:
         unlimited = Limits(**{name: None for name in Limits.__dataclass_fields__})
         sandbox = Sandbox(
-            SandboxConfig(jobs=64, privileged=False, job_root=os.path.join(job_root, "jobs"), max_limits=unlimited),
+            SandboxConfig(
+                jobs=64,
+                privileged=False,
+                job_root=os.path.join(job_root, "jobs"),
+                max_limits=unlimited,
+                server_lock=False,  # its job root is its own: any number of these may run
+            ),
             reactor,
         )
         sandbox.start()

@@ -1,8 +1,9 @@
-"""The two named pipes of a forked child, driven by the reactor.
+"""Pipe ends of a process the reactor did not spawn, driven by the reactor.
 
 Twisted has transports for sockets and for its own children's pipes, not for
-a FIFO a process we did not spawn opened: these small FileDescriptors fill
-that gap, so that no thread ever blocks on a child.
+a job's stdio pipes that came from the spawn server, nor for a FIFO a forked
+Maxima child opened: these small FileDescriptors fill that gap, so that no
+thread ever blocks on a child.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from twisted.internet import abstract, fdesc, main
 class _Pipe(abstract.FileDescriptor):
     """One non-blocking pipe end; ``close`` drops it at once."""
 
-    def __init__(self, reactor, fd: int):
+    def __init__(self, reactor, fd: int, nonblocking: bool = False):
         super().__init__(reactor)
-        fdesc.setNonBlocking(fd)
+        if not nonblocking:  # (the spawn server's pipes come non-blocking)
+            fdesc.setNonBlocking(fd)
         self.fd = fd
         self.connected = 1
 
@@ -42,8 +44,8 @@ class _Pipe(abstract.FileDescriptor):
 class PipeReader(_Pipe):
     """Calls ``on_data(bytes)`` as data comes, ``on_end()`` once at EOF or close."""
 
-    def __init__(self, reactor, fd: int, on_data, on_end):
-        super().__init__(reactor, fd)
+    def __init__(self, reactor, fd: int, on_data, on_end, nonblocking: bool = False):
+        super().__init__(reactor, fd, nonblocking)
         self._on_data = on_data
         self._on_end = on_end
 

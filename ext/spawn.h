@@ -1,0 +1,58 @@
+/* The spawn server's parts (ext/mathrun-spawn.c: the loop and the wire;
+ * ext/spawn-jobs.c: reading a request, finding and killing what a job left). */
+#ifndef MATHRUN_SPAWN_H
+#define MATHRUN_SPAWN_H
+
+#include "jail.h"
+
+#include <stddef.h>
+#include <sys/resource.h>
+#include <sys/types.h>
+#include <time.h>
+
+#define SPAWN_MAX_JOBS 1024
+#define SPAWN_MAX_ARGS 4096
+#define SPAWN_MAX_FIELDS (SPAWN_MAX_ARGS + JAIL_MAX_ENV + 64)
+
+/* One running job: its main process, and what finishing it needs. */
+struct spawn_job {
+    char id[32];
+    pid_t pid;
+    int errfd;            /* read end of the exec-error pipe */
+    int killed;           /* a kill request came */
+    int ended;            /* main process reaped: status and ru hold */
+    int status;
+    struct rusage ru;
+    struct timespec t0;
+    uid_t uid;            /* the job user; (uid_t)-1 unprivileged */
+    uid_t kill_ruid;
+    char *kill_lock;
+    char *count_file;     /* the slot's pids.current, or NULL */
+};
+
+/* A spawn request, pointing into the frame it was read from. */
+struct spawn_request {
+    const char *id;
+    struct jail_config cfg;
+    char *argv[SPAWN_MAX_ARGS + 1];
+    char *env[JAIL_MAX_ENV + 1];
+    const char *count_file;
+};
+
+/* Fields after the verb (the id first) into `rq`; -1 with a message. */
+int spawn_parse(char **fields, int n, struct spawn_request *rq, char *message, size_t size);
+
+/* Whether anything of the job outlived its main process. */
+int spawn_has_leftovers(const struct spawn_job *job);
+
+/* Kill every process of the job; with `wait`, until none is left.
+ * Returns how many were still alive at the end (0 without `wait`). */
+int spawn_kill(struct spawn_job *job, int wait);
+
+/* Reap ended children: a job's main is marked ended, orphans just go. */
+void spawn_reap(void);
+
+/* The running job whose main process is `pid`, or NULL. */
+struct spawn_job *spawn_job_by_pid(pid_t pid);
+
+#endif

@@ -1,0 +1,227 @@
+"""One running program in a lease, fed by its job starter: the spawn server,
+or a Maxima child that its mother forked (the same Job for every front end).
+
+The starter hands over the job's stdio pipes and, once the job's main
+process has ended and its leftovers were killed, the report; the job ends
+when it has both the report and the end of its output.  It owns the timer,
+the output cap and the stop causes, and turns the report into a JobResult.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from .limits import Limits
+from .pipes import PipeReader, PipeWriter
+from .result import JobResult, ReportError, Status, classify, parse_report
+from .spawner import IJobEvents
+
+
+@implementer(IJobEvents)
+class Job:
+    """One running program in a lease; ``done`` fires with its JobResult."""
+
+    drain_seconds = 2.0  # how long output may still come after the report
+
+    def __init__(self, lease, limits: Limits, on_output: Callable[[str, bytes], None] | None, frontend: str = "jobs"):
+        self.lease = lease
+        self.limits = limits
+        self.frontend = frontend  # for the log line and mathrun_jobs_total
+        self.result: JobResult | None = None
+        self.pid: int | None = None
+        self._reactor = lease.sandbox.reactor
+        self._waiters: list[defer.Deferred] = []
+        self._on_output = on_output
+        self._chunks = {"stdout": [], "stderr": []}
+        self._output = 0
+        self._cause: Status | None = None
+        self._capped = False
+        self._starter = None
+        self._id = None
+        self._stdin: PipeWriter | None = None
+        self._stdin_fd = -1
+        self._stdin_queue: list[bytes] = []
+        self._stdin_closed = False
+        self._readers: dict[str, PipeReader] = {}
+        self._pidfd = -1
+        self._report: bytes | None = None
+        self._problem = ""
+        self._timer = None
+        self._drain = None
+        self._ended = False
+
+    @property
+    def done(self) -> defer.Deferred:
+        """A new Deferred for each caller, firing with the JobResult (so
+        that several parties can wait without taking it from each other)."""
+        if self.result is not None:
+            return defer.succeed(self.result)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def start(self, starter, argv: list[str], env: dict[str, str], options: list[str]) -> None:
+        """Ask ``starter`` (an IJobStarter) for the process; the wall-clock
+        limit counts from now."""
+        if self.limits.wall_seconds is not None:
+            self._timer = self._reactor.callLater(self.limits.wall_seconds, self.stop, Status.TIME_LIMIT)
+        self._starter = starter
+        self._id = starter.spawn(argv, env, options, self)
+
+    # -- control ------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self._ended or self._stdin_closed:
+            return
+        if self._stdin is not None:
+            self._stdin.write(data)
+        else:
+            self._stdin_queue.append(data)
+
+    def close_stdin(self) -> None:
+        if self._ended or self._stdin_closed:
+            return
+        self._stdin_closed = True
+        if self._stdin is not None:
+            self._stdin.loseConnection()
+
+    def stop(self, cause: Status = Status.CANCELLED) -> None:
+        """Kill the job and all it started; ``cause`` becomes its status."""
+        if self._ended or self._report is not None:
+            return
+        if self._cause is None:
+            self._cause = cause
+        if self._id is not None:
+            self._starter.kill(self._id)
+
+    def lower_wall_limit(self, seconds: float) -> None:
+        """Shorten the wall-clock limit, counted from now (never lengthen)."""
+        if self._ended:
+            return
+        if self._timer is not None:
+            remaining = self._timer.getTime() - self._reactor.seconds()
+            if remaining <= seconds:
+                return
+            self._timer.cancel()
+        self._timer = self._reactor.callLater(seconds, self.stop, Status.TIME_LIMIT)
+
+    # -- from the starter (IJobEvents) -----------------------------------------
+    def spawned(self, pid: int, fds) -> None:
+        stdin, stdout, stderr = fds[:3]
+        self.pid = pid
+        self._pidfd = fds[3] if len(fds) > 3 else -1
+        if self._stdin_closed and not self._stdin_queue:
+            os.close(stdin)  # the usual case: no input, no FileDescriptor for it
+        else:
+            self._stdin = PipeWriter(self._reactor, stdin, nonblocking=True)
+            for data in self._stdin_queue:
+                self._stdin.write(data)
+            self._stdin_queue = []
+            if self._stdin_closed:
+                self._stdin.loseConnection()
+        for name, fd in (("stdout", stdout), ("stderr", stderr)):
+            reader = PipeReader(self._reactor, fd, self._reading(name), self._eof(name), nonblocking=True)
+            self._readers[name] = reader
+            reader.startReading()
+
+    def exited(self, report: bytes) -> None:
+        self._report = report
+        if self._readers:
+            # Everything of the job is dead: the pipes end as soon as they
+            # are drained, unless a descriptor got out; then give up on them.
+            self._drain = self._reactor.callLater(self.drain_seconds, self._close_readers)
+        self._maybe_finished()
+
+    def lost(self, problem: str) -> None:
+        self._problem = problem
+        self._close_readers()
+        self._finished()
+
+    def output(self, stream: str, data: bytes) -> None:
+        self._data(stream, data)
+
+    # -- output -------------------------------------------------------------
+    def _reading(self, name: str):
+        return lambda data: self._data(name, data)
+
+    def _eof(self, name: str):
+        def ended():
+            self._readers.pop(name, None)
+            self._maybe_finished()
+
+        return ended
+
+    def _data(self, name: str, data: bytes) -> None:
+        if self._capped:
+            return
+        cap = self.limits.output_bytes
+        if cap is not None and self._output + len(data) > cap:
+            data = data[: cap - self._output]
+            self._capped = True
+            if self._cause is None:
+                self._cause = Status.OUTPUT_LIMIT  # even when the job has already ended
+            self.stop(Status.OUTPUT_LIMIT)
+            # Not from inside the reader's own doRead.
+            self._reactor.callLater(0, self._close_readers)
+        self._output += len(data)
+        if not data:
+            return
+        if self._on_output is not None:
+            self._on_output(name, data)
+        else:
+            self._chunks[name].append(data)
+
+    def _close_readers(self) -> None:
+        for reader in list(self._readers.values()):
+            reader.close()
+
+    def _maybe_finished(self) -> None:
+        if self._report is not None and not self._readers and not self._ended:
+            self._finished()
+
+    # -- the end --------------------------------------------------------------
+    def _release_fds(self) -> None:
+        for call in (self._timer, self._drain):
+            if call is not None and call.active():
+                call.cancel()
+        if self._stdin is not None:
+            self._stdin.close()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def _finished(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._release_fds()
+        report, problem = None, self._problem
+        if self._report is not None:
+            try:
+                report = parse_report(self._report)
+            except ReportError as e:
+                problem = f"jail report unreadable: {e}"
+        if report is None or report.get("remaining"):
+            # The spawn server died, or processes survived it: reap at release.
+            self.lease.external_processes = True
+        cgroup = self.lease.cgroup
+        result = classify(
+            report,
+            self.limits,
+            cause=self._cause,
+            oom_killed=cgroup.oom_killed() if cgroup else False,
+            peak_memory=cgroup.peak_memory() if cgroup else None,
+            problem=problem,
+        )
+        if self._on_output is None:
+            stdout, stderr = b"".join(self._chunks["stdout"]), b"".join(self._chunks["stderr"])
+            result = dataclasses.replace(result, stdout=stdout, stderr=stderr)
+        self.result = result
+        self.lease.sandbox._job_finished(self, result)
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(result)

@@ -1,0 +1,438 @@
+"""The client of the C spawn server (ext/mathrun-spawn.c), and its keeper.
+
+The sandbox starts one spawn server and keeps it running (restarted with
+backoff when it dies, as Twisted's procmon does); every job is one request on
+a unix socket.  The server forks, the job enters its jail and execs the tool
+once, and the job's stdio pipes come back over SCM_RIGHTS, then its exit
+report: no process spawn and no jail exec per job on the reactor's side.
+
+Frames, both ways: a 4-byte little-endian length, then NUL-terminated fields,
+the verb first.  A frame with an ``fds=N`` field owns the next N descriptors
+received (they arrive with its first byte).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import socket
+from dataclasses import dataclass
+
+from twisted.internet import abstract, defer, error, main, protocol
+from twisted.internet.interfaces import IFileDescriptorReceiver
+from twisted.logger import Logger
+from twisted.python import failure
+from zope.interface import Interface, implementer
+
+MAX_FRAME = 1 << 20
+
+
+class IJobEvents(Interface):
+    """What a job hears from its starter, in this order: ``spawned`` (unless
+    the start failed), then ``exited``; or ``lost`` at any time instead."""
+
+    def spawned(pid, fds):
+        """The job runs; ``fds`` (stdin, stdout, stderr[, pidfd]) are now the receiver's."""
+
+    def exited(report):
+        """The job's main process ended and its leftovers were killed; ``report``
+        is the jail's report line (bytes)."""
+
+    def lost(problem):
+        """The starter died (or was down) with the job: nothing more will come."""
+
+    def output(stream, data):
+        """Output the starter read itself ("stdout" or "stderr"): from a
+        starter that keeps the job's pipes instead of handing them over (a
+        Maxima child, whose readiness is read on them first)."""
+
+
+class IJobStarter(Interface):
+    """Starts job processes for the sandbox."""
+
+    def start():
+        """Begin serving (may start a process)."""
+
+    def spawn(argv, env, options, events):
+        """Ask for one job (``options``: the jail's ``--key value`` list);
+        ``events`` (an IJobEvents) hears how it goes.  Returns the job's id."""
+
+    def kill(job_id):
+        """Kill the job and everything it started (it then reports as usual)."""
+
+    def stop():
+        """Kill what runs and end; a Deferred firing once ended."""
+
+
+class FrameError(ValueError):
+    """The peer sent something that is not a frame: the stream is lost.
+    ``messages``: the whole frames that came before it."""
+
+    messages: list = []
+
+
+@dataclass(frozen=True)
+class Message:
+    verb: bytes
+    fields: tuple[bytes, ...]
+    fds: tuple[int, ...] = ()
+
+    def value(self, key: bytes) -> bytes | None:
+        """The value of the first ``key=value`` field, or None."""
+        prefix = key + b"="
+        for f in self.fields:
+            if f.startswith(prefix):
+                return f[len(prefix) :]
+        return None
+
+
+def encode(fields: list[bytes]) -> bytes:
+    """One frame of fields (none may hold a NUL)."""
+    for f in fields:
+        if b"\0" in f:
+            raise ValueError(f"a NUL in a spawn request field: {f[:60]!r}")
+    payload = b"\0".join(fields) + b"\0"
+    return len(payload).to_bytes(4, "little") + payload
+
+
+def option_fields(options: list[str]) -> list[bytes]:
+    """``--key value`` (or a bare ``--flag``) as ``key=value`` fields: the
+    request carries the same settings as a ``mathrun-jail run`` command line."""
+    fields, i = [], 0
+    while i < len(options):
+        key = options[i].removeprefix("--")
+        if i + 1 < len(options) and not options[i + 1].startswith("--"):
+            fields.append(f"{key}={options[i + 1]}".encode())
+            i += 2
+        else:
+            fields.append(f"{key}=1".encode())
+            i += 1
+    return fields
+
+
+def spawn_request(job_id: int, argv: list[str], env: dict[str, str], options: list[str] | list[bytes]) -> bytes:
+    """``options``: the jail's ``--key value`` list, or its fields already."""
+    fields = [b"spawn", b"%d" % job_id]
+    fields += options if options and isinstance(options[0], bytes) else option_fields(options)
+    fields += [f"env={k}={v}".encode() for k, v in env.items()]
+    fields += [b"arg=" + os.fsencode(a) for a in argv]
+    return encode(fields)
+
+
+class FrameParser:
+    """Frames out of a byte stream cut anywhere, with the descriptors that
+    came along; pure (no I/O), so any chunking is testable."""
+
+    def __init__(self, max_frame: int = MAX_FRAME):
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+        self._fds: collections.deque[int] = collections.deque()
+
+    def fds_received(self, fds) -> None:
+        self._fds.extend(fds)
+
+    def feed(self, data: bytes) -> list[Message]:
+        buffer = self._buffer
+        buffer += data
+        messages, start = [], 0
+        try:
+            while len(buffer) - start >= 4:
+                size = int.from_bytes(buffer[start : start + 4], "little")
+                if size > self.max_frame:
+                    raise FrameError(f"frame of {size} bytes")
+                if len(buffer) - start < 4 + size:
+                    break
+                messages.append(self._message(bytes(buffer[start + 4 : start + 4 + size])))
+                start += 4 + size
+        except (FrameError, ValueError) as e:
+            broken = e if isinstance(e, FrameError) else FrameError(str(e))
+            broken.messages = messages
+            raise broken from None
+        del buffer[:start]
+        return messages
+
+    def _message(self, payload: bytes) -> Message:
+        if not payload.endswith(b"\0"):
+            raise FrameError(f"frame without its final NUL: {payload[:60]!r}")
+        verb, *fields = payload[:-1].split(b"\0")
+        message = Message(verb, tuple(fields))
+        count = message.value(b"fds")
+        if count is not None:
+            n = int(count)
+            if n > len(self._fds):
+                raise FrameError(f"{verb!r} frame announces {n} fds, {len(self._fds)} came")
+            message = Message(verb, tuple(fields), tuple(self._fds.popleft() for _ in range(n)))
+        return message
+
+    def close_fds(self) -> None:
+        """Descriptors no frame took (the stream ended)."""
+        while self._fds:
+            os.close(self._fds.popleft())
+
+
+@implementer(IFileDescriptorReceiver)
+class SpawnProtocol(protocol.Protocol):
+    """The socket side: frames in, messages to ``on_message``."""
+
+    def __init__(self, on_message, on_lost):
+        self.parser = FrameParser()
+        self._on_message = on_message
+        self._on_lost = on_lost
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        self.parser.fds_received((descriptor,))
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            messages = self.parser.feed(data)
+        except FrameError as e:
+            for m in e.messages:
+                self._on_message(m)
+            self._on_lost(f"the spawn server sent a bad frame: {e}")
+            self.transport.abortConnection()
+            return
+        for m in messages:
+            self._on_message(m)
+
+    def connectionLost(self, reason) -> None:
+        self.parser.close_fds()
+        self._on_lost(f"the spawn server's socket closed ({reason.getErrorMessage()})")
+
+
+class SpawnSocket(abstract.FileDescriptor):
+    """The reactor's end of the socket: descriptors received close-on-exec,
+    and a frame goes out at once when nothing waits before it (no extra
+    reactor turn per request)."""
+
+    def __init__(self, reactor, sock: socket.socket, proto: SpawnProtocol):
+        super().__init__(reactor)
+        self.socket = sock
+        self.protocol = proto
+        self.connected = 1
+        self._aborting = False
+        proto.makeConnection(self)
+        self.startReading()
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def write(self, data: bytes) -> None:
+        if self.connected and not self.disconnecting and not self.dataBuffer and not self._tempDataBuffer:
+            try:
+                data = data[self.socket.send(data) :]
+            except BlockingIOError:
+                pass
+            except OSError:
+                return  # the read side sees the end too
+            if not data:
+                return
+        super().write(data)
+
+    def writeSomeData(self, data):
+        try:
+            return self.socket.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            return main.CONNECTION_LOST
+
+    def doRead(self):
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.socket, 65536, 16, socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if fds:
+            self.protocol.parser.fds_received(fds)
+        if not data:
+            return main.CONNECTION_DONE
+        self.protocol.dataReceived(data)
+        return None
+
+    def abortConnection(self) -> None:
+        """Drop the stream now (what is queued is not sent)."""
+        if not self.connected or self._aborting:
+            return
+        self._aborting = True
+        self.stopReading()
+        self.stopWriting()
+        self.reactor.callLater(0, self.connectionLost, failure.Failure(error.ConnectionAborted()))
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        self.socket.close()
+        self.protocol.connectionLost(reason)
+
+
+class _ServerProcess(protocol.ProcessProtocol):
+    """The spawn server process: its stderr to the log, its end to the keeper."""
+
+    log = Logger()
+
+    def __init__(self, on_ended):
+        self._on_ended = on_ended
+
+    def errReceived(self, data: bytes) -> None:
+        for line in data.decode(errors="replace").splitlines():
+            self.log.warn("spawn server: {line}", line=line)
+
+    def processEnded(self, reason) -> None:
+        self._on_ended(reason)
+
+
+@implementer(IJobStarter)
+class SpawnServer:
+    """Keeps one spawn server running and speaks for its jobs."""
+
+    log = Logger()
+    min_restart_delay = 0.1
+    max_restart_delay = 30.0
+    stable_after = 60.0  # seconds of life that reset the restart delay
+
+    def __init__(self, reactor, executable: str):
+        self.reactor = reactor
+        self.executable = executable
+        self.pid: int | None = None
+        self.restarts = 0
+        self.jobs: dict[int, object] = {}
+        self._ids = itertools.count(1)
+        self._fields: dict[tuple, list[bytes]] = {}  # option fields of the jail options seen
+        self._proto: SpawnProtocol | None = None
+        self._process = None
+        self._running = False
+        self._delay = self.min_restart_delay
+        self._restart_call = None
+        self._started_at = 0.0
+        self._ended: defer.Deferred | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._proto is not None
+
+    def start(self) -> None:
+        self._running = True
+        self._launch()
+
+    def _launch(self) -> None:
+        self._restart_call = None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            ours.setblocking(False)
+            self._ended = defer.Deferred()
+            self._process = self.reactor.spawnProcess(
+                _ServerProcess(self._process_ended),
+                self.executable,
+                [self.executable, "--fd", "3"],
+                env={},
+                childFDs={1: "r", 2: "r", 3: theirs.fileno()},
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        proto = SpawnProtocol(self._message, self._lost)
+        SpawnSocket(self.reactor, ours, proto)
+        self._proto = proto
+        self._started_at = self.reactor.seconds()
+        self.pid = getattr(self._process, "pid", None)
+
+    def spawn(self, argv, env, options, events) -> int:
+        job_id = next(self._ids)
+        if self._proto is None:
+            events.lost("the spawn server is not running (it is being restarted)")
+            return job_id
+        self.jobs[job_id] = events
+        key = tuple(options)
+        fields = self._fields.get(key)
+        if fields is None:
+            if len(self._fields) > 1024:
+                self._fields.clear()
+            fields = self._fields[key] = option_fields(options)
+        self._proto.transport.write(spawn_request(job_id, argv, env, fields))
+        return job_id
+
+    def kill(self, job_id: int) -> None:
+        if job_id in self.jobs and self._proto is not None:
+            self._proto.transport.write(encode([b"kill", b"%d" % job_id]))
+
+    def _message(self, m: Message) -> None:
+        if m.verb == b"spawned":
+            events = self.jobs.get(int(m.fields[0]))
+            if events is None:
+                for fd in m.fds:
+                    os.close(fd)
+            else:
+                events.spawned(int(m.value(b"pid")), m.fds)
+        elif m.verb == b"exited":
+            events = self.jobs.pop(int(m.fields[0]), None)
+            if events is not None:
+                events.exited(m.value(b"report") or b"")
+        elif m.verb == b"ready":
+            self.log.info("spawn server ready ({pid})", pid=m.value(b"pid").decode())
+        else:
+            self.log.error("spawn server: {m}", m=b" ".join((m.verb, *m.fields)).decode(errors="replace"))
+
+    def _lost(self, problem: str) -> None:
+        """The socket is gone: every job that waits ends now, and the
+        process (if it still runs) is made to end."""
+        if self._proto is None:
+            return
+        self._proto = None
+        jobs, self.jobs = self.jobs, {}
+        if self._running:
+            self.log.error("spawn server lost: {problem}; {n} jobs failed", problem=problem, n=len(jobs))
+        for events in jobs.values():
+            events.lost(f"{problem}: the job was lost with it")
+        if self._running and self._process is not None and self._ended is not None and not self._ended.called:
+            _kill(self._process)  # (when stopping, it ends by itself, or stop's timer kills it)
+
+    def _process_ended(self, reason) -> None:
+        self._lost(f"the spawn server ended ({reason.getErrorMessage()})")
+        self._process = None
+        self.pid = None
+        ended, self._ended = self._ended, None
+        if self._running:
+            self._schedule_restart()
+        if ended is not None:
+            ended.callback(None)
+
+    def _schedule_restart(self) -> None:
+        if self.reactor.seconds() - self._started_at > self.stable_after:
+            self._delay = self.min_restart_delay
+        delay, self._delay = self._delay, min(self._delay * 2, self.max_restart_delay)
+        self.restarts += 1
+        self.log.info("spawn server: restarting in {delay:.1f}s", delay=delay)
+        self._restart_call = self.reactor.callLater(delay, self._launch)
+
+    def stop(self) -> defer.Deferred:
+        """Close the socket (the server kills its jobs and exits); kill it
+        if it has not gone in 5 s."""
+        self._running = False
+        if self._restart_call is not None and self._restart_call.active():
+            self._restart_call.cancel()
+        ended = self._ended
+        if ended is None or ended.called:
+            return defer.succeed(None)
+        if self._proto is not None:
+            self._proto.transport.loseConnection()
+        process = self._process
+        killer = self.reactor.callLater(5, _kill, process)
+        d = defer.Deferred()
+
+        def done(_):
+            if killer.active():
+                killer.cancel()
+            d.callback(None)
+
+        ended.addCallback(done)
+        return d
+
+
+def _kill(process) -> None:
+    try:
+        process.signalProcess("KILL")
+    except Exception:
+        pass

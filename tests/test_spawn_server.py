@@ -1,0 +1,191 @@
+"""The C spawn server on its socket, and a sandbox whose spawn server is
+killed mid-job: real processes."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+
+from twisted.internet import reactor, task
+from twisted.trial import unittest
+
+from mathrun.sandbox import Status
+from mathrun.sandbox.result import parse_report
+from mathrun.sandbox.sandbox import DEFAULT_SPAWN
+from mathrun.sandbox.spawner import FrameParser, encode
+
+from .helpers import async_test, make_sandbox, processes_of, temp_dir
+
+
+class Peer:
+    """The reactor's side of the socket, spoken by hand."""
+
+    def __init__(self, testcase):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.proc = subprocess.Popen(
+            [DEFAULT_SPAWN, "--fd", str(theirs.fileno())], pass_fds=[theirs.fileno()], stderr=subprocess.PIPE
+        )
+        theirs.close()
+        self.sock, self.parser, self.pending = ours, FrameParser(), []
+        self.sock.settimeout(20)
+        testcase.addCleanup(self.close)
+
+    def send(self, *fields: bytes) -> None:
+        self.sock.sendall(encode(list(fields)))
+
+    def next(self):
+        while not self.pending:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 8)
+            self.parser.fds_received(fds)
+            if not data:
+                raise EOFError("the spawn server closed its socket")
+            self.pending += self.parser.feed(data)
+        message = self.pending.pop(0)
+        for fd in message.fds[:3]:
+            os.set_blocking(fd, True)  # they come non-blocking, for the reactor
+        return message
+
+    def close(self):
+        self.sock.close()
+        self.proc.wait(20)
+        self.proc.stderr.close()
+
+
+def alive(pidfd: int) -> bool:
+    """A pidfd turns readable when its process ends."""
+    return not select.select([pidfd], [], [], 0)[0]
+
+
+def gone(pid: int) -> bool:
+    """Ended (a zombie is the new parent's to reap)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+class SpawnServerProtocolTests(unittest.SynchronousTestCase):
+    def setUp(self):
+        self.peer = Peer(self)
+        self.dir = temp_dir(self)
+        ready = self.peer.next()
+        self.assertEqual((ready.verb, ready.value(b"pid")), (b"ready", b"%d" % self.peer.proc.pid))
+
+    def spawn(self, job_id: int, *argv: str, extra=()):
+        fields = [b"spawn", b"%d" % job_id, b"dir=" + self.dir.encode(), b"env=PATH=/usr/bin:/bin", *extra]
+        self.peer.send(*fields, *[b"arg=" + a.encode() for a in argv])
+
+    def test_a_job_gets_its_pipes_a_pidfd_and_a_report(self):
+        self.spawn(1, "sh", "-c", "cat; echo done >&2; exit 3")
+        spawned = self.peer.next()
+        self.assertEqual((spawned.verb, spawned.fields[0], len(spawned.fds)), (b"spawned", b"1", 4))
+        stdin, stdout, stderr, pidfd = spawned.fds
+        self.assertTrue(alive(pidfd))
+        os.write(stdin, b"echoed\n")
+        os.close(stdin)
+        with os.fdopen(stdout, "rb") as out, os.fdopen(stderr, "rb") as err:
+            self.assertEqual((out.read(), err.read()), (b"echoed\n", b"done\n"))
+        exited = self.peer.next()
+        self.assertEqual((exited.verb, exited.fields[0]), (b"exited", b"1"))
+        report = parse_report(exited.value(b"report"))
+        self.assertEqual((report["status"], report["code"], report["leftover"]), ("exited", 3, 0))
+        self.assertFalse(alive(pidfd))
+        os.close(pidfd)
+
+    def test_jobs_run_side_by_side(self):
+        """The server waits on no job: the second ends while the first still
+        reads its input."""
+        self.spawn(1, "sh", "-c", "read x; echo got $x")
+        first = self.peer.next()
+        self.spawn(2, "echo", "second")
+        second = self.peer.next()
+        self.assertEqual(second.verb, b"spawned")
+        exited = self.peer.next()
+        self.assertEqual((exited.verb, exited.fields[0]), (b"exited", b"2"))
+        os.write(first.fds[0], b"it\n")
+        self.assertEqual(os.read(first.fds[1], 100), b"got it\n")
+        self.assertEqual(self.peer.next().fields[0], b"1")
+        for fd in first.fds + second.fds:
+            os.close(fd)
+
+    def test_kill_ends_the_job_and_what_it_left(self):
+        self.spawn(5, "sh", "-c", "sleep 60 & sleep 60")
+        spawned = self.peer.next()
+        self.peer.send(b"kill", b"5")
+        report = parse_report(self.peer.next().value(b"report"))
+        self.assertEqual((report["status"], report["signal"], report["killed"]), ("signalled", 9, 1))
+        self.assertEqual(os.read(spawned.fds[1], 10), b"")  # every writer is gone
+        for fd in spawned.fds:
+            os.close(fd)
+
+    def test_exec_failure_is_reported(self):
+        self.spawn(2, "/nonexistent/tool")
+        spawned = self.peer.next()
+        self.assertIn(b"exec of '/nonexistent/tool' failed", os.read(spawned.fds[2], 200))
+        report = parse_report(self.peer.next().value(b"report"))
+        self.assertEqual((report["status"], report["stage"], report["errno"]), ("failed", "exec", 2))
+        for fd in spawned.fds:
+            os.close(fd)
+
+    def test_bad_requests(self):
+        for extra, words in (
+            ([b"colour=blue"], b"bad field 'colour=blue'"),
+            ([b"uid=0", b"gid=5", b"kill-ruid=7"], b"refusing to run a job as root"),
+            ([b"uid=5", b"gid=5"], b"kill-ruid must name another unprivileged user"),
+        ):
+            self.spawn(9, "true", extra=extra)
+            error = self.peer.next()
+            self.assertEqual(error.verb, b"error")
+            self.assertIn(words, error.fields[0])
+            report = parse_report(self.peer.next().value(b"report"))
+            self.assertEqual((report["status"], report["errno"]), ("failed", 22))
+        self.peer.send(b"launch", b"1")
+        self.assertEqual(self.peer.next(), self.peer.parser._message(b"error\0unknown request\0"))
+
+    def test_end_of_input_kills_every_job(self):
+        self.spawn(1, "sleep", "60")
+        pidfd = self.peer.next().fds[3]
+        self.peer.sock.shutdown(socket.SHUT_WR)
+        self.assertEqual(self.peer.proc.wait(20), 0)
+        self.assertFalse(alive(pidfd))
+
+
+class SpawnServerDeathTests(unittest.TestCase):
+    def setUp(self):
+        self.sandbox = make_sandbox(self, jobs=2)
+
+    @async_test
+    async def test_killed_server_fails_the_jobs_and_comes_back(self):
+        starter = self.sandbox.starter
+        leases = [await self.sandbox.acquire() for _ in range(2)]
+        jobs = [lease.spawn(["sleep", "60"]) for lease in leases]
+        while any(job.pid is None for job in jobs):
+            await task.deferLater(reactor, 0.01, lambda: None)
+        old = starter.pid
+        os.kill(old, signal.SIGKILL)
+        for job in jobs:
+            result = await job.done
+            self.assertEqual(result.status, Status.INTERNAL_ERROR)
+            self.assertIn("spawn server", result.detail)
+        for lease in leases:
+            await lease.release()
+            if self.sandbox.privileged:
+                self.assertEqual(processes_of(lease.user.uid), [])
+        for job in jobs:  # the jobs die with their server (parent-death signal)
+            while not gone(job.pid):
+                await task.deferLater(reactor, 0.01, lambda: None)
+        while not starter.ready:
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertNotEqual(starter.pid, old)
+        self.assertEqual(starter.restarts, 1)
+        result = await self.sandbox.run(["echo", "back"])
+        self.assertEqual((result.status, result.stdout), (Status.OK, b"back\n"))
+
+
+class SpawnServerDeathUnprivilegedTests(SpawnServerDeathTests):
+    def setUp(self):
+        self.sandbox = make_sandbox(self, jobs=2, privileged=False, job_root=os.path.join(temp_dir(self), "jobs"))
