@@ -2,7 +2,7 @@
 concurrency 1 and 2, side by side with plain ``subprocess.run`` in the same
 run.
 
-    .venv/bin/python bench/sandbox_bench.py [-n 500]
+    .venv/bin/python bench/sandbox_bench.py [-n 500] [--user-prefix P]
 
 Prints jobs per second for each, the ratio, and the sandbox's overhead per job
 (its mean time per job minus the baseline's).  Run as root for the real
@@ -50,7 +50,7 @@ async def through_sandbox(sandbox: Sandbox, n: int, concurrency: int) -> float:
 
 
 async def main(reactor, args):
-    config = SandboxConfig(jobs=4)
+    config = SandboxConfig(jobs=4, user_prefix=args.user_prefix, helper_user=args.helper_user or args.user_prefix)
     if os.geteuid() != 0:
         config.job_root = os.path.join(tempfile.mkdtemp(prefix="mathrun-bench-"), "jobs")
     sandbox = Sandbox(config, reactor)
@@ -70,4 +70,6 @@ async def main(reactor, args):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=500, help="jobs per row")
+    parser.add_argument("--user-prefix", default="mathrun", help="job users PREFIX-N (as root)")
+    parser.add_argument("--helper-user", default=None, help="the helper user (default: the prefix)")
     task.react(lambda r: defer.ensureDeferred(main(r, parser.parse_args())))
