@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,11 +46,16 @@ static int own_pidns_fd(void)
     return own_pidns;
 }
 
-/* PID 1 of a job's namespace.  Holds nothing of the caller's (its fds are
- * closed: it must not keep the job's pipes open), waits until the job
- * (PID 2) exists, reaps orphans until it ends, then exits: the kernel kills
- * whatever is left in the namespace.  Exit code 1: there was something. */
-static void __attribute__((noreturn)) namespace_init(int sync_fd)
+/* Reap what has ended; 1 when children are left (alive). */
+static int reap_orphans(void)
+{
+    pid_t p;
+    while ((p = waitpid(-1, NULL, WNOHANG | __WALL)) > 0) {
+    }
+    return p == 0;
+}
+
+void jail_namespace_init(int sync_fd, int linger)
 {
     sigset_t chld;
     char c;
@@ -59,30 +65,30 @@ static void __attribute__((noreturn)) namespace_init(int sync_fd)
     if (sync_fd > 0)
         syscall(SYS_close_range, 0U, (unsigned)sync_fd - 1, 0U);
     syscall(SYS_close_range, (unsigned)sync_fd + 1, ~0U, 0U);
+    signal(SIGCHLD, SIG_DFL);
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
-    sigprocmask(SIG_BLOCK, &chld, NULL);
+    sigprocmask(SIG_SETMASK, &chld, NULL);
     int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
     while (read(sync_fd, &c, 1) < 0 && errno == EINTR) {
     }
     close(sync_fd); /* end of file: the job was forked, or never will be */
     int pidfd = (int)syscall(SYS_pidfd_open, 2, 0);
-    while (pidfd >= 0 && sfd >= 0) {
-        struct pollfd p[2] = {{pidfd, POLLIN, 0}, {sfd, POLLIN, 0}};
-        while (waitpid(-1, NULL, WNOHANG | __WALL) > 0) {
-        }
+    int job_done = pidfd < 0, left;
+    while (sfd >= 0) {
+        left = reap_orphans();
+        if (job_done && (!linger || !left))
+            break;
+        struct pollfd p[2] = {{sfd, POLLIN, 0}, {job_done ? -1 : pidfd, POLLIN, 0}};
         if (poll(p, 2, -1) < 0 && errno != EINTR)
             break;
-        if (p[0].revents)
-            break;
+        if (p[1].revents)
+            job_done = 1;
         struct signalfd_siginfo si;
         while (read(sfd, &si, sizeof si) > 0) {
         }
     }
-    pid_t p;
-    while ((p = waitpid(-1, NULL, WNOHANG | __WALL)) > 0) {
-    }
-    _exit(p == 0 ? 1 : 0);
+    _exit(reap_orphans() ? 1 : 0);
 }
 
 static void remember(struct init_entry *e, int status, const struct rusage *ru)
@@ -149,7 +155,7 @@ pid_t jail_fork(const struct jail_config *cfg)
     pid_t init = (pid_t)syscall(SYS_clone3, &args, sizeof args);
     if (init == 0) {
         close(sync[1]);
-        namespace_init(sync[0]);
+        jail_namespace_init(sync[0], 0);
     }
     close(sync[0]);
     if (init < 0) {
@@ -215,6 +221,55 @@ pid_t jail_init_of(pid_t job)
 {
     struct init_entry *e = entry_of(job);
     return e && !e->reaped ? e->init : -1;
+}
+
+/* For the Maxima mother: its init is exec'ed (posix_spawn: vfork, no copy
+ * of the mother's page tables) as PID 1 of a fresh namespace, then the
+ * child is forked into it as PID 2. */
+pid_t jail_fork_with_init(const char *init_path)
+{
+    int own = own_pidns_fd(), sync[2], saved;
+    pid_t init, pid = -1;
+    if (own < 0 || pipe2(sync, O_CLOEXEC) < 0)
+        return -1;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, sync[0], 0);
+    char *argv[] = {(char *)init_path, "nsinit", NULL}, *envp[] = {NULL};
+    if (unshare(CLONE_NEWPID) < 0) {
+        saved = errno;
+        goto out;
+    }
+    saved = posix_spawn(&init, init_path, &fa, NULL, argv, envp);
+    if (setns(own, CLONE_NEWPID) < 0)
+        abort();
+    if (saved != 0)
+        goto out;
+    int pidfd = (int)syscall(SYS_pidfd_open, init, 0);
+    if (pidfd < 0 || setns(pidfd, CLONE_NEWPID) < 0) {
+        saved = errno;
+        kill(init, SIGKILL);
+    } else {
+        pid = fork();
+        saved = errno;
+        if (pid == 0) {
+            close(sync[0]);
+            close(sync[1]);
+            close(pidfd);
+            posix_spawn_file_actions_destroy(&fa);
+            return 0;
+        }
+        if (setns(own, CLONE_NEWPID) < 0)
+            abort();
+    }
+    if (pidfd >= 0)
+        close(pidfd);
+out:
+    close(sync[0]);
+    close(sync[1]); /* the init may look for its job now */
+    posix_spawn_file_actions_destroy(&fa);
+    errno = saved;
+    return pid;
 }
 
 pid_t jail_fork_pid1(void)

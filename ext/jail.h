@@ -61,6 +61,19 @@ int jail_reap_init(pid_t job, struct rusage *ru);
  * once), or -1. */
 pid_t jail_init_of(pid_t job);
 
+/* Fork into a fresh PID namespace whose PID 1 is `init_path nsinit` (the
+ * mathrun-jail binary, exec'ed: no second copy of a big caller's page
+ * tables) and the child PID 2.  The init reaps the child's orphans and
+ * stays until the child and all of them have ended (a Maxima child leaves
+ * gnuplot writing a plot), then the namespace ends. */
+pid_t jail_fork_with_init(const char *init_path);
+
+/* The init's body (jail_fork's, and `mathrun-jail nsinit` with fd 0):
+ * reads `sync_fd` to its end (the job was forked), then reaps until PID 2
+ * has ended (and, with `linger`, every other process too).  Never returns;
+ * exit code 1 when processes were left behind. */
+void jail_namespace_init(int sync_fd, int linger) __attribute__((noreturn));
+
 /* Fork into a fresh PID namespace whose PID 1 is the child itself (for the
  * Maxima mother: a second fork of an SBCL child would copy its page tables
  * again).  The child gets PID-1 signal rules: only SIGKILL/SIGSTOP from

@@ -439,6 +439,8 @@ int main(int argc, char **argv)
         return reap_user(argc - 1, argv + 1);
     if (strcmp(argv[1], "reaper") == 0)
         return reaper(argc - 1, argv + 1);
+    if (strcmp(argv[1], "nsinit") == 0 && argc == 2)
+        jail_namespace_init(0, 1); /* PID 1 for jail_fork_with_init */
     if (strcmp(argv[1], "mknetns") == 0 && argc >= 3) {
         for (int i = 2; i < argc; i++)
             if (mknetns(argv[i]) != 0)

@@ -5,10 +5,11 @@
  * line on stdin, forks, and answers on stdout.  It returns only in a child,
  * once that child holds its named pipes as stdio and has entered its job's
  * confinement (jail_enter: setsid, cgroups, private /tmp, its own network
- * namespace, rlimits, job user, seccomp filter).  As root each child is PID 1
- * of a fresh PID namespace (jail_fork_pid1, no second fork of the SBCL
- * child): it sees only itself and what it starts in /proc, and its death
- * ends all of that.
+ * namespace, rlimits, job user, seccomp filter).  As root each child is PID 2
+ * of a fresh PID namespace whose PID 1 is `mathrun-jail nsinit` (found next
+ * to this library), exec'ed rather than forked so that the SBCL mother's
+ * page tables are not copied twice (jail_fork_with_init): the child sees
+ * only itself and what it starts in /proc.
  * The child then goes back to the Maxima REPL, which reads the job's input
  * from the pipe.  Doing all this in C, outside any Lisp handler, means that a
  * child's error can never unwind into the mother's loop.
@@ -24,6 +25,7 @@
 #define _GNU_SOURCE
 #include "jail.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -37,6 +39,7 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MAX_LINE 8192
@@ -44,6 +47,7 @@
 #define MAX_WORDS (10 + JAIL_MAX_CGROUPS)
 
 static char child_root[PATH_MAX - 64];
+static char init_path[PATH_MAX];
 static unsigned int child_seed[8];
 static struct sigaction saved_sigchld;
 
@@ -128,7 +132,7 @@ static void child_setup(const char *token, char **w, int nwords)
         else if (cfg.ncgroups < JAIL_MAX_CGROUPS)
             cfg.cgroups[cfg.ncgroups++] = w[i];
     }
-    cfg.pidns = cfg.uid != (uid_t)-1; /* jail_fork_pid1 made one: mount its /proc */
+    cfg.pidns = cfg.uid != (uid_t)-1; /* jail_fork_with_init made one: mount its /proc */
     cfg.seccomp = 1;
     snprintf(child_root, sizeof child_root, "%s", w[4]);
     snprintf(work, sizeof work, "%s/work", child_root);
@@ -169,6 +173,19 @@ fail_einval:
 fail:
     say(1, "failed %s %s: %s", token, step, strerror(errno));
     _exit(126);
+}
+
+/* mathrun-jail, in the directory this library was loaded from. */
+static int find_init(void)
+{
+    Dl_info info;
+    if (!dladdr((void *)find_init, &info) || !info.dli_fname || !strrchr(info.dli_fname, '/')) {
+        errno = ENOENT;
+        return -1;
+    }
+    int dir = (int)(strrchr(info.dli_fname, '/') - info.dli_fname);
+    snprintf(init_path, sizeof init_path, "%.*s/mathrun-jail", dir, info.dli_fname);
+    return access(init_path, X_OK);
 }
 
 /* Word I (0..7) of the child's random seed, drawn from the kernel at fork. */
@@ -212,6 +229,10 @@ const char *mathrun_fork_loop(const char *netns)
     ignore.sa_handler = SIG_IGN;
     ignore.sa_flags = SA_NOCLDWAIT;
     sigaction(SIGCHLD, &ignore, &saved_sigchld);
+    if (find_init() < 0) {
+        say(1, "failed - no mathrun-jail next to the fork library: %s", strerror(errno));
+        _exit(1);
+    }
     say(1, "mathrun-mother ready %d", (int)getpid());
 
     while (read_line(line, sizeof line)) {
@@ -224,8 +245,8 @@ const char *mathrun_fork_loop(const char *netns)
             say(1, "failed %s bad request", n > 1 ? w[1] : "-");
             continue;
         }
-        /* As root (UID not -1), the child is PID 1 of its own namespace. */
-        pid_t pid = strcmp(w[2], "-1") != 0 ? jail_fork_pid1() : fork();
+        /* As root (UID not -1), the child is PID 2 of its own namespace. */
+        pid_t pid = strcmp(w[2], "-1") != 0 ? jail_fork_with_init(init_path) : fork();
         if (pid < 0) {
             say(1, "failed %s fork: %s", w[1], strerror(errno));
             continue;
