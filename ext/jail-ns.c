@@ -60,7 +60,11 @@ void jail_namespace_init(int sync_fd, int linger)
     sigset_t chld;
     char c;
 
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    /* jail_fork's init dies with its caller (the jail): the job with it.
+     * A Maxima child's outlives its mother, as the child itself does (the
+     * server's cleanup ends them). */
+    if (!linger)
+        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     prctl(PR_SET_NAME, "mathrun-init", 0, 0, 0);
     if (sync_fd > 0)
         syscall(SYS_close_range, 0U, (unsigned)sync_fd - 1, 0U);
