@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -56,7 +57,8 @@ static pid_t variant(int v)
 
 int main(int argc, char **argv)
 {
-    static const char *names[] = {"fork", "fork_pid1", "fork_with_init", "jail_fork", "seccomp load"};
+    static const char *names[] = {"fork", "fork_pid1", "fork_with_init", "jail_fork", "seccomp build+load",
+                                  "seccomp prepared"};
     if (argc < 2)
         return 2;
     init_path = argv[1];
@@ -66,8 +68,8 @@ int main(int argc, char **argv)
     if (mem == MAP_FAILED)
         return 1;
     memset(mem, 1, heap);
-    double *call[5], *cycle[5];
-    for (int v = 0; v < 5; v++) {
+    double *call[6], *cycle[6];
+    for (int v = 0; v < 6; v++) {
         call[v] = calloc(n, sizeof(double));
         cycle[v] = calloc(n, sizeof(double));
     }
@@ -75,11 +77,14 @@ int main(int argc, char **argv)
     if (pipe(pipefd) < 0)
         return 1;
     for (int i = 0; i < n; i++) {
-        for (int v = 0; v < 5; v++) {
+        for (int v = 0; v < 6; v++) {
             double t0 = now_us(), t1;
             pid_t pid = v < 4 ? variant(v) : fork();
             if (pid == 0) {
-                if (v == 4) {
+                if (v >= 4) {
+                    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                    if (v == 5 && jail_seccomp_prepare() < 0)
+                        _exit(1);
                     double s = now_us();
                     if (jail_seccomp() < 0)
                         _exit(1);
@@ -101,13 +106,13 @@ int main(int argc, char **argv)
                 while (waitpid(-1, NULL, __WALL) > 0) {}
             cycle[v][i] = now_us() - t0;
             call[v][i] = t1 - t0;
-            if (v == 4 && read(pipefd[0], &call[v][i], sizeof(double)) < 0)
+            if (v >= 4 && read(pipefd[0], &call[v][i], sizeof(double)) < 0)
                 return 1;
         }
     }
     printf("heap %zu MiB, %d rounds, medians in microseconds\n", heap >> 20, n);
     printf("%-16s %10s %10s\n", "variant", "call", "cycle");
-    for (int v = 0; v < 5; v++) {
+    for (int v = 0; v < 6; v++) {
         qsort(call[v], n, sizeof(double), cmp);
         qsort(cycle[v], n, sizeof(double), cmp);
         printf("%-16s %10.0f %10.0f\n", names[v], call[v][n / 2], v < 4 ? cycle[v][n / 2] : 0.0);

@@ -11,9 +11,21 @@
 #include "jail.h"
 
 #include <errno.h>
+#include <linux/filter.h>
 #include <sched.h>
 #include <seccomp.h>
 #include <stddef.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#ifndef SECCOMP_MODE_FILTER
+#define SECCOMP_MODE_FILTER 2
+#endif
+
+static struct sock_filter *prepared;
+static unsigned short prepared_len;
 
 static const char *const denied[] = {
     /* other processes */
@@ -51,20 +63,53 @@ static int add_rules(scmp_filter_ctx ctx)
     return seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
 }
 
-int jail_seccomp(void)
+/* Build the filter with libseccomp and either load it now or keep its BPF
+ * program (exported through a memfd) for later loads. */
+static int build(int load)
 {
     scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    int rc, fd = -1;
     if (!ctx) {
         errno = ENOMEM;
         return -1;
     }
-    int rc = add_rules(ctx);
-    if (rc == 0)
+    rc = add_rules(ctx);
+    if (rc == 0 && load)
         rc = seccomp_load(ctx);
+    if (rc == 0 && !load) {
+        fd = memfd_create("mathrun-seccomp", MFD_CLOEXEC);
+        rc = fd < 0 ? -errno : seccomp_export_bpf(ctx, fd);
+    }
     seccomp_release(ctx);
+    if (rc == 0 && !load) {
+        off_t size = lseek(fd, 0, SEEK_END);
+        struct sock_filter *prog = size > 0 ? malloc(size) : NULL;
+        if (!prog || size / sizeof *prog > 0xffff || pread(fd, prog, size, 0) != size) {
+            free(prog);
+            rc = -EINVAL;
+        } else {
+            prepared = prog;
+            prepared_len = (unsigned short)(size / sizeof *prog);
+        }
+    }
+    if (fd >= 0)
+        close(fd);
     if (rc < 0) {
         errno = -rc;
         return -1;
     }
     return 0;
+}
+
+int jail_seccomp_prepare(void)
+{
+    return prepared ? 0 : build(0);
+}
+
+int jail_seccomp(void)
+{
+    if (!prepared)
+        return build(1);
+    struct sock_fprog prog = {prepared_len, prepared};
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
 }

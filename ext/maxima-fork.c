@@ -229,6 +229,10 @@ const char *mathrun_fork_loop(const char *netns)
     ignore.sa_handler = SIG_IGN;
     ignore.sa_flags = SA_NOCLDWAIT;
     sigaction(SIGCHLD, &ignore, &saved_sigchld);
+    if (jail_seccomp_prepare() < 0) {
+        say(1, "failed - seccomp filter: %s", strerror(errno));
+        _exit(1);
+    }
     if (find_init() < 0) {
         say(1, "failed - no mathrun-jail next to the fork library: %s", strerror(errno));
         _exit(1);

@@ -271,3 +271,32 @@ class IsolationTests(unittest.TestCase):
         )
         result = await self.finish(lease, job)
         self.assertEqual((result.status, result.signal), (Status.OUTPUT_LIMIT, 25))
+
+
+class MaximaIsolationTests(unittest.TestCase):
+    """A Maxima child (forked by the mother, not exec'ed by the jail) is
+    confined the same way: its own PID and network namespace, the filter."""
+
+    if not ROOT:
+        skip = "the privileged sandbox's (root)"
+
+    @async_test
+    async def test_a_maxima_child_sees_only_itself_and_is_filtered(self):
+        from .test_maxima_http import MaximaServer
+
+        server = MaximaServer(self, jobs=3)
+        await server.ready()
+        code, _, body = await server.post(
+            "print(system(\"echo pids $(ls /proc | grep -c '^[0-9]'); grep ^Seccomp: /proc/self/status;"
+            ' unshare -U true 2>/dev/null || echo unshare-denied; cat /proc/net/dev | grep -c :"))$'
+        )
+        self.assertEqual(code, 200, body)
+        # The shell, and what it runs: the mother, the server and the
+        # other children are not there (nor the child, non-dumpable, nor
+        # the namespace's root-owned init).
+        pids = int(body.split(b"pids ")[1].split()[0])
+        self.assertLessEqual(pids, 4, body)
+        self.assertIn(b"Seccomp:\t2", body)
+        self.assertIn(b"unshare-denied", body)
+        self.assertIn(b"\n1\n", body, "only a loopback interface")
+        await server.quiet()
