@@ -106,6 +106,18 @@ int jail_seccomp_prepare(void)
     return prepared ? 0 : build(0);
 }
 
+const void *jail_seccomp_program(size_t *bytes)
+{
+    *bytes = prepared ? prepared_len * sizeof *prepared : 0;
+    return prepared;
+}
+
+void jail_seccomp_use(const void *program, size_t bytes)
+{
+    prepared = (struct sock_filter *)program;
+    prepared_len = (unsigned short)(bytes / sizeof *prepared);
+}
+
 int jail_seccomp(void)
 {
     if (!prepared)

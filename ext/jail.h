@@ -4,6 +4,7 @@
 #ifndef MATHRUN_JAIL_H
 #define MATHRUN_JAIL_H
 
+#include <stddef.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 
@@ -92,6 +93,13 @@ int jail_seccomp(void);
  * a libseccomp build (about 0.4 ms).  Needs NO_NEW_PRIVS in the child, as
  * jail_enter sets. */
 int jail_seccomp_prepare(void);
+
+/* The prepared program (after jail_seccomp_prepare), and using one made
+ * earlier: `make` exports it at build time (seccomp-gen) into
+ * jail-seccomp-bpf.h, so that mathrun-jail, a fresh process per job, skips
+ * the libseccomp build too. */
+const void *jail_seccomp_program(size_t *bytes);
+void jail_seccomp_use(const void *program, size_t bytes);
 
 /* Kill every process whose real or saved uid is `uid`, atomically against
  * fork bombs: kill(-1) with euid = uid and ruid = kill_ruid.  Repeats until

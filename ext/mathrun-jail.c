@@ -21,6 +21,7 @@
  * fast spawn path and needs no pre-exec hook of its own. */
 #define _GNU_SOURCE
 #include "jail.h"
+#include "jail-seccomp-bpf.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -189,6 +190,7 @@ static int run(int argc, char **argv)
     }
     if (optind >= argc)
         usage();
+    jail_seccomp_use(jail_seccomp_bpf, sizeof jail_seccomp_bpf);
     if (cfg.uid != (uid_t)-1) {
         if (cfg.uid == 0 || cfg.gid == 0 || cfg.gid == (gid_t)-1) {
             fprintf(stderr, "mathrun-jail: refusing to run a job as root\n");
