@@ -57,8 +57,10 @@ static int join_cgroups(const struct jail_config *cfg)
 
 /* A private view of the shared writable directories: the job's files there
  * live in its own workspace and vanish with it.  Its own IPC namespace too,
- * so that SysV IPC objects and POSIX message queues die with the job. */
-static int private_tmp(const char *tmp)
+ * so that SysV IPC objects and POSIX message queues die with the job.  With
+ * a PID namespace, a /proc of it (mounted by a process inside it, as the
+ * kernel wants): the job sees only its own user's processes there. */
+static int private_mounts(const char *tmp, int pidns)
 {
     static const char *targets[] = {"/tmp", "/var/tmp", "/dev/shm", "/run/lock", NULL};
     char source[64];
@@ -66,6 +68,10 @@ static int private_tmp(const char *tmp)
         return -1;
     if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
         return -1;
+    if (pidns && mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible") < 0)
+        return -1;
+    if (!tmp)
+        return 0;
     /* Held open so that the first mount cannot shadow the source. */
     int fd = open(tmp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
@@ -99,16 +105,6 @@ static int enter_netns(const struct jail_config *cfg)
     return 0;
 }
 
-/* ---- jail_fork, minimal version (spawn branch) ----------------------------
- * A plain fork until the jail branch's version (PID namespace, user
- * namespace) replaces this block at the merge. */
-pid_t jail_fork(const struct jail_config *cfg)
-{
-    (void)cfg;
-    return fork();
-}
-/* ---- end of the minimal jail_fork ------------------------------------------ */
-
 int jail_enter(const struct jail_config *cfg)
 {
     int privileged = cfg->uid != (uid_t)-1;
@@ -124,7 +120,7 @@ int jail_enter(const struct jail_config *cfg)
     /* Before the private /tmp, which may hide the workspace's path. */
     if (cfg->dir && chdir(cfg->dir) < 0)
         return -1;
-    if (privileged && cfg->tmp && private_tmp(cfg->tmp) < 0)
+    if (privileged && (cfg->tmp || cfg->pidns) && private_mounts(cfg->tmp, cfg->pidns) < 0)
         return -1;
     if (enter_netns(cfg) < 0)
         return -1;
@@ -149,6 +145,9 @@ int jail_enter(const struct jail_config *cfg)
     }
     /* No setuid binary may hand the job privileges back. */
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        return -1;
+    /* Last: the filter denies what the steps above needed (mount, setns). */
+    if (cfg->seccomp && jail_seccomp() < 0)
         return -1;
     return 0;
 }

@@ -4,6 +4,8 @@
 #ifndef MATHRUN_JAIL_H
 #define MATHRUN_JAIL_H
 
+#include <stddef.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #define JAIL_MAX_CGROUPS 8
@@ -25,6 +27,11 @@ struct jail_config {
     long long nproc;        /* RLIMIT_NPROC (per job user), -1 = none */
     const char *cgroups[JAIL_MAX_CGROUPS];
     int ncgroups;
+    int pidns;              /* 1: jail_fork makes a fresh PID namespace, and
+                             * jail_enter mounts a /proc of it (hidepid) in
+                             * the job's private mount namespace */
+    int seccomp;            /* 1: jail_enter's last step loads the syscall
+                             * filter (jail_seccomp) */
 };
 
 /* Fork one job process.  Like fork(): returns 0 in the job, its pid (in the
@@ -32,13 +39,67 @@ struct jail_config {
  * cfg->pidns the job gets a fresh PID namespace; the pid returned is what the
  * caller waits for, and its wait status and rusage are the job's (the tool's
  * own exit code or signal).  Killing that pid with SIGKILL ends every process
- * of the job.  With cfg->userns (unprivileged mode) the job also gets a fresh
- * user namespace first.  The job must then call jail_enter(cfg) and exec. */
+ * of the job.  The job must then call jail_enter(cfg) and exec.
+ *
+ * How (cfg->pidns): the namespace's PID 1 is a tiny init of ours, made
+ * first (a clone child of the caller with exit signal 0: it sends no
+ * SIGCHLD and a plain waitpid(-1) never sees it); the job is then forked
+ * into that namespace as PID 2, a direct child of the caller, so that no
+ * PID-1 signal rule (SIGXCPU, SIGXFSZ, SIGPIPE ignored) applies to it.  The
+ * init reaps the job's orphans and exits once the job's pid has ended,
+ * which makes the kernel SIGKILL everything left in the namespace.  Reap it
+ * with jail_reap_init (or let later jail_fork calls reap it). */
 pid_t jail_fork(const struct jail_config *cfg);
 
-/* In the job, after jail_fork: confinement up to (not including) exec;
- * the seccomp filter is its last step. */
+/* After the job's pid has been waited for: waits for its namespace's init,
+ * that is until every process of the namespace is gone, and adds the init's
+ * rusage (the orphans it reaped) to `ru` when not NULL.  Returns 1 when the
+ * job had left processes behind (they were killed), 0 when not, -1 when
+ * `job` has no init (no cfg->pidns). */
+int jail_reap_init(pid_t job, struct rusage *ru);
+
+/* The init of `job`'s namespace (SIGKILL it to end the whole namespace at
+ * once), or -1. */
+pid_t jail_init_of(pid_t job);
+
+/* Fork into a fresh PID namespace whose PID 1 is `init_path nsinit` (the
+ * mathrun-jail binary, exec'ed: no second copy of a big caller's page
+ * tables) and the child PID 2.  The init reaps the child's orphans and
+ * stays until the child and all of them have ended (a Maxima child leaves
+ * gnuplot writing a plot), then the namespace ends. */
+pid_t jail_fork_with_init(const char *init_path);
+
+/* The init's body (jail_fork's, and `mathrun-jail nsinit` with fd 0):
+ * reads `sync_fd` to its end (the job was forked), then reaps until PID 2
+ * has ended (and, with `linger`, every other process too).  Never returns;
+ * exit code 1 when processes were left behind. */
+void jail_namespace_init(int sync_fd, int linger) __attribute__((noreturn));
+
+/* Fork into a fresh PID namespace whose PID 1 is the child itself (for the
+ * Maxima mother: a second fork of an SBCL child would copy its page tables
+ * again).  The child gets PID-1 signal rules: only SIGKILL/SIGSTOP from
+ * outside, and handled signals, reach it. */
+pid_t jail_fork_pid1(void);
+
+/* In the child, after fork: everything up to (not including) exec. */
 int jail_enter(const struct jail_config *cfg);
+
+/* Load the job's seccomp filter (see jail-seccomp.c): the calls that widen
+ * the kernel's attack surface or reach other processes fail with EPERM. */
+int jail_seccomp(void);
+
+/* Compile the filter once, in a long-lived parent (the Maxima mother, a
+ * spawn server), so that each child's jail_seccomp is one prctl instead of
+ * a libseccomp build (about 0.4 ms).  Needs NO_NEW_PRIVS in the child, as
+ * jail_enter sets. */
+int jail_seccomp_prepare(void);
+
+/* The prepared program (after jail_seccomp_prepare), and using one made
+ * earlier: `make` exports it at build time (seccomp-gen) into
+ * jail-seccomp-bpf.h, so that mathrun-jail, a fresh process per job, skips
+ * the libseccomp build too. */
+const void *jail_seccomp_program(size_t *bytes);
+void jail_seccomp_use(const void *program, size_t bytes);
 
 /* Kill every process whose real or saved uid is `uid`, atomically against
  * fork bombs: kill(-1) with euid = uid and ruid = kill_ruid.  Repeats until

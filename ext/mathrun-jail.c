@@ -3,7 +3,7 @@
  *   mathrun-jail run [options] -- PROGRAM [ARG...]
  *   mathrun-jail reap --uid UID --kill-ruid UID
  *   mathrun-jail reaper --kill-ruid UID [--kill-lock FILE]   (stdin: UID [PIDS_CURRENT_FILE])
- *   mathrun-jail mknetns PATH
+ *   mathrun-jail mknetns PATH...
  *
  * `run` forks the job (new session, rlimits, namespaces, job user, clean
  * environment), stays behind as a child subreaper so that nothing the job
@@ -12,10 +12,16 @@
  *
  *   status=exited code=0 utime=0.001 stime=0.002 maxrss_kb=900 wall=0.003 leftover=0
  *
+ * With --pidns the job gets its own PID namespace (jail_fork: an init of
+ * ours is PID 1 and reaps the job's orphans, the tool is PID 2 and our own
+ * child, so its wait status is its own); the namespace ending is what kills
+ * everything, and the uid-wide kill stays as a second net.
+ *
  * The server (Twisted) exec's this for every job, so it stays on Twisted's
  * fast spawn path and needs no pre-exec hook of its own. */
 #define _GNU_SOURCE
 #include "jail.h"
+#include "jail-seccomp-bpf.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -31,6 +37,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -48,10 +55,10 @@ static void usage(void)
             "usage: mathrun-jail run [--uid N --gid N --kill-ruid N [--kill-lock F]] [--dir D]\n"
             "         [--tmp D] [--netns FILE | --unshare-net] [--cpu S] [--as B]\n"
             "         [--fsize B] [--nofile N] [--nproc N] [--cgroup D]...\n"
-            "         [--env K=V]... [--report-fd N] -- PROGRAM [ARG...]\n"
+            "         [--pidns] [--seccomp] [--env K=V]... [--report-fd N] -- PROGRAM [ARG...]\n"
             "       mathrun-jail reap --uid N --kill-ruid N [--kill-lock F]\n"
             "       mathrun-jail reaper --kill-ruid N [--kill-lock F]\n"
-            "       mathrun-jail mknetns FILE\n");
+            "       mathrun-jail mknetns FILE...\n");
     exit(2);
 }
 
@@ -103,8 +110,11 @@ static void kill_descendants(pid_t root)
     closedir(d);
 }
 
-static void kill_everything(const struct jail_config *cfg)
+static void kill_everything(const struct jail_config *cfg, pid_t job)
 {
+    pid_t init = jail_init_of(job);
+    if (init > 0)
+        kill(init, SIGKILL); /* the whole namespace, at once */
     if (cfg->uid != (uid_t)-1) {
         jail_kill_user(cfg->uid, cfg->kill_ruid, cfg->kill_lock);
         return;
@@ -140,6 +150,7 @@ static int run(int argc, char **argv)
         {"fsize", required_argument, 0, 'f'},  {"nofile", required_argument, 0, 'o'},
         {"nproc", required_argument, 0, 'p'},  {"cgroup", required_argument, 0, 'C'},
         {"env", required_argument, 0, 'e'},    {"report-fd", required_argument, 0, 'r'},
+        {"pidns", no_argument, 0, 'P'},        {"seccomp", no_argument, 0, 'S'},
         {0, 0, 0, 0}};
     struct jail_config cfg = {.uid = (uid_t)-1, .gid = (gid_t)-1, .kill_ruid = (uid_t)-1,
                               .cpu = -1, .as = -1, .fsize = -1, .nofile = -1, .nproc = -1};
@@ -172,11 +183,14 @@ static int run(int argc, char **argv)
             env[nenv++] = optarg;
             break;
         case 'r': report_fd = (int)number(optarg, "report-fd"); break;
+        case 'P': cfg.pidns = 1; break;
+        case 'S': cfg.seccomp = 1; break;
         default: usage();
         }
     }
     if (optind >= argc)
         usage();
+    jail_seccomp_use(jail_seccomp_bpf, sizeof jail_seccomp_bpf);
     if (cfg.uid != (uid_t)-1) {
         if (cfg.uid == 0 || cfg.gid == 0 || cfg.gid == (gid_t)-1) {
             fprintf(stderr, "mathrun-jail: refusing to run a job as root\n");
@@ -213,7 +227,7 @@ static int run(int argc, char **argv)
         perror("mathrun-jail: pipe");
         return 1;
     }
-    pid_t pid = fork();
+    pid_t pid = jail_fork(&cfg);
     if (pid < 0) {
         perror("mathrun-jail: fork");
         return 1;
@@ -266,16 +280,22 @@ static int run(int argc, char **argv)
             reap(pid, &out, 0);
         } else if (sig > 0) {
             killed = 1;
-            kill_everything(&cfg);
+            kill_everything(&cfg, pid);
         }
     }
+    /* With a PID namespace: its init ends with the main process, and once
+     * it is reaped nothing of the namespace is left (it says whether there
+     * was anything); its rusage holds the orphans'. */
+    struct rusage ru_init;
+    memset(&ru_init, 0, sizeof ru_init);
+    int init_left = jail_reap_init(pid, &ru_init);
     /* The main process is gone: whatever it left behind goes too.  As the
      * subreaper we inherit every orphan, so "no child left" means "no
      * process of the job left". */
-    int leftover = waitpid(-1, NULL, WNOHANG) >= 0 || errno != ECHILD;
+    int leftover = init_left == 1 || waitpid(-1, NULL, WNOHANG) >= 0 || errno != ECHILD;
     int remaining = 0;
     if (leftover || killed) {
-        kill_everything(&cfg);
+        kill_everything(&cfg, pid);
         if (cfg.uid == (uid_t)-1) {
             while (waitpid(-1, NULL, WNOHANG) >= 0 || errno != ECHILD) {
                 kill_descendants(getpid());
@@ -290,6 +310,10 @@ static int run(int argc, char **argv)
 
     struct rusage ru;
     getrusage(RUSAGE_CHILDREN, &ru);
+    timeradd(&ru.ru_utime, &ru_init.ru_utime, &ru.ru_utime);
+    timeradd(&ru.ru_stime, &ru_init.ru_stime, &ru.ru_stime);
+    if (ru_init.ru_maxrss > ru.ru_maxrss)
+        ru.ru_maxrss = ru_init.ru_maxrss;
     char line[512];
     int n;
     if (got == (ssize_t)sizeof err)
@@ -387,7 +411,8 @@ static int reaper(int argc, char **argv)
 }
 
 /* A network namespace with only a loopback interface, left down, persisted
- * by a bind mount so that jobs can join it for almost nothing. */
+ * by a bind mount so that jobs can join it for almost nothing.  One per
+ * path: the server makes one per job user at start, in one process. */
 static int mknetns(const char *path)
 {
     struct statfs sf;
@@ -416,8 +441,14 @@ int main(int argc, char **argv)
         return reap_user(argc - 1, argv + 1);
     if (strcmp(argv[1], "reaper") == 0)
         return reaper(argc - 1, argv + 1);
-    if (strcmp(argv[1], "mknetns") == 0 && argc == 3)
-        return mknetns(argv[2]);
+    if (strcmp(argv[1], "nsinit") == 0 && argc == 2)
+        jail_namespace_init(0, 1); /* PID 1 for jail_fork_with_init */
+    if (strcmp(argv[1], "mknetns") == 0 && argc >= 3) {
+        for (int i = 2; i < argc; i++)
+            if (mknetns(argv[i]) != 0)
+                return 1;
+        return 0;
+    }
     usage();
     return 2;
 }

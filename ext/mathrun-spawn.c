@@ -28,6 +28,7 @@
  * no `spawned`.  On end of input, or SIGTERM, every job is killed and the
  * server exits. */
 #define _GNU_SOURCE
+#include "jail-seccomp-bpf.h"
 #include "spawn.h"
 
 #include <errno.h>
@@ -289,7 +290,11 @@ static void finish(struct spawn_job *job)
 {
     int err[2] = {0, 0};
     ssize_t got = read(job->errfd, err, sizeof err);
-    int leftover = spawn_has_leftovers(job);
+    /* With a PID namespace, its init ends right after the job's main
+     * process and the kernel kills what is left; its exit code says whether
+     * anything was, its rusage holds the orphans' (jail.h). */
+    int init_left = jail_reap_init(job->pid, &job->ru);
+    int leftover = init_left == 1 || spawn_has_leftovers(job);
     int remaining = 0;
     if (leftover || job->killed)
         remaining = spawn_kill(job, 1);
@@ -440,6 +445,9 @@ int main(int argc, char **argv)
         return 2;
     }
     self_pid = getpid();
+    /* The seccomp filter as exported at build time: each job loads it with
+     * one prctl (jail_enter's last step, with seccomp=1). */
+    jail_seccomp_use(jail_seccomp_bpf, sizeof jail_seccomp_bpf);
     /* Jobs inherit dispositions across fork: all at their defaults now, so
      * that no job needs 64 syscalls to reset them. */
     for (int sig = 1; sig < NSIG; sig++)

@@ -4,13 +4,19 @@
  * mathrun_fork_loop() never returns in the mother: it reads one request per
  * line on stdin, forks, and answers on stdout.  It returns only in a child,
  * once that child holds its named pipes as stdio and has entered its job's
- * confinement (jail_enter: setsid, cgroups, private /tmp, rlimits, job user).
+ * confinement (jail_enter: setsid, cgroups, private /tmp, its own network
+ * namespace, rlimits, job user, seccomp filter).  As root each child is PID 2
+ * of a fresh PID namespace whose PID 1 is `mathrun-jail nsinit` (found next
+ * to this library), exec'ed rather than forked so that the SBCL mother's
+ * page tables are not copied twice (jail_fork_with_init): the child sees
+ * only itself and what it starts in /proc.
  * The child then goes back to the Maxima REPL, which reads the job's input
  * from the pipe.  Doing all this in C, outside any Lisp handler, means that a
  * child's error can never unwind into the mother's loop.
  *
- * Request:  fork TOKEN UID GID ROOT CPU FSIZE NOFILE NPROC [CGROUP...]
- *           (UID -1: unprivileged mode, no user switch; a limit of -1: none)
+ * Request:  fork TOKEN UID GID ROOT CPU FSIZE NOFILE NPROC [CGROUP...] [netns=FILE]
+ *           (UID -1: unprivileged mode, no user switch; a limit of -1: none;
+ *           FILE: the network namespace the child joins)
  * Answers:  forked TOKEN PID          from the mother
  *           failed TOKEN MESSAGE      from the mother or the failing child
  * ROOT holds inpipe and outpipe (made by the server, which already holds
@@ -19,6 +25,7 @@
 #define _GNU_SOURCE
 #include "jail.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -32,13 +39,15 @@
 #include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MAX_LINE 8192
 #define MOTHER_NICE 10
-#define MAX_WORDS (9 + JAIL_MAX_CGROUPS)
+#define MAX_WORDS (10 + JAIL_MAX_CGROUPS)
 
 static char child_root[PATH_MAX - 64];
+static char init_path[PATH_MAX];
 static unsigned int child_seed[8];
 static struct sigaction saved_sigchld;
 
@@ -117,8 +126,14 @@ static void child_setup(const char *token, char **w, int nwords)
     cfg.uid = (uid_t)uid;
     cfg.gid = (gid_t)gid;
     cfg.as = -1; /* SBCL reserves its whole heap: memory is the cgroup's job */
-    for (int i = 9; i < nwords && cfg.ncgroups < JAIL_MAX_CGROUPS; i++)
-        cfg.cgroups[cfg.ncgroups++] = w[i];
+    for (int i = 9; i < nwords; i++) {
+        if (strncmp(w[i], "netns=", 6) == 0)
+            cfg.netns = w[i] + 6;
+        else if (cfg.ncgroups < JAIL_MAX_CGROUPS)
+            cfg.cgroups[cfg.ncgroups++] = w[i];
+    }
+    cfg.pidns = cfg.uid != (uid_t)-1; /* jail_fork_with_init made one: mount its /proc */
+    cfg.seccomp = 1;
     snprintf(child_root, sizeof child_root, "%s", w[4]);
     snprintf(work, sizeof work, "%s/work", child_root);
     snprintf(tmp, sizeof tmp, "%s/tmp", child_root);
@@ -158,6 +173,19 @@ fail_einval:
 fail:
     say(1, "failed %s %s: %s", token, step, strerror(errno));
     _exit(126);
+}
+
+/* mathrun-jail, in the directory this library was loaded from. */
+static int find_init(void)
+{
+    Dl_info info;
+    if (!dladdr((void *)find_init, &info) || !info.dli_fname || !strrchr(info.dli_fname, '/')) {
+        errno = ENOENT;
+        return -1;
+    }
+    int dir = (int)(strrchr(info.dli_fname, '/') - info.dli_fname);
+    snprintf(init_path, sizeof init_path, "%.*s/mathrun-jail", dir, info.dli_fname);
+    return access(init_path, X_OK);
 }
 
 /* Word I (0..7) of the child's random seed, drawn from the kernel at fork. */
@@ -201,6 +229,14 @@ const char *mathrun_fork_loop(const char *netns)
     ignore.sa_handler = SIG_IGN;
     ignore.sa_flags = SA_NOCLDWAIT;
     sigaction(SIGCHLD, &ignore, &saved_sigchld);
+    if (jail_seccomp_prepare() < 0) {
+        say(1, "failed - seccomp filter: %s", strerror(errno));
+        _exit(1);
+    }
+    if (find_init() < 0) {
+        say(1, "failed - no mathrun-jail next to the fork library: %s", strerror(errno));
+        _exit(1);
+    }
     say(1, "mathrun-mother ready %d", (int)getpid());
 
     while (read_line(line, sizeof line)) {
@@ -213,7 +249,8 @@ const char *mathrun_fork_loop(const char *netns)
             say(1, "failed %s bad request", n > 1 ? w[1] : "-");
             continue;
         }
-        pid_t pid = fork();
+        /* As root (UID not -1), the child is PID 2 of its own namespace. */
+        pid_t pid = strcmp(w[2], "-1") != 0 ? jail_fork_with_init(init_path) : fork();
         if (pid < 0) {
             say(1, "failed %s fork: %s", w[1], strerror(errno));
             continue;

@@ -89,6 +89,10 @@ static int field(struct spawn_request *rq, char *f, int *nargs, int *nenv)
         cfg->netns = v;
     } else if ((v = value(f, "unshare-net"))) {
         cfg->unshare_net = strcmp(v, "0") != 0;
+    } else if ((v = value(f, "pidns"))) {
+        cfg->pidns = strcmp(v, "0") != 0;
+    } else if ((v = value(f, "seccomp"))) {
+        cfg->seccomp = strcmp(v, "0") != 0;
     } else if ((v = value(f, "count-file"))) {
         rq->count_file = v;
     } else {

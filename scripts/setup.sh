@@ -15,7 +15,7 @@ USER_PREFIX=${MATHRUN_USER_PREFIX:-mathrun}
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc make libc6-dev
     sbcl gnuplot-nox asymptote dvisvgm why3 z3 cvc4 maxima
-    procps iproute2 curl
+    procps iproute2 curl libseccomp-dev
 )
 
 # shellcheck source=scripts/lib.sh

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import subprocess
+import time
 
 from twisted.trial import unittest
 
@@ -125,3 +127,61 @@ class ReaperTests(unittest.TestCase):
         )  # fmt: skip
         # The sleeper was the victim's: killed (by SIGKILL, as the jail kills).
         self.assertEqual(sleeper.wait(timeout=10), -9)
+
+
+class PidNamespaceTests(unittest.TestCase):
+    """``jail_fork`` with a PID namespace, through ``mathrun-jail run --pidns``."""
+
+    def setUp(self):
+        if not ROOT:
+            raise unittest.SkipTest("a PID namespace needs root (the user-namespace path is unprivileged mode's)")
+
+    def test_killing_the_job_ends_its_namespace(self):
+        """SIGKILL of the job's pid ends everything it started, even a
+        setsid'd orphan, with no uid-wide kill (no --uid: there is none)."""
+        marker = f"mathrun-pidns-{os.getpid()}"
+        r, w = os.pipe()
+        proc = subprocess.Popen(
+            [DEFAULT_JAIL, "run", "--pidns", "--report-fd", str(w), "--",
+             "bash", "-c", f"(setsid bash -c 'exec -a {marker} sleep 1000' &); exec -a {marker}-main sleep 1000"],
+            pass_fds=(w,),
+        )  # fmt: skip
+        os.close(w)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        deadline = time.monotonic() + 10
+        while len(_pids_named(marker)) < 2:
+            self.assertLess(time.monotonic(), deadline, "the job never started")
+            time.sleep(0.05)
+        (main,) = _pids_named(marker + "-main")
+        self.assertEqual(_parent(main), proc.pid, "the job is the jail's own child")
+        # The jail stopped, so that none of its own killing can be what
+        # ends the orphan: only the namespace's end can.
+        os.kill(proc.pid, signal.SIGSTOP)
+        os.kill(main, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while _pids_named(marker):
+            self.assertLess(time.monotonic(), deadline, "the orphan outlived the job's namespace")
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGCONT)
+        self.assertEqual(proc.wait(timeout=10), 0)
+        with os.fdopen(r, "rb") as f:
+            report = parse_report(f.read())
+        self.assertEqual((report["status"], report["signal"], report["leftover"]), ("signalled", 9, 1))
+        self.assertEqual(_pids_named(marker), [])
+
+
+def _pids_named(prefix: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\0")[0].decode(errors="replace").startswith(prefix):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def _parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])

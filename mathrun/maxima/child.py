@@ -92,6 +92,8 @@ class Child:
         fields.append(str(limits.processes) if privileged and limits.processes else "-1")
         if lease.cgroup is not None:
             fields += lease.cgroup.dirs
+        if privileged and not lease.sandbox.config.network:
+            fields.append("netns=" + lease.sandbox.job_netns(lease.user))
         for f in fields:
             if f.split() != [f]:  # empty, or with blanks: the line would not parse
                 raise ValueError(f"unusable fork request field {f!r}")

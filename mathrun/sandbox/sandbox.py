@@ -235,8 +235,7 @@ class Sandbox:
             self.helper = _helper(self.config.helper_user)
             for user in users:
                 self._reap(user)
-            if not self.config.network:
-                subprocess.run([self.config.jail, "mknetns", self.netns], check=True)
+            self._make_netns(users)
             if self.config.use_cgroups:
                 self.cgroups = cgroups_mod.detect()
             if self.cgroups:
@@ -282,6 +281,19 @@ class Sandbox:
             if not self.privileged:
                 shutil.rmtree(path)
 
+    def job_netns(self, user: JobUser) -> str:
+        """The network namespace of a job user's jobs (privileged mode, no
+        ``--job-network``): one per job user, so that two jobs running at once
+        cannot reach each other, not even over abstract unix sockets."""
+        return os.path.join(self.config.state_dir(True), f"netns-{user.name}")
+
+    def _make_netns(self, users: list[JobUser]) -> None:
+        """At start, in one process: the shared namespace (the Maxima mother
+        waits in it) and one per job user, each loopback only and down."""
+        if not self.config.network:
+            paths = [self.netns] + [self.job_netns(u) for u in users]
+            subprocess.run([self.config.jail, "mknetns", *paths], check=True)
+
     def _reap(self, user: JobUser) -> None:
         subprocess.run([self.config.jail, "reap", "--uid", str(user.uid)] + self._kill_options(), check=True)
 
@@ -293,9 +305,10 @@ class Sandbox:
         if self.privileged:
             u = lease.user
             opts += ["--uid", str(u.uid), "--gid", str(u.gid)] + self._kill_options()
-            opts += ["--tmp", lease.workspace.tmp]
+            opts += ["--tmp", lease.workspace.tmp, "--pidns"]
             if not self.config.network:
-                opts += ["--netns", self.netns]
+                opts += ["--netns", self.job_netns(u)]
+        opts.append("--seccomp")
         if lease.cgroup:
             for d in lease.cgroup.dirs:
                 opts += ["--cgroup", d]

@@ -1,0 +1,127 @@
+/* The job's system call filter (libseccomp), jail_enter's last step.
+ *
+ * Everything is allowed except the calls below, which fail with EPERM (not
+ * a kill, so that a tool says what it could not do): calls that reach into
+ * other processes, load code or programs into the kernel, or make or join
+ * namespaces and mounts (the jail has already made the job's).  clone3 fails
+ * with ENOSYS, so that glibc falls back to clone, whose flags a filter can
+ * see: clone with any CLONE_NEW* flag fails with EPERM.  System calls of a
+ * foreign ABI (i386, x32) kill the process (libseccomp's default). */
+#define _GNU_SOURCE
+#include "jail.h"
+
+#include <errno.h>
+#include <linux/filter.h>
+#include <sched.h>
+#include <seccomp.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#ifndef SECCOMP_MODE_FILTER
+#define SECCOMP_MODE_FILTER 2
+#endif
+
+static struct sock_filter *prepared;
+static unsigned short prepared_len;
+
+static const char *const denied[] = {
+    /* other processes */
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp",
+    /* kernel attack surface */
+    "bpf", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
+    "perf_event_open", "keyctl", "add_key", "request_key", "lookup_dcookie",
+    /* namespaces and mounts */
+    "mount", "umount2", "pivot_root", "unshare", "setns", "chroot", "open_tree",
+    "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
+    /* the machine */
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    "open_by_handle_at", "name_to_handle_at", "reboot", "swapon", "swapoff", "acct",
+    "quotactl", "syslog", "iopl", "ioperm", "vhangup", NULL};
+
+static const unsigned long new_namespaces[] = {CLONE_NEWNS,  CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC,
+                                               CLONE_NEWUSER, CLONE_NEWPID,   CLONE_NEWNET};
+
+static int add_rules(scmp_filter_ctx ctx)
+{
+    int rc;
+    for (int i = 0; denied[i]; i++) {
+        int nr = seccomp_syscall_resolve_name(denied[i]);
+        if (nr == __NR_SCMP_ERROR)
+            continue; /* not on this architecture */
+        if ((rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), nr, 0)) < 0)
+            return rc;
+    }
+    for (size_t i = 0; i < sizeof new_namespaces / sizeof new_namespaces[0]; i++) {
+        unsigned long f = new_namespaces[i];
+        if ((rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EPERM), SCMP_SYS(clone), 1,
+                                   SCMP_A0(SCMP_CMP_MASKED_EQ, f, f))) < 0)
+            return rc;
+    }
+    return seccomp_rule_add(ctx, SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0);
+}
+
+/* Build the filter with libseccomp and either load it now or keep its BPF
+ * program (exported through a memfd) for later loads. */
+static int build(int load)
+{
+    scmp_filter_ctx ctx = seccomp_init(SCMP_ACT_ALLOW);
+    int rc, fd = -1;
+    if (!ctx) {
+        errno = ENOMEM;
+        return -1;
+    }
+    rc = add_rules(ctx);
+    if (rc == 0 && load)
+        rc = seccomp_load(ctx);
+    if (rc == 0 && !load) {
+        fd = memfd_create("mathrun-seccomp", MFD_CLOEXEC);
+        rc = fd < 0 ? -errno : seccomp_export_bpf(ctx, fd);
+    }
+    seccomp_release(ctx);
+    if (rc == 0 && !load) {
+        off_t size = lseek(fd, 0, SEEK_END);
+        struct sock_filter *prog = size > 0 ? malloc(size) : NULL;
+        if (!prog || size / sizeof *prog > 0xffff || pread(fd, prog, size, 0) != size) {
+            free(prog);
+            rc = -EINVAL;
+        } else {
+            prepared = prog;
+            prepared_len = (unsigned short)(size / sizeof *prog);
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    if (rc < 0) {
+        errno = -rc;
+        return -1;
+    }
+    return 0;
+}
+
+int jail_seccomp_prepare(void)
+{
+    return prepared ? 0 : build(0);
+}
+
+const void *jail_seccomp_program(size_t *bytes)
+{
+    *bytes = prepared ? prepared_len * sizeof *prepared : 0;
+    return prepared;
+}
+
+void jail_seccomp_use(const void *program, size_t bytes)
+{
+    prepared = (struct sock_filter *)program;
+    prepared_len = (unsigned short)(bytes / sizeof *prepared);
+}
+
+int jail_seccomp(void)
+{
+    if (!prepared)
+        return build(1);
+    struct sock_fprog prog = {prepared_len, prepared};
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+}
