@@ -25,7 +25,28 @@ struct jail_config {
     long long nproc;        /* RLIMIT_NPROC (per job user), -1 = none */
     const char *cgroups[JAIL_MAX_CGROUPS];
     int ncgroups;
+    int pidns;              /* 1: a fresh PID namespace (jail_fork), /proc mounted for it */
+    int userns;             /* 1: unprivileged mode: a fresh user namespace first */
 };
+
+/* Fork one job process.  Like fork(): returns 0 in the job, its pid (in the
+ * caller's PID namespace) in the caller, -1 with errno on failure.  With
+ * cfg->pidns the job gets a fresh PID namespace; the pid returned is what the
+ * caller waits for, and its wait status and rusage are the job's (the tool's
+ * own exit code or signal).  Killing that pid with SIGKILL ends every process
+ * of the job.  With cfg->userns (unprivileged mode) the job also gets a fresh
+ * user namespace first.  The job must then call jail_enter(cfg) and exec. */
+pid_t jail_fork(const struct jail_config *cfg);
+
+/* The same namespaces for a caller that cannot use jail_fork's raw clone
+ * (the Maxima mother's child, which goes on running Lisp): the caller itself
+ * enters the new user namespace, and its next fork() starts the new PID
+ * namespace.  For a single-threaded process that runs one job only. */
+int jail_unshare(const struct jail_config *cfg);
+
+/* In a fresh user namespace: map the caller's own uid and gid (as
+ * bubblewrap does), setgroups denied.  Done once; jail_enter calls it. */
+int jail_enter_userns(void);
 
 /* In the child, after fork: everything up to (not including) exec. */
 int jail_enter(const struct jail_config *cfg);

@@ -48,7 +48,7 @@ static void usage(void)
             "usage: mathrun-jail run [--uid N --gid N --kill-ruid N [--kill-lock F]] [--dir D]\n"
             "         [--tmp D] [--netns FILE | --unshare-net] [--cpu S] [--as B]\n"
             "         [--fsize B] [--nofile N] [--nproc N] [--cgroup D]...\n"
-            "         [--env K=V]... [--report-fd N] -- PROGRAM [ARG...]\n"
+            "         [--env K=V]... [--report-fd N] [--pidns] [--userns] -- PROGRAM [ARG...]\n"
             "       mathrun-jail reap --uid N --kill-ruid N [--kill-lock F]\n"
             "       mathrun-jail reaper --kill-ruid N [--kill-lock F]\n"
             "       mathrun-jail mknetns FILE\n");
@@ -103,8 +103,15 @@ static void kill_descendants(pid_t root)
     closedir(d);
 }
 
-static void kill_everything(const struct jail_config *cfg)
+static void kill_everything(const struct jail_config *cfg, pid_t job)
 {
+    if (cfg->pidns) {
+        /* The namespace's init: the kernel kills the rest with it. */
+        if (job > 0)
+            kill(job, SIGKILL);
+        if (cfg->uid == (uid_t)-1)
+            return;
+    }
     if (cfg->uid != (uid_t)-1) {
         jail_kill_user(cfg->uid, cfg->kill_ruid, cfg->kill_lock);
         return;
@@ -140,6 +147,7 @@ static int run(int argc, char **argv)
         {"fsize", required_argument, 0, 'f'},  {"nofile", required_argument, 0, 'o'},
         {"nproc", required_argument, 0, 'p'},  {"cgroup", required_argument, 0, 'C'},
         {"env", required_argument, 0, 'e'},    {"report-fd", required_argument, 0, 'r'},
+        {"pidns", no_argument, 0, 'P'},        {"userns", no_argument, 0, 'U'},
         {0, 0, 0, 0}};
     struct jail_config cfg = {.uid = (uid_t)-1, .gid = (gid_t)-1, .kill_ruid = (uid_t)-1,
                               .cpu = -1, .as = -1, .fsize = -1, .nofile = -1, .nproc = -1};
@@ -172,6 +180,8 @@ static int run(int argc, char **argv)
             env[nenv++] = optarg;
             break;
         case 'r': report_fd = (int)number(optarg, "report-fd"); break;
+        case 'P': cfg.pidns = 1; break;
+        case 'U': cfg.userns = 1; break;
         default: usage();
         }
     }
@@ -188,6 +198,10 @@ static int run(int argc, char **argv)
         }
         if (geteuid() != 0) {
             fprintf(stderr, "mathrun-jail: --uid needs root\n");
+            return 2;
+        }
+        if (cfg.userns) {
+            fprintf(stderr, "mathrun-jail: --userns is for unprivileged mode (no --uid)\n");
             return 2;
         }
     }
@@ -213,9 +227,15 @@ static int run(int argc, char **argv)
         perror("mathrun-jail: pipe");
         return 1;
     }
-    pid_t pid = fork();
+    pid_t pid = jail_fork(&cfg);
     if (pid < 0) {
+        /* No namespace for the job (user namespaces disabled, their limit
+         * reached): a report like any failed job's, not a bare exit. */
+        char line[128];
+        int n = snprintf(line, sizeof line, "status=failed stage=namespaces errno=%d wall=%.6f\n", errno,
+                         since(&t0));
         perror("mathrun-jail: fork");
+        if (write(report_fd, line, n) < 0) {}
         return 1;
     }
     if (pid == 0) {
@@ -266,7 +286,7 @@ static int run(int argc, char **argv)
             reap(pid, &out, 0);
         } else if (sig > 0) {
             killed = 1;
-            kill_everything(&cfg);
+            kill_everything(&cfg, pid);
         }
     }
     /* The main process is gone: whatever it left behind goes too.  As the
@@ -275,7 +295,7 @@ static int run(int argc, char **argv)
     int leftover = waitpid(-1, NULL, WNOHANG) >= 0 || errno != ECHILD;
     int remaining = 0;
     if (leftover || killed) {
-        kill_everything(&cfg);
+        kill_everything(&cfg, 0); /* the main pid is reaped: never signal it again */
         if (cfg.uid == (uid_t)-1) {
             while (waitpid(-1, NULL, WNOHANG) >= 0 || errno != ECHILD) {
                 kill_descendants(getpid());

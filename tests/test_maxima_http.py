@@ -52,7 +52,7 @@ class MaximaServer:
             if predicate():
                 return
             await task.deferLater(reactor, 0.02, lambda: None)
-        raise AssertionError(f"timed out waiting until {what}")
+        raise AssertionError(f"timed out waiting until {what() if callable(what) else what}")
 
     async def ready(self):
         await self.until(lambda: len(self.pool.ready) >= self.pool.target, "children are ready")
@@ -72,7 +72,24 @@ class MaximaServer:
         pools = list(self.service.pools.values())
         await self.until(
             lambda: all(not p._releasing and not p.busy and not p.spawning for p in pools),
-            "cleanups are done",
+            lambda: (
+                "cleanups are done: "
+                + repr(
+                    [
+                        (
+                            len(p._releasing),
+                            len(p.busy),
+                            p.spawning,
+                            p.sandbox.pool.free,
+                            p.sandbox.pool.waiting,
+                            len(p.ready),
+                            p.mother.ready,
+                            p._retry,
+                        )
+                        for p in pools
+                    ]
+                )
+            ),
         )
         waiting = {child.lease.user for p in pools for child in p.ready}
         for user in self.sandbox.pool._all:
@@ -82,7 +99,7 @@ class MaximaServer:
             if self.sandbox.privileged:
                 assert processes_of(user.uid) == [], f"processes of {user.name} survived"
                 assert not os.path.ismount(root), f"the workspace of {user.name} is still mounted"
-            else:
+            elif os.path.isdir(os.path.join(root, "work")):  # a slot never used has no workspace yet
                 assert not os.listdir(os.path.join(root, "work")), f"files of {user.name} survived"
 
 
@@ -188,7 +205,7 @@ class HttpApiTests(unittest.TestCase):
             ploturlbase="https://moodle.example/p/",
         )
         self.assertEqual(code, 200, body[:500])
-        self.assertEqual(headers.getRawHeaders("content-type"), ["application/zip"])
+        self.assertEqual(headers.getRawHeaders("content-type"), ["application/zip"], body[:2000])
         archive = zipfile.ZipFile(io.BytesIO(body))
         self.assertEqual(sorted(archive.namelist()), ["OUTPUT", "plot1.svg"])
         self.assertIn(b"https://moodle.example/p/plot1.svg", archive.read("OUTPUT"))

@@ -9,7 +9,6 @@ The child's directory (the job user's workspace root) holds ``inpipe`` and
 from __future__ import annotations
 
 import os
-import select
 import signal
 from dataclasses import dataclass, field
 
@@ -28,7 +27,8 @@ class ChildDied(Exception):
 @dataclass
 class MaximaResult:
     """How one evaluation ended.  ``status``: ok, timeout, output-limit,
-    memory, plots (unreadable plot files) or cancelled."""
+    memory, plots (unreadable plot files), refused (the sandbox runs no
+    job) or cancelled."""
 
     status: str
     output: bytes
@@ -90,7 +90,9 @@ class Child:
         gid = str(lease.user.gid) if privileged else "-1"
         cpu = int(cfg.max_timeout_ms / 1000) + 2
         fields = [uid, gid, self.root, str(cpu), str(cfg.workspace_bytes), str(cfg.open_files)]
-        fields.append(str(cfg.processes) if privileged else "-1")
+        # Unprivileged, the child's own user namespace makes its RLIMIT_NPROC
+        # count only its own processes: the same limit as a job user's.
+        fields.append(str(cfg.processes))
         if lease.cgroup is not None:
             fields += lease.cgroup.dirs
         for f in fields:
@@ -108,17 +110,16 @@ class Child:
             pass  # already gone: its pipes will say so
 
     def kill(self) -> None:
-        """Kill the child's process group, if the child still lives.  For
-        unprivileged mode, where no job user can be reaped; as root the
-        sandbox's cleanup kills everything of the user anyway."""
+        """Kill the child, if it still lives.  Unprivileged, it is the init
+        of its own PID namespace, so that every process it started dies
+        with it; as root the sandbox's cleanup kills everything of the user
+        anyway."""
         if self._pidfd < 0:
             return
         try:
-            alive = not select.select([self._pidfd], [], [], 0)[0]
-            if alive:
-                os.killpg(self.pid, signal.SIGKILL)
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
         except OSError:
-            pass
+            pass  # already gone
         finally:
             os.close(self._pidfd)
             self._pidfd = -1

@@ -44,15 +44,18 @@ class HealthResource(resource.Resource):
 
     def _state(self):
         pool = self.sandbox.pool
+        refusal = self.sandbox.refusal
         body = {
-            "status": "ok" if pool is not None else "starting",
+            "status": "refusing jobs" if refusal else "ok" if pool is not None else "starting",
             "job_users": {"busy": pool.busy, "free": pool.free, "waiting": pool.waiting} if pool else None,
             "privileged": self.sandbox.privileged,
             "warnings": self.sandbox.warnings,
         }
+        if refusal:
+            body["error"] = refusal
         for name, report in self.reports.items():
             body[name] = report()
-        return (200 if pool is not None else 503), body
+        return (200 if pool is not None and not refusal else 503), body
 
     async def _deep(self):
         status, body = self._state()
