@@ -21,7 +21,19 @@ from mathrun.maxima.service import MaximaService
 from mathrun.metrics import SandboxMetrics
 from mathrun.web.site import build_site
 
-from .helpers import ROOT, async_test, make_sandbox, processes_of, temp_dir, within
+from .helpers import (
+    PYTHON,
+    ROOT,
+    PeakCounter,
+    async_test,
+    children_of,
+    make_sandbox,
+    namespace_members,
+    pid_namespace,
+    processes_of,
+    temp_dir,
+    within,
+)
 
 if not os.path.exists(DEFAULT_CORE):
     raise unittest.SkipTest(f"no Maxima mother core at {DEFAULT_CORE}: run the set-up step")
@@ -73,22 +85,8 @@ class MaximaServer:
         await self.until(
             lambda: all(not p._releasing and not p.busy and not p.spawning for p in pools),
             lambda: (
-                "cleanups are done: "
-                + repr(
-                    [
-                        (
-                            len(p._releasing),
-                            len(p.busy),
-                            p.spawning,
-                            p.sandbox.pool.free,
-                            p.sandbox.pool.waiting,
-                            len(p.ready),
-                            p.mother.ready,
-                            p._retry,
-                        )
-                        for p in pools
-                    ]
-                )
+                "cleanups are done: (releasing, busy, spawning) = "
+                + repr([(len(p._releasing), len(p.busy), p.spawning) for p in pools])
             ),
         )
         waiting = {child.lease.user for p in pools for child in p.ready}
@@ -423,6 +421,27 @@ class UnprivilegedTests(unittest.TestCase):
 
         # Only the ready child is left: the looping one was killed.
         await server.until(lambda: len(cwd_in_root()) == len(server.pool.ready), "the loop is killed")
+
+    @async_test
+    async def test_fork_bomb_stays_at_the_process_limit(self):
+        root = os.path.join(temp_dir(self), "jobs")
+        server = MaximaServer(self, jobs=3, ready=1, processes=24, sandbox={"privileged": False, "job_root": root})
+        await server.ready()
+        # The child's pid is its namespace's init, which no job may trace
+        # (not dumpable): the namespace is read from the job, its child.
+        (job,) = children_of(server.pool.ready[0].pid)
+        namespace = pid_namespace(job)
+        self.assertNotIn(namespace, (None, pid_namespace(os.getpid())))
+        counter = PeakCounter(namespace)
+        # Every process forks on and on, retrying when refused: the job sits at its limit.
+        bomb = "import os, time\nwhile True:\n  try: os.fork()\n  except OSError: time.sleep(0.05)\n"
+        code, _, _ = await server.post(f"system(\"{PYTHON} -c '{bomb}'\")$", timeout="3000")
+        peak = counter.stop()
+        self.assertIn(code, (200, 416))
+        self.assertLessEqual(peak, 24)
+        self.assertGreaterEqual(peak, 16, "the bomb never came near its limit")
+        await server.quiet()
+        await server.until(lambda: not namespace_members(namespace), "the job's namespace is empty")
 
 
 class DisconnectTests(unittest.TestCase):
