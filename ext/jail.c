@@ -191,19 +191,53 @@ int jail_enter_userns(void)
 /* The job keeps no capability in its namespace (the Maxima child never
  * execs, so nothing would drop them), and it may make no user namespace of
  * its own: one would give it capabilities there again. */
+static int drop_capabilities(void);
+
 static int userns_lockdown(void)
 {
-    struct __user_cap_header_struct head = {_LINUX_CAPABILITY_VERSION_3, 0};
-    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
-    memset(data, 0, sizeof data);
     if (write_file("/proc/sys/user/max_user_namespaces", "0\n") < 0)
         return -1;
-    return (int)syscall(SYS_capset, &head, data);
+    return drop_capabilities();
 }
 
 static unsigned long ns_flags(const struct jail_config *cfg)
 {
     return (cfg->userns ? CLONE_NEWUSER : 0) | (cfg->pidns ? CLONE_NEWPID : 0);
+}
+
+static int drop_capabilities(void)
+{
+    struct __user_cap_header_struct head = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    memset(data, 0, sizeof data);
+    return (int)syscall(SYS_capset, &head, data);
+}
+
+/* pid 1 of the job's namespace: no descriptor but the status one, no
+ * capability, not dumpable (no job process may trace it); reaps every
+ * orphan while the job runs, reports when its main process ends. */
+static void namespace_init(const struct jail_config *cfg, pid_t job)
+{
+    struct jail_status report = {0, 0};
+    int fd = cfg->status_fd > 0 ? cfg->status_fd : -1, st;
+    pid_t p;
+
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    if (fd < 0) {
+        syscall(SYS_close_range, 0U, ~0U, 0U);
+    } else {
+        syscall(SYS_close_range, 0U, (unsigned)fd - 1, 0U);
+        syscall(SYS_close_range, (unsigned)fd + 1, ~0U, 0U);
+    }
+    if (drop_capabilities() < 0 || prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+        _exit(126);
+    while ((p = waitpid(-1, &st, 0)) != job)
+        if (p < 0 && errno != EINTR)
+            _exit(126);
+    report.wait_status = st;
+    report.leftover = waitpid(-1, NULL, WNOHANG) >= 0; /* some child is left */
+    if (fd >= 0 && write(fd, &report, sizeof report) < 0) {}
+    _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
 }
 
 pid_t jail_fork(const struct jail_config *cfg)
@@ -214,9 +248,19 @@ pid_t jail_fork(const struct jail_config *cfg)
     if (cfg->userns)
         remember_outer_ids();
     /* A clone without a new stack is a fork into the new namespaces (as
-     * bubblewrap's raw_clone): the job then runs only plain system calls
-     * up to its exec. */
-    return (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, 0UL);
+     * bubblewrap's raw_clone); the child only makes plain system calls and
+     * a fork before the job's exec. */
+    pid_t pid = (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, 0UL);
+    if (pid != 0 || !cfg->pidns)
+        return pid;
+    if (cfg->userns && jail_enter_userns() < 0)
+        _exit(126);
+    pid_t job = fork();
+    if (job < 0)
+        _exit(126);
+    if (job > 0)
+        namespace_init(cfg, job);
+    return 0;
 }
 
 int jail_unshare(const struct jail_config *cfg)
@@ -263,7 +307,10 @@ int jail_enter(const struct jail_config *cfg)
     /* In its own user namespace the job's processes are counted apart from
      * every other process of the same uid (Linux >= 5.14): RLIMIT_NPROC is
      * the job's own, as it is a job user's. */
-    if ((privileged || cfg->userns) && set_limit(RLIMIT_NPROC, cfg->nproc, 0) < 0)
+    if (privileged && set_limit(RLIMIT_NPROC, cfg->nproc, 0) < 0)
+        return -1;
+    /* The namespace's init is of the same user namespace: not the job's. */
+    if (!privileged && cfg->userns && set_limit(RLIMIT_NPROC, cfg->nproc < 0 ? -1 : cfg->nproc + cfg->pidns, 0) < 0)
         return -1;
     if (cfg->userns && userns_lockdown() < 0)
         return -1;

@@ -27,6 +27,16 @@ struct jail_config {
     int ncgroups;
     int pidns;              /* 1: a fresh PID namespace (jail_fork), /proc mounted for it */
     int userns;             /* 1: unprivileged mode: a fresh user namespace first */
+    int status_fd;          /* with pidns and jail_fork: where the namespace's init writes
+                             * the job's wait status and whether it left processes
+                             * (struct jail_status); -1 or 0: nowhere */
+};
+
+/* What the init of a job's PID namespace reports when the job's main
+ * process ends (see jail_fork). */
+struct jail_status {
+    int wait_status;        /* as from waitpid: the tool's own exit code or signal */
+    int leftover;           /* 1: the job had other processes then (the init's end kills them) */
 };
 
 /* Fork one job process.  Like fork(): returns 0 in the job, its pid (in the
@@ -35,7 +45,14 @@ struct jail_config {
  * caller waits for, and its wait status and rusage are the job's (the tool's
  * own exit code or signal).  Killing that pid with SIGKILL ends every process
  * of the job.  With cfg->userns (unprivileged mode) the job also gets a fresh
- * user namespace first.  The job must then call jail_enter(cfg) and exec. */
+ * user namespace first.  The job must then call jail_enter(cfg) and exec.
+ *
+ * With cfg->pidns the pid returned is the namespace's init, a small process
+ * that forks the job and reaps whatever the job orphans; it ends when the
+ * job's main process ends (which ends the namespace), with its exit code
+ * (or 128 + its signal), after writing the exact wait status to
+ * cfg->status_fd.  So the tool is never pid 1, where the kernel would ignore
+ * the signals it sends itself (kill -TERM $$, SIGXFSZ, SIGPIPE). */
 pid_t jail_fork(const struct jail_config *cfg);
 
 /* The same namespaces for a caller that cannot use jail_fork's raw clone

@@ -222,11 +222,12 @@ static int run(int argc, char **argv)
      * makes us kill the job: no job outlives its wall-clock limit's keeper. */
     prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
 
-    int errpipe[2];
-    if (pipe2(errpipe, O_CLOEXEC) < 0) {
+    int errpipe[2], statpipe[2];
+    if (pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(statpipe, O_CLOEXEC) < 0) {
         perror("mathrun-jail: pipe");
         return 1;
     }
+    cfg.status_fd = statpipe[1];
     pid_t pid = jail_fork(&cfg);
     if (pid < 0) {
         /* No namespace for the job (user namespaces disabled, their limit
@@ -265,6 +266,7 @@ static int run(int argc, char **argv)
         _exit(127);
     }
     close(errpipe[1]);
+    close(statpipe[1]);
     int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
     for (int fd = 0; fd < 3; fd++)
         if (fd != report_fd)
@@ -293,6 +295,16 @@ static int run(int argc, char **argv)
      * subreaper we inherit every orphan, so "no child left" means "no
      * process of the job left". */
     int leftover = waitpid(-1, NULL, WNOHANG) >= 0 || errno != ECHILD;
+    if (cfg.pidns) {
+        /* The namespace's init (what we waited for) says how the job's main
+         * process ended, and whether it left others (ended with the init). */
+        struct jail_status js;
+        if (read(statpipe[0], &js, sizeof js) == (ssize_t)sizeof js) {
+            out.status = js.wait_status;
+            leftover = js.leftover;
+        }
+    }
+    close(statpipe[0]);
     int remaining = 0;
     if (leftover || killed) {
         kill_everything(&cfg, 0); /* the main pid is reaped: never signal it again */

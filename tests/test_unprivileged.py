@@ -23,7 +23,17 @@ from mathrun.sandbox.sandbox import DEFAULT_JAIL, SandboxRefused
 from mathrun.sandbox.userns import userns_refusal
 from mathrun.web.site import build_site
 
-from .helpers import PYTHON, PeakCounter, async_test, make_sandbox, namespace_members, pid_namespace, temp_dir, within
+from .helpers import (
+    PYTHON,
+    PeakCounter,
+    async_test,
+    children_of,
+    make_sandbox,
+    namespace_members,
+    pid_namespace,
+    temp_dir,
+    within,
+)
 
 BOMB = (
     "import os, time\n"
@@ -36,16 +46,13 @@ BOMB = (
 
 
 async def job_namespace(job) -> str:
-    """The PID namespace of a running job: its jail's only child's."""
-    jail = job._transport.pid
+    """The PID namespace of a running job: of its main process, the child of
+    the namespace's init (which is not dumpable), the jail's child."""
     for _ in range(500):
-        try:
-            with open(f"/proc/{jail}/task/{jail}/children") as f:
-                children = f.read().split()
-        except OSError:
-            children = []
-        if children and (namespace := pid_namespace(int(children[0]))):
-            return namespace
+        for init in children_of(job._transport.pid):
+            for main in children_of(init):
+                if namespace := pid_namespace(main):
+                    return namespace
         await task.deferLater(reactor, 0.01, lambda: None)
     raise AssertionError("the job never started")
 
@@ -81,6 +88,7 @@ class UnprivilegedBoundsTests(unittest.TestCase):
         finally:
             await lease.release()
         self.assertEqual(result.status, Status.TIME_LIMIT)
+        peak -= 1  # the namespace's init, the jail's
         self.assertLessEqual(peak, 16)
         self.assertGreaterEqual(peak, 12, "the bomb never came near its limit")
         self.assertEqual(namespace_members(namespace), [])
@@ -96,8 +104,8 @@ class UnprivilegedBoundsTests(unittest.TestCase):
         r = await self.sandbox.run(["sh", "-c", script])
         self.assertEqual(r.status, Status.OK, r.stderr)
         seen = dict(line.split(" ", 1) for line in r.stdout.decode().splitlines())
-        self.assertEqual(seen.get("1"), "sh")  # the job is its namespace's init
-        self.assertLessEqual(set(seen.values()), {"sh", "sleep", "cat"}, seen)
+        self.assertEqual((seen.get("1"), seen.get("2")), ("mathrun-jail", "sh"))  # its namespace's init, then the job
+        self.assertLessEqual(set(seen.values()), {"mathrun-jail", "sh", "sleep", "cat"}, seen)
         self.assertNotIn("server visible", r.stdout.decode())
 
     @async_test
@@ -115,9 +123,18 @@ class UnprivilegedBoundsTests(unittest.TestCase):
             r = await job.done
         finally:
             await lease.release()
-        self.assertEqual((r.status, r.stdout), (Status.OK, b"running\n"))
+        self.assertEqual((r.status, r.stdout, r.leftover), (Status.OK, b"running\n", True))
         self.assertEqual([c for c in _cmdlines() if c.startswith(marker)], [])
         self.assertEqual(namespace_members(namespace), [])
+
+    @async_test
+    async def test_signals_a_job_sends_itself_work_as_outside_a_namespace(self):
+        r = await self.sandbox.run(["sh", "-c", "kill -TERM $$"])
+        self.assertEqual((r.status, r.signal), (Status.SIGNALLED, 15))
+        r = await self.sandbox.run(
+            ["sh", "-c", "exec head -c 2000000 /dev/zero > f"], Limits(file_size_bytes=1_000_000)
+        )
+        self.assertEqual(r.status, Status.OUTPUT_LIMIT)
 
     @async_test
     async def test_no_network_and_no_nested_user_namespace(self):

@@ -413,7 +413,9 @@ class Sandbox:
             if not self.config.network:
                 opts += ["--netns", self.netns]
         else:
-            opts += ["--userns", "--pidns", "--tmp", lease.workspace.tmp]
+            # The host's /tmp stays shared, as it is for the server's user: the
+            # standalone Why3 server hands provers files there, as the C one does.
+            opts += ["--userns", "--pidns"]
             if not self.config.network:
                 opts += ["--unshare-net"]
         if lease.cgroup:

@@ -29,7 +29,7 @@ def userns_refusal(jail: str, job_root: str, network: bool, release: str | None 
     release = release or platform.release()
     if kernel_version(release) < NPROC_PER_USERNS:
         return f"Linux {release} counts RLIMIT_NPROC per user, not per user namespace (5.14 and later do)"
-    argv = [jail, "run", "--userns", "--pidns", "--nproc", "4", "--tmp", job_root]
+    argv = [jail, "run", "--userns", "--pidns", "--nproc", "4", "--dir", job_root]
     argv += [] if network else ["--unshare-net"]
     proc = subprocess.run(argv + ["--report-fd", "1", "--", "/bin/true"], capture_output=True, timeout=60)
     try:
