@@ -384,7 +384,7 @@ class Sandbox:
             self.warnings.append(self.refusal)
         self.warnings.append(
             "unprivileged mode: jobs run as the server's own user, each in a user and PID namespace of its"
-            " own (process limit, private /proc and /tmp, no network), without job users: a job can read"
+            " own (process limit, private /proc, no network), without job users: a job can read"
             " what the server's user can: weaker isolation, for trusted input"
         )
         return users
