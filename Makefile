@@ -4,7 +4,7 @@ PY := .venv/bin/python
 TWISTD := .venv/bin/twistd
 ARGS ?=
 
-.PHONY: setup setup-test run test lint bench clean
+.PHONY: setup setup-test run test test-unprivileged lint bench clean
 
 setup:
 	@scripts/setup.sh
@@ -19,8 +19,15 @@ lint: setup-test
 	.venv/bin/ruff check mathrun twisted tests bench
 	.venv/bin/ruff format --check mathrun twisted tests bench
 
+# As root, the suite runs twice: as root (privileged mode), then its
+# sandbox, job and Maxima tests as an unprivileged user, inside a pids and a
+# memory cgroup the script makes (test-unprivileged; not with ARGS).
 test: lint
 	.venv/bin/pytest $(ARGS)
+	@if [ "$$(id -u)" = 0 ] && [ -z "$(ARGS)" ]; then scripts/test-unprivileged.sh; fi
+
+test-unprivileged: setup-test
+	scripts/test-unprivileged.sh
 
 bench: setup
 	@bash -c '. scripts/lib.sh && install_missing wrk'

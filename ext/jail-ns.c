@@ -144,6 +144,8 @@ static void discard_init(pid_t init)
 
 pid_t jail_fork(const struct jail_config *cfg)
 {
+    if (cfg->userns)
+        return jail_fork_userns(cfg); /* jail.c: the init is the clone itself */
     if (!cfg->pidns)
         return fork();
     sweep_inits();

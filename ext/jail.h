@@ -28,10 +28,21 @@ struct jail_config {
     const char *cgroups[JAIL_MAX_CGROUPS];
     int ncgroups;
     int pidns;              /* 1: jail_fork makes a fresh PID namespace, and
-                             * jail_enter mounts a /proc of it (hidepid) in
-                             * the job's private mount namespace */
+                             * jail_enter mounts a /proc of it in the job's
+                             * private mount namespace */
     int seccomp;            /* 1: jail_enter's last step loads the syscall
                              * filter (jail_seccomp) */
+    int userns;             /* 1: unprivileged mode: a fresh user namespace first */
+    int status_fd;          /* with userns and pidns: where the namespace's init
+                             * writes the job's wait status and whether it left
+                             * processes (struct jail_status); -1 or 0: nowhere */
+};
+
+/* What the init of an unprivileged job's namespaces reports when the job's
+ * main process ends (see jail_fork). */
+struct jail_status {
+    int wait_status;        /* as from waitpid: the tool's own exit code or signal */
+    int leftover;           /* 1: the job had other processes then (the init's end kills them) */
 };
 
 /* Fork one job process.  Like fork(): returns 0 in the job, its pid (in the
@@ -41,21 +52,28 @@ struct jail_config {
  * own exit code or signal).  Killing that pid with SIGKILL ends every process
  * of the job.  The job must then call jail_enter(cfg) and exec.
  *
- * How (cfg->pidns): the namespace's PID 1 is a tiny init of ours, made
- * first (a clone child of the caller with exit signal 0: it sends no
+ * How, as root (cfg->pidns): the namespace's PID 1 is a tiny init of ours,
+ * made first (a clone child of the caller with exit signal 0: it sends no
  * SIGCHLD and a plain waitpid(-1) never sees it); the job is then forked
  * into that namespace as PID 2, a direct child of the caller, so that no
  * PID-1 signal rule (SIGXCPU, SIGXFSZ, SIGPIPE ignored) applies to it.  The
  * init reaps the job's orphans and exits once the job's pid has ended,
  * which makes the kernel SIGKILL everything left in the namespace.  Reap it
- * with jail_reap_init (or let later jail_fork calls reap it). */
+ * with jail_reap_init (or let later jail_fork calls reap it).
+ *
+ * Unprivileged (cfg->userns, with cfg->pidns): the caller has no right to
+ * join a namespace owned by the job's user namespace, so the clone into the
+ * new user and PID namespaces is the init itself, which forks the job as
+ * PID 2; the pid returned is the init's, which exits when the job's main
+ * process ends (ending the namespace) after writing the job's exact wait
+ * status to cfg->status_fd (struct jail_status). */
 pid_t jail_fork(const struct jail_config *cfg);
 
 /* After the job's pid has been waited for: waits for its namespace's init,
  * that is until every process of the namespace is gone, and adds the init's
  * rusage (the orphans it reaped) to `ru` when not NULL.  Returns 1 when the
  * job had left processes behind (they were killed), 0 when not, -1 when
- * `job` has no init (no cfg->pidns). */
+ * `job` has no init of this kind (no cfg->pidns, or cfg->userns). */
 int jail_reap_init(pid_t job, struct rusage *ru);
 
 /* The init of `job`'s namespace (SIGKILL it to end the whole namespace at
@@ -80,6 +98,19 @@ void jail_namespace_init(int sync_fd, int linger) __attribute__((noreturn));
  * again).  The child gets PID-1 signal rules: only SIGKILL/SIGSTOP from
  * outside, and handled signals, reach it. */
 pid_t jail_fork_pid1(void);
+
+/* jail_fork's unprivileged path (cfg->userns), see above. */
+pid_t jail_fork_userns(const struct jail_config *cfg);
+
+/* The same namespaces for a caller that cannot use jail_fork's raw clone
+ * (the Maxima mother's child, which goes on running Lisp): the caller itself
+ * enters the new user namespace, and its next fork() starts the new PID
+ * namespace.  For a single-threaded process that runs one job only. */
+int jail_unshare(const struct jail_config *cfg);
+
+/* In a fresh user namespace: map the caller's own uid and gid (as
+ * bubblewrap does), setgroups denied.  Done once; jail_enter calls it. */
+int jail_enter_userns(void);
 
 /* In the child, after fork: everything up to (not including) exec. */
 int jail_enter(const struct jail_config *cfg);

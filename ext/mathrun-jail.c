@@ -55,7 +55,7 @@ static void usage(void)
             "usage: mathrun-jail run [--uid N --gid N --kill-ruid N [--kill-lock F]] [--dir D]\n"
             "         [--tmp D] [--netns FILE | --unshare-net] [--cpu S] [--as B]\n"
             "         [--fsize B] [--nofile N] [--nproc N] [--cgroup D]...\n"
-            "         [--pidns] [--seccomp] [--env K=V]... [--report-fd N] -- PROGRAM [ARG...]\n"
+            "         [--pidns] [--userns] [--seccomp] [--env K=V]... [--report-fd N] -- PROGRAM [ARG...]\n"
             "       mathrun-jail reap --uid N --kill-ruid N [--kill-lock F]\n"
             "       mathrun-jail reaper --kill-ruid N [--kill-lock F]\n"
             "       mathrun-jail mknetns FILE...\n");
@@ -115,6 +115,13 @@ static void kill_everything(const struct jail_config *cfg, pid_t job)
     pid_t init = jail_init_of(job);
     if (init > 0)
         kill(init, SIGKILL); /* the whole namespace, at once */
+    if (cfg->userns && cfg->pidns) {
+        /* The job's pid is its namespace's init: the kernel kills the rest
+         * with it. */
+        if (job > 0)
+            kill(job, SIGKILL);
+        return;
+    }
     if (cfg->uid != (uid_t)-1) {
         jail_kill_user(cfg->uid, cfg->kill_ruid, cfg->kill_lock);
         return;
@@ -151,6 +158,7 @@ static int run(int argc, char **argv)
         {"nproc", required_argument, 0, 'p'},  {"cgroup", required_argument, 0, 'C'},
         {"env", required_argument, 0, 'e'},    {"report-fd", required_argument, 0, 'r'},
         {"pidns", no_argument, 0, 'P'},        {"seccomp", no_argument, 0, 'S'},
+        {"userns", no_argument, 0, 'U'},
         {0, 0, 0, 0}};
     struct jail_config cfg = {.uid = (uid_t)-1, .gid = (gid_t)-1, .kill_ruid = (uid_t)-1,
                               .cpu = -1, .as = -1, .fsize = -1, .nofile = -1, .nproc = -1};
@@ -185,6 +193,7 @@ static int run(int argc, char **argv)
         case 'r': report_fd = (int)number(optarg, "report-fd"); break;
         case 'P': cfg.pidns = 1; break;
         case 'S': cfg.seccomp = 1; break;
+        case 'U': cfg.userns = 1; break;
         default: usage();
         }
     }
@@ -202,6 +211,10 @@ static int run(int argc, char **argv)
         }
         if (geteuid() != 0) {
             fprintf(stderr, "mathrun-jail: --uid needs root\n");
+            return 2;
+        }
+        if (cfg.userns) {
+            fprintf(stderr, "mathrun-jail: --userns is for unprivileged mode (no --uid)\n");
             return 2;
         }
     }
@@ -222,14 +235,21 @@ static int run(int argc, char **argv)
      * makes us kill the job: no job outlives its wall-clock limit's keeper. */
     prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
 
-    int errpipe[2];
-    if (pipe2(errpipe, O_CLOEXEC) < 0) {
+    int errpipe[2], statpipe[2];
+    if (pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(statpipe, O_CLOEXEC) < 0) {
         perror("mathrun-jail: pipe");
         return 1;
     }
+    cfg.status_fd = statpipe[1];
     pid_t pid = jail_fork(&cfg);
     if (pid < 0) {
+        /* No namespace for the job (user namespaces disabled, their limit
+         * reached): a report like any failed job's, not a bare exit. */
+        char line[128];
+        int n = snprintf(line, sizeof line, "status=failed stage=namespaces errno=%d wall=%.6f\n", errno,
+                         since(&t0));
         perror("mathrun-jail: fork");
+        if (write(report_fd, line, n) < 0) {}
         return 1;
     }
     if (pid == 0) {
@@ -259,6 +279,7 @@ static int run(int argc, char **argv)
         _exit(127);
     }
     close(errpipe[1]);
+    close(statpipe[1]);
     int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
     for (int fd = 0; fd < 3; fd++)
         if (fd != report_fd)
@@ -293,9 +314,19 @@ static int run(int argc, char **argv)
      * subreaper we inherit every orphan, so "no child left" means "no
      * process of the job left". */
     int leftover = init_left == 1 || waitpid(-1, NULL, WNOHANG) >= 0 || errno != ECHILD;
+    if (cfg.userns && cfg.pidns) {
+        /* The namespace's init (what we waited for) says how the job's main
+         * process ended, and whether it left others (ended with the init). */
+        struct jail_status js;
+        if (read(statpipe[0], &js, sizeof js) == (ssize_t)sizeof js) {
+            out.status = js.wait_status;
+            leftover = js.leftover;
+        }
+    }
+    close(statpipe[0]);
     int remaining = 0;
     if (leftover || killed) {
-        kill_everything(&cfg, pid);
+        kill_everything(&cfg, cfg.userns ? 0 : pid); /* a reaped init is never signalled again */
         if (cfg.uid == (uid_t)-1) {
             while (waitpid(-1, NULL, WNOHANG) >= 0 || errno != ECHILD) {
                 kill_descendants(getpid());

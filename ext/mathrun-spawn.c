@@ -184,6 +184,8 @@ static void forget_job(struct spawn_job *job)
         }
     if (job->errfd >= 0)
         close(job->errfd);
+    if (job->statusfd >= 0)
+        close(job->statusfd);
     free(job->kill_lock);
     free(job->count_file);
     free(job);
@@ -200,8 +202,10 @@ static void job_child(struct spawn_request *rq, int in, int out, int err, int er
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    /* (Unprivileged, the parent is the namespace's init, PID 1 here, which
+     * dies with the server and takes the namespace with it.) */
     pid_t parent = getppid();
-    if (parent != self_pid && parent != 0)
+    if (!rq->cfg.userns && parent != self_pid && parent != 0)
         _exit(126); /* the server died before the line above */
     if (jail_enter(&rq->cfg) < 0) {
         report[0] = 1;
@@ -250,6 +254,16 @@ static void spawn(struct spawn_request *rq)
             failed_report(rq->id, "jail", code);
             return;
         }
+    /* Unprivileged, the pid is the namespace's init: it tells the job's
+     * own wait status through this pipe (jail.h). */
+    int sp[2] = {-1, -1};
+    if (rq->cfg.userns && pipe2(sp, O_CLOEXEC) < 0) {
+        int code = errno;
+        close_all(p, 8);
+        failed_report(rq->id, "jail", code);
+        return;
+    }
+    rq->cfg.status_fd = sp[1];
     struct spawn_job *job = calloc(1, sizeof *job);
     if (!job)
         abort();
@@ -257,13 +271,18 @@ static void spawn(struct spawn_request *rq)
     pid_t pid = jail_fork(&rq->cfg);
     if (pid == 0)
         job_child(rq, p[0], p[3], p[5], p[7]);
+    if (sp[1] >= 0)
+        close(sp[1]);
     if (pid < 0) {
         int code = errno;
         close_all(p, 8);
+        if (sp[0] >= 0)
+            close(sp[0]);
         free(job);
-        failed_report(rq->id, "jail", code);
+        failed_report(rq->id, "namespaces", code);
         return;
     }
+    job->statusfd = sp[0];
     close(p[0]), close(p[3]), close(p[5]), close(p[7]);
     /* The reactor's ends come non-blocking (the job's ends stay blocking). */
     fcntl(p[1], F_SETFL, O_NONBLOCK), fcntl(p[2], F_SETFL, O_NONBLOCK), fcntl(p[4], F_SETFL, O_NONBLOCK);
@@ -294,6 +313,13 @@ static void finish(struct spawn_job *job)
      * process and the kernel kills what is left; its exit code says whether
      * anything was, its rusage holds the orphans' (jail.h). */
     int init_left = jail_reap_init(job->pid, &job->ru);
+    if (job->statusfd >= 0) {
+        struct jail_status js;
+        if (read(job->statusfd, &js, sizeof js) == (ssize_t)sizeof js) {
+            job->status = js.wait_status;
+            init_left = js.leftover;
+        }
+    }
     int leftover = init_left == 1 || spawn_has_leftovers(job);
     int remaining = 0;
     if (leftover || job->killed)

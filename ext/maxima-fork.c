@@ -15,8 +15,9 @@
  * child's error can never unwind into the mother's loop.
  *
  * Request:  fork TOKEN UID GID ROOT CPU FSIZE NOFILE NPROC [CGROUP...] [netns=FILE]
- *           (UID -1: unprivileged mode, no user switch; a limit of -1: none;
- *           FILE: the network namespace the child joins)
+ *           (UID -1: unprivileged mode, no user switch but a user and a PID
+ *           namespace of its own; a limit of -1: none; FILE: the network
+ *           namespace the child joins)
  * Answers:  forked TOKEN PID          from the mother
  *           failed TOKEN MESSAGE      from the mother or the failing child
  * ROOT holds inpipe and outpipe (made by the server, which already holds
@@ -29,6 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/capability.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -48,6 +50,7 @@
 
 static char child_root[PATH_MAX - 64];
 static char init_path[PATH_MAX];
+static int fresh_netns; /* unprivileged mode: each child its own network namespace */
 static unsigned int child_seed[8];
 static struct sigaction saved_sigchld;
 
@@ -107,6 +110,53 @@ static int parse_number(const char *word, long long *out)
     return 0;
 }
 
+/* The PID namespace's init: waits until every process of the job has
+ * ended (gnuplot may still be writing a plot when Maxima exits, as it would
+ * outside a namespace), then exits, which ends the namespace.  It never
+ * goes back to Lisp: no SBCL handler, no descriptor, no capability; not
+ * dumpable, so that no process of the job can trace it. */
+static void namespace_init(pid_t job)
+{
+    struct __user_cap_header_struct head = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3];
+    int status = 0, st;
+    pid_t p;
+
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capset, &head, data) < 0 || prctl(PR_SET_DUMPABLE, 0) < 0)
+        _exit(126);
+    syscall(SYS_close_range, 0U, ~0U, 0U);
+    while ((p = waitpid(-1, &st, 0)) > 0 || errno == EINTR)
+        if (p == job)
+            status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    _exit(status);
+}
+
+/* Unprivileged: this first child enters the new user namespace and forks
+ * the new PID namespace's init, which forks the job.  The first child
+ * reports the init's pid (in the server's namespace: killing it ends the
+ * job) and ends.  Returns 0 in the job. */
+static int unprivileged_fork(const char *token, const struct jail_config *cfg)
+{
+    if (jail_unshare(cfg) < 0)
+        return -1;
+    pid_t init = fork();
+    if (init < 0)
+        return -1;
+    if (init > 0) {
+        say(1, "forked %s %d", token, (int)init);
+        _exit(0);
+    }
+    pid_t job = fork();
+    if (job < 0)
+        return -1;
+    if (job > 0)
+        namespace_init(job);
+    return 0;
+}
+
 /* In the child: the pipes as stdio, the job's confinement, nothing else
  * open.  On failure the reason goes to the mother's stdout (still fd 1). */
 static void child_setup(const char *token, char **w, int nwords)
@@ -132,13 +182,18 @@ static void child_setup(const char *token, char **w, int nwords)
         else if (cfg.ncgroups < JAIL_MAX_CGROUPS)
             cfg.cgroups[cfg.ncgroups++] = w[i];
     }
-    cfg.pidns = cfg.uid != (uid_t)-1; /* jail_fork_with_init made one: mount its /proc */
+    /* As root jail_fork_with_init made the PID namespace: mount its /proc. */
+    cfg.pidns = 1;
     cfg.seccomp = 1;
     snprintf(child_root, sizeof child_root, "%s", w[4]);
     snprintf(work, sizeof work, "%s/work", child_root);
     snprintf(tmp, sizeof tmp, "%s/tmp", child_root);
     cfg.dir = work;
     cfg.tmp = tmp;
+    /* Unprivileged: a user and a PID namespace of its own bound the child's
+     * processes (RLIMIT_NPROC counts them apart) and end them all with it. */
+    cfg.userns = cfg.uid == (uid_t)-1;
+    cfg.unshare_net = cfg.userns && fresh_netns;
 
     /* The server holds the read end of outpipe and both ends of inpipe,
      * so neither open blocks. */
@@ -152,6 +207,11 @@ static void child_setup(const char *token, char **w, int nwords)
     int in = open(path, O_RDONLY | O_NOFOLLOW);
     if (in < 0)
         goto fail;
+    if (cfg.userns) {
+        step = "enter the namespaces";
+        if (unprivileged_fork(token, &cfg) < 0)
+            goto fail;
+    }
     step = "enter the jail";
     if (jail_enter(&cfg) < 0)
         goto fail;
@@ -194,7 +254,8 @@ unsigned int mathrun_child_seed(int i)
     return child_seed[i & 7];
 }
 
-/* Joins the network namespace NETNS (when not empty), then serves fork
+/* Joins the network namespace NETNS (when not empty; "unshare": each
+ * unprivileged child makes a fresh one), then serves fork
  * requests until stdin ends.  Returns the job's root directory, in the
  * child only. */
 const char *mathrun_fork_loop(const char *netns)
@@ -215,7 +276,8 @@ const char *mathrun_fork_loop(const char *netns)
      * goes first.  Children inherit the nice value; the server lowers it
      * to 0 when a child takes a request. */
     setpriority(PRIO_PROCESS, 0, MOTHER_NICE);
-    if (netns && *netns) {
+    fresh_netns = netns && strcmp(netns, "unshare") == 0;
+    if (netns && *netns && !fresh_netns) {
         int fd = open(netns, O_RDONLY | O_CLOEXEC);
         if (fd < 0 || setns(fd, 0) < 0) {
             say(1, "failed - join network namespace %s: %s", netns, strerror(errno));
@@ -259,7 +321,8 @@ const char *mathrun_fork_loop(const char *netns)
             child_setup(w[1], w, n);
             return child_root;
         }
-        say(1, "forked %s %d", w[1], (int)pid);
+        if (strcmp(w[2], "-1") != 0) /* unprivileged: the child answers */
+            say(1, "forked %s %d", w[1], (int)pid);
     }
     _exit(0);
 }

@@ -91,6 +91,8 @@ static int field(struct spawn_request *rq, char *f, int *nargs, int *nenv)
         cfg->unshare_net = strcmp(v, "0") != 0;
     } else if ((v = value(f, "pidns"))) {
         cfg->pidns = strcmp(v, "0") != 0;
+    } else if ((v = value(f, "userns"))) {
+        cfg->userns = strcmp(v, "0") != 0;
     } else if ((v = value(f, "seccomp"))) {
         cfg->seccomp = strcmp(v, "0") != 0;
     } else if ((v = value(f, "count-file"))) {

@@ -19,6 +19,8 @@ struct spawn_job {
     char id[32];
     pid_t pid;
     int errfd;            /* read end of the exec-error pipe */
+    int statusfd;         /* unprivileged: read end of the namespace init's
+                           * status pipe (struct jail_status), or -1 */
     int killed;           /* a kill request came */
     int ended;            /* main process reaped: status and ru hold */
     int status;

@@ -83,3 +83,63 @@ def async_test(method=None, *, timeout: float = TIMEOUT):
         return test
 
     return wrap(method) if method is not None else wrap
+
+
+def pid_namespace(pid: int) -> str | None:
+    """The PID namespace of a process (``pid:[inode]``), None if it is gone."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from their status, which anyone may
+    read, even of a parent that made itself non-dumpable)."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/status") as f:
+                if f"\nPPid:\t{pid}\n" in f.read():
+                    found.append(int(name))
+        except OSError:
+            pass
+    return found
+
+
+def namespace_members(namespace: str) -> list[int]:
+    """Live (non-zombie) processes of a PID namespace, as this one sees them."""
+    assert namespace is not None
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        if pid_namespace(int(name)) != namespace:
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            found.append(int(name))
+    return found
+
+
+class PeakCounter:
+    """Samples how many processes a PID namespace holds, every 10 ms, until
+    ``stop``: a lower bound of the true peak, enough to show a limit held."""
+
+    def __init__(self, namespace: str):
+        from twisted.internet import task
+
+        self.namespace = namespace
+        self.peak = 0
+        self._loop = task.LoopingCall(self._sample)
+        self._loop.start(0.01)
+
+    def _sample(self) -> None:
+        self.peak = max(self.peak, len(namespace_members(self.namespace)))
+
+    def stop(self) -> int:
+        if self._loop.running:
+            self._loop.stop()
+        return self.peak

@@ -21,7 +21,19 @@ from mathrun.maxima.service import MaximaService
 from mathrun.metrics import SandboxMetrics
 from mathrun.web.site import build_site
 
-from .helpers import ROOT, async_test, make_sandbox, processes_of, temp_dir, within
+from .helpers import (
+    PYTHON,
+    ROOT,
+    PeakCounter,
+    async_test,
+    children_of,
+    make_sandbox,
+    namespace_members,
+    pid_namespace,
+    processes_of,
+    temp_dir,
+    within,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -58,7 +70,7 @@ class MaximaServer:
             if predicate():
                 return
             await task.deferLater(reactor, 0.02, lambda: None)
-        raise AssertionError(f"timed out waiting until {what}")
+        raise AssertionError(f"timed out waiting until {what() if callable(what) else what}")
 
     async def ready(self):
         await self.until(lambda: len(self.pool.ready) >= self.pool.target, "children are ready")
@@ -78,7 +90,10 @@ class MaximaServer:
         pools = list(self.service.pools.values())
         await self.until(
             lambda: all(not p._releasing and not p.busy and not p.spawning for p in pools),
-            "cleanups are done",
+            lambda: (
+                "cleanups are done: (releasing, busy, spawning) = "
+                + repr([(len(p._releasing), len(p.busy), p.spawning) for p in pools])
+            ),
         )
         waiting = {child.lease.user for p in pools for child in p.ready}
         for user in self.sandbox.pool._all:
@@ -88,7 +103,7 @@ class MaximaServer:
             if self.sandbox.privileged:
                 assert processes_of(user.uid) == [], f"processes of {user.name} survived"
                 assert not os.path.ismount(root), f"the workspace of {user.name} is still mounted"
-            else:
+            elif os.path.isdir(os.path.join(root, "work")):  # a slot never used has no workspace yet
                 assert not os.listdir(os.path.join(root, "work")), f"files of {user.name} survived"
 
 
@@ -195,7 +210,7 @@ class HttpApiTests(unittest.TestCase):
             ploturlbase="https://moodle.example/p/",
         )
         self.assertEqual(code, 200, body[:500])
-        self.assertEqual(headers.getRawHeaders("content-type"), ["application/zip"])
+        self.assertEqual(headers.getRawHeaders("content-type"), ["application/zip"], body[:2000])
         archive = zipfile.ZipFile(io.BytesIO(body))
         self.assertEqual(sorted(archive.namelist()), ["OUTPUT", "plot1.svg"])
         self.assertIn(b"https://moodle.example/p/plot1.svg", archive.read("OUTPUT"))
@@ -499,6 +514,27 @@ class UnprivilegedTests(unittest.TestCase):
 
         # Only the ready child is left: the looping one was killed.
         await server.until(lambda: len(cwd_in_root()) == len(server.pool.ready), "the loop is killed")
+
+    @async_test
+    async def test_fork_bomb_stays_at_the_process_limit(self):
+        root = os.path.join(temp_dir(self), "jobs")
+        server = MaximaServer(self, jobs=3, ready=1, processes=24, sandbox={"privileged": False, "job_root": root})
+        await server.ready()
+        # The child's pid is its namespace's init, which no job may trace
+        # (not dumpable): the namespace is read from the job, its child.
+        (job,) = children_of(server.pool.ready[0].pid)
+        namespace = pid_namespace(job)
+        self.assertNotIn(namespace, (None, pid_namespace(os.getpid())))
+        counter = PeakCounter(namespace)
+        # Every process forks on and on, retrying when refused: the job sits at its limit.
+        bomb = "import os, time\nwhile True:\n  try: os.fork()\n  except OSError: time.sleep(0.05)\n"
+        code, _, _ = await server.post(f"system(\"{PYTHON} -c '{bomb}'\")$", timeout="3000")
+        peak = counter.stop() - 1  # the namespace's init
+        self.assertIn(code, (200, 416))
+        self.assertLessEqual(peak, 24)
+        self.assertGreaterEqual(peak, 16, "the bomb never came near its limit")
+        await server.quiet()
+        await server.until(lambda: not namespace_members(namespace), "the job's namespace is empty")
 
 
 class DisconnectTests(unittest.TestCase):

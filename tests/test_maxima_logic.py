@@ -156,6 +156,17 @@ class MotherTests(unittest.SynchronousTestCase):
         self.current().outReceived(b"forked 1 555\n")
         self.assertEqual(self.successResultOf(d), 555)
 
+    def test_a_fork_asked_for_while_the_mother_dies_fails_at_once(self):
+        # A waiting fork's errback asks for the next fork synchronously (as
+        # an unprivileged cleanup does): it must fail too, not wait forever.
+        self.current().outReceived(b"mathrun-mother ready 10\n")
+        retried = []
+        first = self.mother.fork(["1"])
+        first.addErrback(lambda f: retried.append(self.mother.fork(["2"])))
+        ended(self.current())
+        self.assertEqual(len(retried), 1)
+        self.failureResultOf(retried[0], MotherUnavailable)
+
     def test_restart_delays_double_then_reset_after_a_stable_run(self):
         delays = []
         for _ in range(4):
@@ -308,6 +319,7 @@ class FakeSandbox:
         self.config = type("Config", (), {"jobs": jobs, "network": False, "privileged": True})()
         self.pool = SlotPool([f"user-{n}" for n in range(1, jobs + 1)])
         self.netns = "/run/mathrun/netns"
+        self.refusal = None
 
     def acquire(self, workspace_bytes=None):
         return self.pool.acquire().addCallback(lambda user: FakeLease(self, user))
@@ -440,6 +452,18 @@ class PoolTests(unittest.SynchronousTestCase):
         self.assertEqual((self.pool.spawning, self.sandbox.pool.waiting, len(self.pool.waiters)), (1, 1, 0))
         for d in (first, second):
             self.assertNoResult(d)
+
+    def test_a_refusing_sandbox_forks_nothing_and_says_why(self):
+        FakeChild.made = []
+        self.clock = MemoryReactorClock()
+        self.sandbox = FakeSandbox(4)
+        self.sandbox.refusal = "jobs are refused, since their process count cannot be bounded: no user namespace"
+        self.mother = FakeMother()
+        self.pool = MaximaPool(self.sandbox, MaximaConfig(ready=2), self.clock, mother=self.mother)
+        self.pool.start()
+        result = self.successResultOf(defer.ensureDeferred(self.pool.evaluate(b"1+1;\n", 5)))
+        self.assertEqual((result.status, result.detail), (Status.INTERNAL_ERROR, self.sandbox.refusal))
+        self.assertEqual((self.mother.forks, self.sandbox.pool.free), ([], 4))
 
     def test_too_many_waiting_is_busy_at_once(self):
         self.make(jobs=2, ready=1, max_waiting=1)

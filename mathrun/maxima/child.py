@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import select
 import signal
 
 from twisted.internet import defer
@@ -89,7 +88,9 @@ class Child:
             "-1" if v is None else str(math.ceil(v))
             for v in (limits.cpu_seconds, limits.file_size_bytes, limits.open_files)
         ]
-        fields.append(str(limits.processes) if privileged and limits.processes else "-1")
+        # Unprivileged, the child's own user namespace makes its RLIMIT_NPROC
+        # count only its own processes: the same limit as a job user's.
+        fields.append(str(limits.processes) if limits.processes else "-1")
         if lease.cgroup is not None:
             fields += lease.cgroup.dirs
         if privileged and not lease.sandbox.config.network:
@@ -109,17 +110,16 @@ class Child:
             pass  # already gone: its pipes will say so
 
     def _kill_process(self) -> None:
-        """Kill the child's process group, if the child still lives.  For
-        unprivileged mode, where no job user can be reaped; as root the
-        sandbox's cleanup kills everything of the user anyway."""
+        """Kill the child, if it still lives.  Unprivileged, it is the init
+        of its own PID namespace, so that every process it started dies
+        with it; as root the sandbox's cleanup kills everything of the user
+        anyway."""
         if self._pidfd < 0:
             return
         try:
-            alive = not select.select([self._pidfd], [], [], 0)[0]
-            if alive:
-                os.killpg(self.pid, signal.SIGKILL)
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
         except OSError:
-            pass
+            pass  # already gone
         finally:
             os.close(self._pidfd)
             self._pidfd = -1

@@ -95,6 +95,10 @@ class MotherProtocol(protocol.ProcessProtocol):
                 self.log.warn("maxima mother (stderr): {line}", line=line)
 
     def processEnded(self, reason) -> None:
+        # Not ready from now on: a waiting fork's errback may refill the
+        # pool at once (an unprivileged cleanup is synchronous), and such a
+        # fork must not be sent here, where nobody would ever answer it.
+        self._is_ready = False
         pending, self.pending = self.pending, {}
         for d in pending.values():
             d.errback(MotherUnavailable("the Maxima mother process died"))

@@ -23,9 +23,11 @@ from .mother import Mother, MotherUnavailable
 
 def job_netns(sandbox) -> str:
     """The network namespace the mother joins (and its children inherit):
-    the sandbox's own, empty when jobs may use the network or when the
-    server is not root."""
-    return sandbox.netns if sandbox.privileged and not sandbox.config.network else ""
+    the sandbox's own; unprivileged, "unshare": each child makes a fresh
+    one; empty when jobs may use the network."""
+    if sandbox.config.network:
+        return ""
+    return sandbox.netns if sandbox.privileged else "unshare"
 
 
 class PoolBusy(Exception):
@@ -93,6 +95,8 @@ class MaximaPool:
     # -- requests -------------------------------------------------------------
     async def evaluate(self, text: bytes, timeout: float) -> JobResult:
         """Run ``text`` in a ready child (waiting for one if need be)."""
+        if self.sandbox.refusal is not None:
+            return JobResult(Status.INTERNAL_ERROR, detail=self.sandbox.refusal)
         asked = self.reactor.seconds()
         child = await self._take()
         while child.state != "ready":  # it died just now
@@ -146,7 +150,7 @@ class MaximaPool:
     def _refill(self) -> None:
         if self._retry is not None and self._retry.active():
             return
-        while self._running and self.mother.ready and self._wanted() > 0:
+        while self._running and self.mother.ready and self._wanted() > 0 and self.sandbox.refusal is None:
             self.spawning += 1
             d = defer.ensureDeferred(self._spawn())
             d.addBoth(self._spawned)

@@ -29,6 +29,7 @@ from .limits import Limits
 from .pool import JobUser, SlotPool, find_job_users
 from .result import JobResult, Status
 from .spawner import SpawnServer
+from .userns import userns_refusal
 from .workspace import Workspace, unmount
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -216,6 +217,7 @@ class Sandbox:
         self._reaper: _Reaper | None = None
         self._settings: dict[tuple, tuple[Limits, list[str]]] = {}
         self._lock_fd = -1
+        self.refusal: str | None = None  # why no job can run here (unprivileged mode)
 
     # -- start-up -----------------------------------------------------------
     def start(self) -> None:
@@ -243,15 +245,7 @@ class Sandbox:
             else:
                 self.warnings.append("no memory cgroup on this host: memory is limited by RLIMIT_AS")
         else:
-            if os.geteuid() == 0:
-                self.warnings.append("unprivileged mode as root: jobs run as root, with every capability")
-            me = os.getuid()
-            users = [JobUser(f"self-{n}", me, os.getgid()) for n in range(1, self.config.jobs + 1)]
-            self.warnings.append(
-                "unprivileged mode: jobs run as the server's own user, with rlimits and a"
-                " private session only (no job users, no network isolation, no cgroups):"
-                " weaker isolation, for trusted input"
-            )
+            users = self._start_unprivileged()
         if self.config.network:
             self.warnings.append("jobs may use the network (--job-network)")
         self.pool = SlotPool(users, max_waiting=self.config.max_waiting)
@@ -271,6 +265,31 @@ class Sandbox:
         if self.privileged:
             return f"the job users {self.config.user_prefix}-N"
         return f"the job root {self.job_root}"
+
+    def _start_unprivileged(self) -> list[JobUser]:
+        """Slots of the server's own user; each job in a user and a PID
+        namespace of its own, or none at all if that cannot be had."""
+        me = os.getuid()
+        users = [JobUser(f"self-{n}", me, os.getgid()) for n in range(1, self.config.jobs + 1)]
+        self.refusal = userns_refusal(self.config.jail, self.job_root, self.config.network)
+        if me == 0 and self.refusal is None:
+            # RLIMIT_NPROC never binds uid 0, in any namespace: a pids cgroup must.
+            self.cgroups = cgroups_mod.detect() if self.config.use_cgroups else None
+            if self.cgroups is None or self.cgroups.pids_root is None:
+                self.refusal = "unprivileged mode as root, without a pids cgroup: RLIMIT_NPROC does not bind root"
+            else:
+                prefix = self.config.user_prefix
+                self._slot_cgroups = {u: self.cgroups.slot(f"{prefix}-{u.name}") for u in users}
+                self.warnings.append("unprivileged mode as root: jobs own root's files (no job users)")
+        if self.refusal is not None:
+            self.refusal = f"jobs are refused, since their process count cannot be bounded: {self.refusal}"
+            self.warnings.append(self.refusal)
+        self.warnings.append(
+            "unprivileged mode: jobs run as the server's own user, each in a user and PID namespace of its"
+            " own (process limit, private /proc, no network), without job users: a job can read"
+            " what the server's user can: weaker isolation, for trusted input"
+        )
+        return users
 
     def _remove_stale_workspaces(self) -> None:
         """Workspaces of a previous run that died without cleaning up."""
@@ -308,6 +327,12 @@ class Sandbox:
             opts += ["--tmp", lease.workspace.tmp, "--pidns"]
             if not self.config.network:
                 opts += ["--netns", self.job_netns(u)]
+        else:
+            # The host's /tmp stays shared, as it is for the server's user: the
+            # standalone Why3 server hands provers files there, as the C one does.
+            opts += ["--userns", "--pidns"]
+            if not self.config.network:
+                opts += ["--unshare-net"]
         opts.append("--seccomp")
         if lease.cgroup:
             for d in lease.cgroup.dirs:
@@ -336,6 +361,8 @@ class Sandbox:
         The workspace's size is fixed here (default: the configured limits'
         ``workspace_bytes``), since input files go in before the job starts.
         """
+        if self.refusal is not None:
+            return defer.fail(SandboxRefused(self.refusal))
         d = self.pool.acquire()
         d.addCallback(self._lease, workspace_bytes or self.config.limits.workspace_bytes)
         return d
@@ -427,6 +454,11 @@ class Sandbox:
     def run(self, argv, limits=None, files=None, stdin=None, env=None) -> defer.Deferred:
         """Run one program to the end: a Deferred firing with its JobResult."""
         return defer.ensureDeferred(self._run(argv, limits, files, stdin, env))
+
+
+class SandboxRefused(RuntimeError):
+    """No job can run here with its process count bounded (unprivileged
+    mode without user namespaces): refused, never run unbounded."""
 
 
 class ServerLocked(RuntimeError):

@@ -44,17 +44,20 @@ class HealthResource(resource.Resource):
 
     def _state(self):
         pool = self.sandbox.pool
+        refusal = self.sandbox.refusal
         body = {
-            "status": "ok" if pool is not None else "starting",
+            "status": "refusing jobs" if refusal else "ok" if pool is not None else "starting",
             "job_users": {"busy": pool.busy, "free": pool.free, "waiting": pool.waiting} if pool else None,
             "privileged": self.sandbox.privileged,
             "warnings": self.sandbox.warnings,
         }
-        failing = False
+        if refusal:
+            body["error"] = refusal
+        failing = bool(refusal)
         for name, report in self.reports.items():
             body[name] = report()
             failing = failing or bool(body[name].get("failing"))
-        if failing:
+        if failing and not refusal:
             body["status"] = "failing"  # a front end cannot serve
         return (200 if pool is not None and not failing else 503), body
 
