@@ -1,6 +1,15 @@
-"""Maxima over HTTP vs a fresh Maxima per request, same run, same inputs.
+"""Maxima over HTTP vs goemaxima and a fresh Maxima per request, same run.
 
     .venv/bin/python bench/maxima_bench.py [--seconds 5] [--concurrency 1,2,4,8,16]
+        [--stack DIR] [--goemaxima ANCHOR_DIR] [--user-prefix P] [--no-fresh]
+
+With --goemaxima (the folder of shared/anchors/goemaxima, built by its
+build.sh), goemaxima itself runs on another port and every row is measured
+for both servers, one after the other, with the ratio; with --stack DIR
+(STACK's stack/maxima, the revision goemaxima's image carries), mathrun loads
+it through --maxima-stack, a STACK answer-test request (built as STACK's
+cassession2 builds one) joins the inputs, and the whole servers' memory (PSS
+of every process) is reported idle and under load.
 
 Starts ``twistd mathrun`` (Maxima only, job users mathrun-1..32) on an
 ephemeral port and loads it with wrk (POST, as STACK sends): sequential
@@ -35,9 +44,15 @@ from mathrun.maxima.config import DEFAULT_CORE  # noqa: E402
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 INPUTS = ["integrate(x^2,x);", "1+1;", "factor(x^12*y^12-1);"]
+# An answer test the way STACK's cassession2 wraps one (its options left out).
+STACK_REQUEST = (
+    'block([stack_seed],\n  stack_randseed(86),\n  stack_seed:86,\n  _RESPONSE:["stack_map"],\n'
+    '  _VALUES:["stack_map"],\n  _CS2v("__stackmaximaversion",stackmaximaversion),\n  %stmt:"s0",\n'
+    '  _EC(errcatch(__s0:ATAlgEquiv(x^2+2*x+1,(x+1)^2)),""),\n  _CS2v("__s0",__s0),\n  _CS2out()\n)$'
+)
 LUA = """
 wrk.method = "POST"
-wrk.body = "timeout=10000&ploturlbase=!ploturl!&version=1&input={input}"
+wrk.body = "timeout=10000&ploturlbase=!ploturl!&version={version}&input={input}"
 wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
 """
 
@@ -48,17 +63,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, ready: int) -> subprocess.Popen:
+def start_server(port: int, ready: int, prefix: str, stack: str | None, jobs: int = 32) -> subprocess.Popen:
     log = tempfile.NamedTemporaryFile(prefix="maxima-bench-", suffix=".log", delete=False)
     argv = [TWISTD, "-n", "--pidfile=", f"--logfile={log.name}", "mathrun", "--no-why3", "--no-asy"]
-    argv += ["--jobs", "32", "--maxima-ready", str(ready), "--http", f"tcp:{port}:interface=127.0.0.1"]
+    argv += ["--jobs", str(jobs), "--maxima-ready", str(ready), "--http", f"tcp:{port}:interface=127.0.0.1"]
+    argv += ["--user-prefix", prefix, "--helper-user", prefix] + (["--maxima-stack", stack] if stack else [])
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/maxima"
-    body = urllib.parse.urlencode({"input": "1+1;", "timeout": "10000"}).encode()
-    for _ in range(600):
+    body = urllib.parse.urlencode({"input": "1+1;", "timeout": "10000", "ploturlbase": "!ploturl!"}).encode()
+    for _ in range(3000):  # a STACK core is saved at the first start (about 20 s)
         try:
             with urllib.request.urlopen(url, body, timeout=5) as r:
-                if r.read().strip() == b"2":
+                if b"2" in r.read():
                     return proc
         except OSError:
             time.sleep(0.05)
@@ -66,12 +82,42 @@ def start_server(port: int, ready: int) -> subprocess.Popen:
     sys.exit(f"the server did not answer; see {log.name}")
 
 
+def start_goemaxima(anchor: str, port: int) -> int:
+    """goemaxima via the anchor's ctl; returns the pid of its process tree's root."""
+    subprocess.run([os.path.join(anchor, "ctl"), str(port)], check=True, stdout=subprocess.DEVNULL)
+    pidfile = os.path.join("/var/cache/anchors/goemaxima/run", f"goemaxima-{port}.pid")
+    with open(pidfile) as f:
+        return int(f.read().split()[0])
+
+
+def tree_pss(root: int) -> int:
+    """PSS of a process and all its descendants, in bytes."""
+    children: dict[int, list[int]] = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, text: str, connections: int, seconds: float) -> dict:
+def wrk(url: str, text: str, connections: int, seconds: float, version: str = "1") -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(LUA.replace("{input}", urllib.parse.quote(text, safe="")))
+        f.write(LUA.replace("{input}", urllib.parse.quote(text, safe="")).replace("{version}", version))
     try:
         out = subprocess.run(
             [
@@ -134,35 +180,81 @@ def row(label: str, c: int, r: dict) -> None:
     )
 
 
+def compare(servers: dict, text: str, levels: list[int], seconds: float, version: str) -> None:
+    """Each concurrency level on every server in turn, with mathrun's ratio."""
+    for c in levels:
+        results = {}
+        for name, (url, _root) in servers.items():
+            results[name] = wrk(url, text, c, seconds, version)
+            row(name, c, results[name])
+        if "goemaxima" in results:
+            g, m = results["goemaxima"], results["mathrun"]
+            print(f"  {'ratio':<22} c={c:<3} {m['rps'] / g['rps']:8.2f}x req/s   p50 {m['p50'] / g['p50']:.2f}x")
+
+
+def memory(servers: dict, label: str) -> None:
+    print(
+        f"  memory ({label}): " + ", ".join(f"{n} {tree_pss(root) / 1e6:.1f} MB" for n, (_u, root) in servers.items())
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--concurrency", default="1,2,4,8,16")
     parser.add_argument("--ready", type=int, default=3, help="--maxima-ready of the server")
     parser.add_argument("--fresh", type=int, default=40, help="fresh processes per baseline row")
+    parser.add_argument("--no-fresh", action="store_true", help="skip the fresh-process baselines")
+    parser.add_argument("--stack", help="STACK's stack/maxima directory, loaded into mathrun")
+    parser.add_argument("--goemaxima", help="the goemaxima anchor's folder (its ctl), run side by side")
+    parser.add_argument("--user-prefix", default="mathrun", help="job users of mathrun")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install wrk (make bench installs it)")
     port = free_port()
-    server = start_server(port, args.ready)
-    url = f"http://127.0.0.1:{port}/maxima"
+    server = start_server(port, args.ready, args.user_prefix, args.stack)
+    servers = {"mathrun": (f"http://127.0.0.1:{port}/maxima", server.pid)}
+    gport = None
+    if args.goemaxima:
+        gport = free_port()
+        servers = {"goemaxima": (f"http://127.0.0.1:{gport}/maxima", start_goemaxima(args.goemaxima, gport)), **servers}
+    version = "1"
+    inputs = list(INPUTS)
+    if args.stack:
+        inputs = ["integrate(x^2,x);", "1+1;", STACK_REQUEST]
+        version = subprocess.run(
+            ["grep", "-o", "-m1", r"stackmaximaversion:[0-9]*", os.path.join(args.stack, "stackmaxima.mac")],
+            capture_output=True, text=True,
+        ).stdout.strip().split(":")[-1] or "1"  # fmt: skip
     debian = ["/usr/bin/maxima", "--very-quiet"]
     sbcl = ["sbcl", "--core", DEFAULT_CORE, "--noinform", "--end-runtime-options", "--very-quiet"]
     try:
-        print(f"mathrun Maxima over HTTP (--maxima-ready {args.ready}), wrk {args.seconds:g}s per row;")
-        print("baselines: one fresh process per request, no server.  goemaxima anchor: p50 1.5 ms, ~700 req/s.")
-        for text in INPUTS:
-            print(f"\n{text}")
-            for c in levels:
-                row("mathrun HTTP", c, wrk(url, text, c, args.seconds))
+        print(
+            f"Maxima over HTTP (--maxima-ready {args.ready}), wrk {args.seconds:g}s per row, servers {list(servers)};"
+        )
+        print(f"library: {args.stack or 'none'}; baselines: one fresh process per request, no server.")
+        time.sleep(2)
+        memory(servers, "idle")
+        for text in inputs:
+            print(f"\n{text if len(text) < 40 else 'STACK answer test (ATAlgEquiv, cassession2 style)'}")
+            compare(servers, text, levels, args.seconds, version)
+            if args.no_fresh or text not in EXPECT:
+                continue
             for c in levels:
                 row("fresh SBCL core", c, fresh(sbcl, text, EXPECT[text], args.fresh, c))
             for c in levels:
                 row("fresh Debian maxima", c, fresh(debian, text, EXPECT[text], args.fresh, c))
+        sampler = concurrent.futures.ThreadPoolExecutor(1).submit(
+            lambda: (time.sleep(args.seconds / 2), memory(servers, "c=16"))
+        )
+        compare(servers, inputs[0], [16], args.seconds, version)
+        sampler.result()
     finally:
         server.terminate()
         server.wait(30)
+        if gport:
+            subprocess.run([os.path.join(args.goemaxima, "ctl"), "--stop", str(gport)], stdout=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":
