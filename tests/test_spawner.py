@@ -204,6 +204,14 @@ class SpawnServerTests(unittest.SynchronousTestCase):
         self.assertEqual(len(self.reactor.processes), 2)
         self.assertTrue(self.server.ready)
 
+    def test_no_restart_once_the_reactor_shuts_down(self):
+        """A signal to the whole process group ends the spawn server too."""
+        self.die()
+        for trigger, args, kwargs in self.reactor.triggers["before"]["shutdown"]:
+            trigger(*args, **kwargs)
+        self.reactor.advance(SpawnServer.max_restart_delay)
+        self.assertEqual(len(self.reactor.processes), 1)
+
     def test_backoff_doubles_until_stable(self):
         delays = []
         for _ in range(4):

@@ -313,7 +313,15 @@ class SpawnServer:
 
     def start(self) -> None:
         self._running = True
+        # A server shutting down gets no new spawn server (a signal to the
+        # whole process group reaches ours first, at the same time).
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._shutting_down)
         self._launch()
+
+    def _shutting_down(self) -> None:
+        self._running = False
+        if self._restart_call is not None and self._restart_call.active():
+            self._restart_call.cancel()
 
     def _launch(self) -> None:
         self._restart_call = None
