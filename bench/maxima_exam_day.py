@@ -30,6 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from maxima_bench import STACK_REQUEST, free_port, start_server, tree_pss  # noqa: E402
 
+ERRORS: collections.Counter = collections.Counter()
+
 
 def one(url: str, body: bytes) -> tuple[int, float, bool]:
     """(status, seconds, has Retry-After); status 0: no answer in time."""
@@ -41,7 +43,8 @@ def one(url: str, body: bytes) -> tuple[int, float, bool]:
     except urllib.error.HTTPError as e:
         e.read()
         return e.code, time.perf_counter() - start, e.headers.get("Retry-After") is not None
-    except OSError:
+    except OSError as e:
+        ERRORS[type(e).__name__ + ": " + str(getattr(e, "reason", e))] += 1
         return 0, time.perf_counter() - start, False
 
 
@@ -81,6 +84,9 @@ def burst(jobs: int, args) -> None:
         f"--jobs {jobs}: {args.requests} at once, drained in {elapsed:.1f} s; answers {dict(sorted(codes.items()))};"
         f" 503 share {codes.get(503, 0) / args.requests:.1%}; not 200/416/503+Retry-After: {len(bad)}"
     )
+    if ERRORS:
+        print(f"  no answer: {dict(ERRORS)}")
+        ERRORS.clear()
     print(f"  answered: p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
     print(f"  server PSS: before {before / 1e6:.1f} MB, peak {max(peak) / 1e6:.1f} MB, after {after / 1e6:.1f} MB")
 

@@ -54,6 +54,18 @@ def sandbox_config(options) -> SandboxConfig:
     )
 
 
+LISTEN_BACKLOG = 1024  # Twisted's default (50) resets connections of a burst (exam day)
+
+
+def with_backlog(endpoint: str) -> str:
+    """A TCP or TLS endpoint string with a listen backlog fit for bursts of
+    clients, unless the operator set one."""
+    kind = endpoint.split(":", 1)[0]
+    if kind in ("tcp", "tcp6", "ssl") and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={LISTEN_BACKLOG}"
+    return endpoint
+
+
 def _split(value) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
@@ -167,7 +179,7 @@ def make_service(options, reactor=None) -> service.MultiService:
         asy_runner(options, sandbox).setServiceParent(top)
     if not options["no-http"]:
         site = build_site(sandbox, registry, front_ends, max_body, reports)
-        http = strports.service(options["http"], site)
+        http = strports.service(with_backlog(options["http"]), site)
         http.setName("http")
         http.setServiceParent(top)
         log.info("HTTP site on {endpoint}", endpoint=options["http"])

@@ -57,3 +57,14 @@ class OptionsTests(unittest.TestCase):
     def test_bad_values(self):
         self.assertRaises(usage.UsageError, Options().parseOptions, ["--jobs", "x"])
         self.assertRaises(usage.UsageError, Options().parseOptions, ["--wall-limit", "-1"])
+
+
+class BacklogTests(unittest.TestCase):
+    def test_tcp_endpoints_get_a_burst_sized_backlog(self):
+        from mathrun.service import LISTEN_BACKLOG, with_backlog
+
+        self.assertEqual(
+            with_backlog("tcp:8080:interface=127.0.0.1"), f"tcp:8080:interface=127.0.0.1:backlog={LISTEN_BACKLOG}"
+        )
+        self.assertEqual(with_backlog("tcp:8080:backlog=10"), "tcp:8080:backlog=10")
+        self.assertEqual(with_backlog("unix:/run/x.sock"), "unix:/run/x.sock")
