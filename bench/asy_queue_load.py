@@ -160,7 +160,10 @@ async def load(reactor, args, port: int, pid: int):
     sampler.start(0.5)
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
     factories = [start_client(url, i) for i in range(args.n)]
-    await defer.DeferredList([f.done for f in factories])
+    try:
+        await defer.DeferredList([f.done for f in factories]).addTimeout(args.deadline, reactor)
+    except defer.TimeoutError:
+        pass  # reported as "still waiting"
     drained = time.monotonic() - t0
     cpu = cpu_seconds(pid) - cpu0
     sampler.stop()
@@ -173,9 +176,11 @@ async def load(reactor, args, port: int, pid: int):
 def report(args, factories, drained, cpu, rss, probes, rss_idle):
     ends = [next((v for v in reversed(f.verbs) if v in ("complete", "denied")), None) for f in factories]
     queued = sum(1 for f in factories if "queue" in f.verbs)
-    dropped = sum(1 for e in ends if e is None)
+    waiting = sum(1 for f in factories if not f.done.called)
+    dropped = sum(1 for f, e in zip(factories, ends, strict=True) if e is None and f.done.called)
     print(f"{args.n} clients at once, {args.runners} local runners (server: {args.twistd})")
-    print(f"  drained in {drained:.1f} s; {queued} got queue messages; complete {ends.count('complete')},")
+    state = f"drained in {drained:.1f} s" if not waiting else f"{waiting} still waiting after {drained:.1f} s"
+    print(f"  {state}; {queued} got queue messages; complete {ends.count('complete')},")
     print(f"  denied {ends.count('denied')}, dropped {dropped}")
     for name in ("health", "maxima"):
         values = [v * 1000 for v in probes[name]]
@@ -189,7 +194,7 @@ def report(args, factories, drained, cpu, rss, probes, rss_idle):
         f"peak {rss:.0f} MiB"
     )
     if dropped:
-        reasons = [f.done.result for f, e in zip(factories, ends, strict=True) if e is None]
+        reasons = [f.done.result for f, e in zip(factories, ends, strict=True) if e is None and f.done.called]
         print("  dropped, first few close reasons:", reasons[:5])
     if probes["health"]:
         print(f"  /health mean {statistics.mean(probes['health']) * 1000:.1f} ms")
@@ -203,6 +208,7 @@ def main():
     parser.add_argument("--jobs", type=int, default=8, help="job users of the server")
     parser.add_argument("--user-prefix", default="mathrun", help="the server's job users (--user-prefix)")
     parser.add_argument("--helper-user", default=None, help="the server's helper user (default: the prefix)")
+    parser.add_argument("--deadline", type=float, default=1200, help="stop waiting after this many seconds")
     parser.add_argument("--twistd", default=os.path.join(here, ".venv", "bin", "twistd"), help="server to run")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -223,7 +229,11 @@ def main():
             raise
     finally:
         proc.terminate()
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # stalled in its reactor: still replaying the queue
+            proc.wait()
     report(args, *outcome["r"], rss_idle)
     print(f"  server log: {logdir}/twistd.log")
 

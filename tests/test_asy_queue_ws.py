@@ -61,6 +61,7 @@ class QueueProtocolTests(unittest.TestCase):
     def setUp(self):
         self.backends = [FakeBackend("a"), FakeBackend("b")]
         self.queue = AsyQueue(self.backends, reactor, QueueConfig(max_upload=10_000))
+        self.addCleanup(self.queue.stop)
         factory = QueueFactory(self.queue, "ws://127.0.0.1/asy")
         limit_websocket(factory, 20_000, ["*"], 16)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -251,6 +252,7 @@ class EndToEndTests(unittest.TestCase):
             self.addCleanup(port.stopListening)
             urls.append(f"ws://127.0.0.1:{port.getHost().port}/")
         self.queue = AsyQueue([RemoteBackend(u, reactor) for u in urls], reactor)
+        self.addCleanup(self.queue.stop)
         port = reactor.listenTCP(0, QueueFactory(self.queue), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.url = f"ws://127.0.0.1:{port.getHost().port}/asy"

@@ -23,6 +23,9 @@ class QueueConfig:
     cache_seconds: float = 600.0
     slow_limit: int | None = None  # default: a third of the back ends, at least 1
     medium_limit: int | None = None  # default: two thirds of the back ends, at least slow
+    # Seconds between two replays of the queue for estimates: the changes of
+    # a burst (1000 clients submitting at once) share one replay.
+    estimate_interval: float = 0.25
 
 
 def default_limits(backends: int, config: QueueConfig) -> sched.Limits:
@@ -66,6 +69,8 @@ class AsyQueue:
         self.slots: dict[sched.Task, int] = {}
         self.sent_estimates: dict[sched.Task, int] = {}
         self._timers = {}
+        self._estimate_call = None
+        self._last_estimate = float("-inf")
 
     # -- from clients -----------------------------------------------------------
     def submit(self, client) -> None:
@@ -105,6 +110,9 @@ class AsyQueue:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        if self._estimate_call is not None and self._estimate_call.active():
+            self._estimate_call.cancel()
+        self._estimate_call = None
 
     # -- carrying out the scheduler's decisions ---------------------------------
     def _apply(self, actions) -> None:
@@ -167,6 +175,17 @@ class AsyQueue:
         self._update_estimates()
 
     def _update_estimates(self) -> None:
+        """The queue changed: one replay soon, shared by every change until
+        then, and at most one per ``estimate_interval``."""
+        if self._estimate_call is not None:
+            return
+        delay = max(0.0, self._last_estimate + self.config.estimate_interval - self.reactor.seconds())
+        self._estimate_call = self.reactor.callLater(delay, self._send_estimates)
+
+    def _send_estimates(self) -> None:
+        """Each waiting client hears its estimate when it changed materially."""
+        self._estimate_call = None
+        self._last_estimate = self.reactor.seconds()
         for task, estimate in self.scheduler.estimates().items():
             previous = self.sent_estimates.get(task)
             if previous is None or sched.changed_materially(previous, estimate):
