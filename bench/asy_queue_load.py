@@ -118,7 +118,10 @@ def rss_mib(pid: int, field="VmRSS") -> float:
 
 
 def start_server(args, port: int, logdir: str) -> subprocess.Popen:
-    argv = [args.twistd, "-n", "--pidfile=", "mathrun", "--http", f"tcp:{port}:interface=127.0.0.1:backlog=1024"]
+    argv = [args.twistd, "-n", "--pidfile="]
+    if args.profile:
+        argv += [f"--profile={args.profile}", "--profiler=cprofile", "--savestats"]
+    argv += ["mathrun", "--http", f"tcp:{port}:interface=127.0.0.1:backlog=1024"]
     argv += ["--asy-local", str(args.runners), "--no-why3", "--jobs", str(args.jobs)]
     argv += ["--asy-max-connections", str(args.n + 64)]
     argv += ["--user-prefix", args.user_prefix, "--helper-user", args.helper_user or args.user_prefix]
@@ -208,6 +211,7 @@ def main():
     parser.add_argument("--jobs", type=int, default=8, help="job users of the server")
     parser.add_argument("--user-prefix", default="mathrun", help="the server's job users (--user-prefix)")
     parser.add_argument("--helper-user", default=None, help="the server's helper user (default: the prefix)")
+    parser.add_argument("--profile", help="the server runs under cProfile, stats saved to this file")
     parser.add_argument("--deadline", type=float, default=1200, help="stop waiting after this many seconds")
     parser.add_argument("--twistd", default=os.path.join(here, ".venv", "bin", "twistd"), help="server to run")
     args = parser.parse_args()

@@ -76,24 +76,28 @@ def asy_front_end(options, sandbox, reactor):
         ]
     else:
         backends = [LocalBackend(sandbox, runner_config, f"local-{n}") for n in range(1, options["asy-local"] + 1)]
-    queue_config = QueueConfig(max_upload=runner_config.max_upload, max_files=runner_config.max_files)
+    queue_config = QueueConfig(
+        max_upload=runner_config.max_upload, max_image=runner_config.max_image, max_files=runner_config.max_files
+    )
     factory = QueueFactory(AsyQueue(backends, reactor, queue_config))
     limit_websocket(
         factory,
         queue_config.max_upload + FRAME_SLACK,
         _split(options["asy-origins"]),
         options["asy-max-connections"],
-        max_send=runner_config.max_image + FRAME_SLACK,
+        max_send=queue_config.max_image + FRAME_SLACK,
     )
     return ("asy", WebSocketResource(factory))
 
 
 def asy_runner_config(options):
-    """One image limit for every hop; the workspace must hold the images."""
+    """One image limit for every hop.  The workspace must hold the image and
+    asy's intermediate files (EPS, PDF: a raster image's are several times
+    its SVG)."""
     from .asy.runner import RunnerConfig
 
     max_image = int(options["asy-max-image"] * MiB)
-    return RunnerConfig(max_image=max_image, workspace_bytes=max(RunnerConfig.workspace_bytes, 2 * max_image))
+    return RunnerConfig(max_image=max_image, workspace_bytes=max(RunnerConfig.workspace_bytes, 4 * max_image))
 
 
 def asy_runner(options, sandbox) -> service.Service:

@@ -11,6 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from mathrun.asy import queue as queue_module
 from mathrun.asy.backends import LocalBackend
 from mathrun.asy.protocol import FileSet, RunOptions
 from mathrun.asy.queue import AsyQueue, QueueConfig
@@ -57,14 +58,24 @@ class BurstTests(unittest.TestCase):
         self.backends = [FakeBackend("a"), FakeBackend("b")]
         self.queue = AsyQueue(self.backends, self.clock, QueueConfig(estimate_interval=0.25), random.Random(5))
         self.addCleanup(self.queue.stop)
-        self.passes = 0
-        estimates = self.queue.scheduler.estimates
+        self.passes, self.slices, self.during_replay = 0, [], []
+        test = self
 
-        def counted():
-            self.passes += 1
-            return estimates()
+        class CountedReplay(queue_module.Replay):
+            def __init__(self, scheduler):
+                super().__init__(scheduler)
+                test.passes += 1
 
-        self.queue.scheduler.estimates = counted
+            def advance(self, steps=float("inf")):
+                if test.during_replay:
+                    test.during_replay.pop()()
+                before = self.scheduler.replay_steps
+                try:
+                    return super().advance(steps)
+                finally:
+                    test.slices.append(self.scheduler.replay_steps - before)
+
+        self.patch(queue_module, "Replay", CountedReplay)
 
     def finish_one(self):
         run = next(r for b in self.backends for r in b.runs if not r.sink.task.client.finished)
@@ -80,8 +91,12 @@ class BurstTests(unittest.TestCase):
         waiting = [c for c in clients if c.passed_at is None]
         self.assertEqual(len(waiting), 1000)
         self.assertTrue(all(len(c.estimates) == 1 for c in waiting))
+        # One replay, linear in the queue, in slices of at most a few hundred
+        # steps between which the reactor runs.
         steps = self.queue.scheduler.replay_steps
         self.assertLessEqual(steps, 3 * 1002 + 3)
+        self.assertGreater(len(self.slices), 3)
+        self.assertLessEqual(max(self.slices), self.queue.config.estimate_slice + 10)
         # Ten ends within one interval: one more replay, not ten.
         for _ in range(10):
             self.clock.advance(0.01)
@@ -118,6 +133,28 @@ class BurstTests(unittest.TestCase):
         self.clock.advance(0)
         self.assertEqual(clients[-1].estimates, [])
         self.assertEqual([len(c.estimates) for c in clients[2:4]], [1, 1])
+
+    def test_changes_while_a_replay_runs_in_slices(self):
+        """A client that leaves, and one that starts, while a replay is under
+        way get nothing from it; the change brings one more replay."""
+        clients = [FakeClient(3000) for _ in range(300)]
+        for client in clients:
+            self.queue.submit(client)
+        gone, starting = clients[-1], clients[2]
+
+        def meanwhile():
+            self.queue.leave(gone)
+            self.finish_one()  # clients[2] starts
+
+        self.during_replay.append(meanwhile)
+        self.clock.advance(0)
+        self.assertEqual(self.passes, 1)
+        self.assertGreater(len(self.slices), 1)
+        self.assertEqual((gone.estimates, starting.estimates), ([], []))
+        self.assertEqual(starting.passed_at, 0)
+        self.clock.advance(0.25)
+        self.assertEqual(self.passes, 2)
+        self.assertTrue(all(len(c.estimates) == 1 for c in clients[3:-1]))
 
 
 SOURCE = b"size(30); draw(unitcircle);"

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 
 from .protocol import FileEntry, ProtocolError, Reassembler, RunOptions, encode
 from .runner import AsyRun, RunnerConfig, output_limit_message
-from .runner_ws import FRAME_SLACK
+from .runner_ws import FRAME_SLACK, SendLimit
 
 
 class LocalBackend:
@@ -36,7 +36,7 @@ class LocalBackend:
         return run
 
 
-class _RemoteSession(WebSocketClientProtocol):
+class _RemoteSession(SendLimit, WebSocketClientProtocol):
     def onOpen(self):
         task = self.factory.task
         self.frames = Reassembler(task.backend.max_message)
@@ -163,7 +163,8 @@ class RemoteBackend:
         self.reactor = reactor
         self.retry_seconds = retry_seconds
         self.max_image = max_image
-        self.max_message = max(max_image, max_upload) + FRAME_SLACK
+        self.max_message = max_image + FRAME_SLACK  # received: results; sent: uploads
+        self.max_send = max_upload + FRAME_SLACK
         self.down_until = 0.0
 
     def available(self) -> bool:
@@ -180,6 +181,7 @@ class RemoteBackend:
         factory = WebSocketClientFactory(self.url, reactor=self.reactor)
         factory.protocol = _RemoteSession
         factory.task = task
+        factory.max_send = self.max_send
         factory.setProtocolOptions(
             openHandshakeTimeout=10, maxMessagePayloadSize=self.max_message, maxFramePayloadSize=self.max_message
         )

@@ -19,14 +19,11 @@ from .scheduler import FAST, Downgrade, Halt, Start, TaskClass, _State, run_cycl
 class _Copy:
     """A task in the replay: the scheduler's tasks are never touched."""
 
-    __slots__ = ("kind", "timeout_ms", "started_at", "original")
+    __slots__ = ("kind", "timeout_ms", "started_at", "original", "queue_timeout")
 
     def __init__(self, kind, timeout_ms=None, started_at=None, original=None):
         self.kind, self.timeout_ms, self.started_at, self.original = kind, timeout_ms, started_at, original
-
-    @property
-    def queue_timeout(self) -> int:
-        return FAST if self.kind is TaskClass.DEFAULT else self.kind.value
+        self.queue_timeout = FAST if kind is TaskClass.DEFAULT else kind.value
 
 
 def _first(options):
@@ -48,39 +45,61 @@ def _copy_state(scheduler, now: float):
     return sim, ends
 
 
-def estimate_waits(scheduler) -> dict:
-    """Each queued task's expected wait in ms, in queue order.  Adds the
-    replay's steps (time advances and actions) to ``scheduler.replay_steps``."""
-    now = scheduler.clock()
-    sim, ends = _copy_state(scheduler, now)
-    waits = dict.fromkeys(scheduler.state.queue)
-    t = now
-    while sim.queue:
+class Replay:
+    """One replay of the whole queue on a copy of the scheduler's state, run
+    in slices (``advance``) so that a long queue never holds the reactor for
+    long; the waits are those of the state when it began.  Its steps (time
+    advances and actions) are added to ``scheduler.replay_steps``."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.now = self.t = scheduler.clock()
+        self.sim, self.ends = _copy_state(scheduler, self.now)
+        self.waits = dict.fromkeys(scheduler.state.queue)
+        self.done = False
+
+    def advance(self, steps: float = float("inf")) -> bool:
+        """Replay at most ``steps`` steps; True once every wait is known."""
+        while not self.done and steps > 0:
+            steps -= self._step()
+        return self.done
+
+    def _ms(self) -> int:
+        return int(round((self.t - self.now) * 1000))
+
+    def _step(self) -> int:
+        sim, ends, t = self.sim, self.ends, self.t
         actions = run_cycles(sim, t, _first)
-        scheduler.replay_steps += 1 + len(actions)
         for action in actions:
             if isinstance(action, Start):
                 if action.task.original is not None:
-                    waits[action.task.original] = int(round((t - now) * 1000))
-                ends[action.task] = t + scheduler.expected_ms(action.task) / 1000
+                    self.waits[action.task.original] = self._ms()
+                ends[action.task] = t + self.scheduler.expected_ms(action.task) / 1000
             elif isinstance(action, Downgrade):
                 started = t if action.task.started_at is None else action.task.started_at
                 ends[action.task] = min(ends[action.task], started + action.timeout_ms / 1000)
             elif isinstance(action, Halt):
                 ends.pop(action.task, None)
-        if not sim.queue:
-            break
-        live = [task for task in sim.running if task in ends]
-        if not live:
-            break  # nothing will free a back end: the rest wait "until now"
-        t = max(t, min(ends[task] for task in live))
-        for task in live:
-            if ends[task] <= t:
-                slot = sim.running[task]
-                sim.release(task)
-                if slot in scheduler.disabled:  # a failed back end stays out
-                    sim.free.remove(slot)
-                del ends[task]
-    for copy in sim.queue:
-        waits[copy.original] = int(round((t - now) * 1000))
-    return waits
+        live = [task for task in sim.running if task in ends] if sim.queue else []
+        if not live:  # all started, or nothing will free a back end
+            for copy in sim.queue:
+                self.waits[copy.original] = self._ms()
+            self.done = True
+        else:
+            self.t = max(t, min(ends[task] for task in live))
+            for task in live:
+                if ends[task] <= self.t:
+                    slot = sim.running[task]
+                    sim.release(task)
+                    if slot in self.scheduler.disabled:  # a failed back end stays out
+                        sim.free.remove(slot)
+                    del ends[task]
+        self.scheduler.replay_steps += 1 + len(actions)
+        return 1 + len(actions)
+
+
+def estimate_waits(scheduler) -> dict:
+    """Each queued task's expected wait in ms, in queue order."""
+    replay = Replay(scheduler)
+    replay.advance()
+    return replay.waits
