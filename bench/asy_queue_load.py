@@ -78,8 +78,9 @@ def start_client(url: str, index: int):
 
 
 def probe(base: str, stop, results) -> None:
-    """In its own process: /health every 0.1 s, a Maxima request every 1 s."""
-    health, maxima, failures = [], [], 0
+    """In its own process: /health every 0.1 s, a Maxima request every 1 s;
+    latencies with the time they were measured at (monotonic)."""
+    health, maxima, failures = [], [], []
     body = urllib.parse.urlencode({"input": "integrate(x^2,x);", "timeout": "10000"}).encode()
     next_maxima = time.monotonic()
     while not stop.is_set():
@@ -87,17 +88,17 @@ def probe(base: str, stop, results) -> None:
         try:
             with urllib.request.urlopen(base + "/health", timeout=30) as r:
                 r.read()
-            health.append(time.monotonic() - t0)
-        except OSError:
-            failures += 1
+            health.append((t0, time.monotonic() - t0))
+        except OSError as e:
+            failures.append(f"health: {e}")
         if time.monotonic() >= next_maxima:
             t0 = time.monotonic()
             try:
                 with urllib.request.urlopen(base + "/goemaxima", body, timeout=30) as r:
                     r.read()
-                maxima.append(time.monotonic() - t0)
-            except OSError:
-                failures += 1
+                maxima.append((t0, time.monotonic() - t0))
+            except OSError as e:
+                failures.append(f"maxima: {e}")
             next_maxima = t0 + 1.0
         time.sleep(max(0.0, 0.1 - (time.monotonic() - t0)))
     results.put({"health": health, "maxima": maxima, "failures": failures})
@@ -153,6 +154,18 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+def probe_for(port: int, seconds: float):
+    """The anchor: the same probes for a while with the server idle."""
+    stop, results = multiprocessing.Event(), multiprocessing.Queue()
+    prober = multiprocessing.Process(target=probe, args=(f"http://127.0.0.1:{port}", stop, results))
+    prober.start()
+    time.sleep(seconds)
+    stop.set()
+    probes = results.get(timeout=60)
+    prober.join()
+    return probes
+
+
 async def load(reactor, args, port: int, pid: int):
     url = f"ws://127.0.0.1:{port}/asy"
     stop, results = multiprocessing.Event(), multiprocessing.Queue()
@@ -173,10 +186,21 @@ async def load(reactor, args, port: int, pid: int):
     stop.set()
     probes = results.get(timeout=60)
     prober.join()
+    probes["start"] = t0
     return factories, drained, cpu, max(rss_peak), probes
 
 
-def report(args, factories, drained, cpu, rss, probes, rss_idle):
+def latencies(probes, name: str, label: str) -> None:
+    values = [v * 1000 for _, v in probes[name]]
+    worst = max(probes[name], key=lambda p: p[1], default=None)
+    when = f" (at {worst[0] - probes['start']:.0f} s)" if worst and "start" in probes else ""
+    print(
+        f"  {label:>14}: {len(values)} requests, p50 {percentile(values, 50):.1f} ms, "
+        f"p99 {percentile(values, 99):.1f} ms, max {max(values, default=float('nan')):.1f} ms{when}"
+    )
+
+
+def report(args, factories, drained, cpu, rss, probes, rss_idle, idle):
     ends = [next((v for v in reversed(f.verbs) if v in ("complete", "denied")), None) for f in factories]
     queued = sum(1 for f in factories if "queue" in f.verbs)
     waiting = sum(1 for f in factories if not f.done.called)
@@ -186,12 +210,9 @@ def report(args, factories, drained, cpu, rss, probes, rss_idle):
     print(f"  {state}; {queued} got queue messages; complete {ends.count('complete')},")
     print(f"  denied {ends.count('denied')}, dropped {dropped}")
     for name in ("health", "maxima"):
-        values = [v * 1000 for v in probes[name]]
-        print(
-            f"  {name:>6}: {len(values)} requests, p50 {percentile(values, 50):.1f} ms, "
-            f"p99 {percentile(values, 99):.1f} ms, max {max(values, default=float('nan')):.1f} ms"
-        )
-    print(f"  probe failures (timeouts, resets): {probes['failures']}")
+        latencies(idle, name, f"{name} idle")
+        latencies(probes, name, f"{name} loaded")
+    print(f"  probe failures while loaded: {len(probes['failures'])} {probes['failures'][:3]}")
     print(
         f"  server: {cpu:.1f} s CPU ({cpu / drained * 100:.0f} % of one core), RSS {rss_idle:.0f} MiB idle, "
         f"peak {rss:.0f} MiB"
@@ -200,7 +221,7 @@ def report(args, factories, drained, cpu, rss, probes, rss_idle):
         reasons = [f.done.result for f, e in zip(factories, ends, strict=True) if e is None and f.done.called]
         print("  dropped, first few close reasons:", reasons[:5])
     if probes["health"]:
-        print(f"  /health mean {statistics.mean(probes['health']) * 1000:.1f} ms")
+        print(f"  /health mean while loaded {statistics.mean(v for _, v in probes['health']) * 1000:.1f} ms")
 
 
 def main():
@@ -212,6 +233,7 @@ def main():
     parser.add_argument("--user-prefix", default="mathrun", help="the server's job users (--user-prefix)")
     parser.add_argument("--helper-user", default=None, help="the server's helper user (default: the prefix)")
     parser.add_argument("--profile", help="the server runs under cProfile, stats saved to this file")
+    parser.add_argument("--anchor", type=float, default=20, help="seconds of probes before the load, server idle")
     parser.add_argument("--deadline", type=float, default=1200, help="stop waiting after this many seconds")
     parser.add_argument("--twistd", default=os.path.join(here, ".venv", "bin", "twistd"), help="server to run")
     args = parser.parse_args()
@@ -222,6 +244,7 @@ def main():
     proc = start_server(args, port, logdir)
     rss_idle = rss_mib(proc.pid)
     try:
+        idle = probe_for(port, args.anchor)
         outcome = {}
 
         async def run(reactor):
@@ -238,7 +261,7 @@ def main():
         except subprocess.TimeoutExpired:
             proc.kill()  # stalled in its reactor: still replaying the queue
             proc.wait()
-    report(args, *outcome["r"], rss_idle)
+    report(args, *outcome["r"], rss_idle, idle)
     print(f"  server log: {logdir}/twistd.log")
 
 
