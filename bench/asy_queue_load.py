@@ -176,8 +176,12 @@ async def load(reactor, args, port: int, pid: int):
     sampler.start(0.5)
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
     factories = [start_client(url, i) for i in range(args.n)]
+    # A Deferred of its own for the timeout: cancelling the DeferredList
+    # would cancel the clients' Deferreds too.
+    waiter = defer.Deferred()
+    defer.DeferredList([f.done for f in factories]).addBoth(lambda _: waiter.called or waiter.callback(None))
     try:
-        await defer.DeferredList([f.done for f in factories]).addTimeout(args.deadline, reactor)
+        await waiter.addTimeout(args.deadline, reactor)
     except defer.TimeoutError:
         pass  # reported as "still waiting"
     drained = time.monotonic() - t0
