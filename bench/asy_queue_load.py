@@ -8,7 +8,9 @@ how many ended with ``complete`` / ``denied`` and how many were dropped
 (closed with neither), the latency of /health and of a small Maxima request
 (p50/p99, from a separate process so that the clients' own work does not
 count) while the clients wait, and the server process's CPU time and peak
-RSS.  ``--twistd`` runs another checkout's server (a baseline).
+RSS.  Two anchors in the same run: the probes with the server idle, and
+with the runners kept busy by one client each (the machine's own latency
+when asy uses the CPUs, no queue).  ``--twistd`` runs another checkout's server (a baseline).
 """
 
 from __future__ import annotations
@@ -166,6 +168,26 @@ def probe_for(port: int, seconds: float):
     return probes
 
 
+async def busy_anchor(reactor, port: int, seconds: float, runners: int):
+    """The second anchor: the same probes while the runners are kept busy
+    by one client each at a time (asy uses the CPUs, no queue forms)."""
+    url = f"ws://127.0.0.1:{port}/asy"
+    stop, results = multiprocessing.Event(), multiprocessing.Queue()
+    prober = multiprocessing.Process(target=probe, args=(f"http://127.0.0.1:{port}", stop, results))
+    prober.start()
+    deadline = time.monotonic() + seconds
+
+    async def worker(k):
+        while time.monotonic() < deadline:
+            await start_client(url, k).done
+
+    await defer.gatherResults([defer.ensureDeferred(worker(k)) for k in range(runners)])
+    stop.set()
+    probes = results.get(timeout=60)
+    prober.join()
+    return probes
+
+
 async def load(reactor, args, port: int, pid: int):
     url = f"ws://127.0.0.1:{port}/asy"
     stop, results = multiprocessing.Event(), multiprocessing.Queue()
@@ -204,7 +226,7 @@ def latencies(probes, name: str, label: str) -> None:
     )
 
 
-def report(args, factories, drained, cpu, rss, probes, rss_idle, idle):
+def report(args, factories, drained, cpu, rss, probes, rss_idle, idle, busy):
     ends = [next((v for v in reversed(f.verbs) if v in ("complete", "denied")), None) for f in factories]
     queued = sum(1 for f in factories if "queue" in f.verbs)
     waiting = sum(1 for f in factories if not f.done.called)
@@ -215,6 +237,7 @@ def report(args, factories, drained, cpu, rss, probes, rss_idle, idle):
     print(f"  denied {ends.count('denied')}, dropped {dropped}")
     for name in ("health", "maxima"):
         latencies(idle, name, f"{name} idle")
+        latencies(busy, name, f"{name} busy")
         latencies(probes, name, f"{name} loaded")
     print(f"  probe failures while loaded: {len(probes['failures'])} {probes['failures'][:3]}")
     print(
@@ -252,6 +275,7 @@ def main():
         outcome = {}
 
         async def run(reactor):
+            outcome["busy"] = await busy_anchor(reactor, port, args.anchor, args.runners)
             outcome["r"] = await load(reactor, args, port, proc.pid)
 
         task.react(lambda r: defer.ensureDeferred(run(r)), [])
@@ -265,7 +289,7 @@ def main():
         except subprocess.TimeoutExpired:
             proc.kill()  # stalled in its reactor: still replaying the queue
             proc.wait()
-    report(args, *outcome["r"], rss_idle, idle)
+    report(args, *outcome["r"], rss_idle, idle, outcome["busy"])
     print(f"  server log: {logdir}/twistd.log")
 
 
