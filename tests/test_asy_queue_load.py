@@ -216,3 +216,28 @@ class ManyClientsTests(unittest.TestCase):
 
         while len(self.queue.scheduler.state.queue) < 20:
             await deferLater(reactor, 0.05, lambda: None)
+
+
+class HighDescriptorTests(unittest.TestCase):
+    """With 1000 WebSocket connections open, new descriptors are numbered
+    above select's FD_SETSIZE (1024): the Maxima child's kill check failed
+    there with ValueError (a 500) under the load benchmark."""
+
+    def test_kill_with_a_pidfd_above_1024(self):
+        import os
+        import subprocess
+
+        from mathrun.maxima.child import Child
+
+        fillers = []
+        self.addCleanup(lambda: [os.close(fd) for fd in fillers])
+        while not fillers or fillers[-1] < 1100:
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+        proc = subprocess.Popen(["sleep", "30"], start_new_session=True)
+        self.addCleanup(proc.wait)
+        lease = type("Lease", (), {"workspace": type("Workspace", (), {"root": "/nonexistent"})})()
+        child = Child(reactor, lease, None)
+        child.forked(proc.pid)
+        self.assertGreater(child._pidfd, 1024)
+        child.kill()
+        self.assertEqual(proc.wait(timeout=10), -9)

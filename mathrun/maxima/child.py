@@ -114,7 +114,11 @@ class Child:
         if self._pidfd < 0:
             return
         try:
-            alive = not select.select([self._pidfd], [], [], 0)[0]
+            # poll, not select: with 1000+ connections open the pidfd is
+            # past select's FD_SETSIZE (ValueError).
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)
+            alive = not poller.poll(0)
             if alive:
                 os.killpg(self.pid, signal.SIGKILL)
         except OSError:
