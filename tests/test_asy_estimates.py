@@ -47,6 +47,13 @@ class EstimateMachine(RuleBasedStateMachine):
         self.s.submit(Task(kind))
         self.s.cycle()
 
+    @rule(kind=st.sampled_from(QUEUED))
+    @precondition(lambda self: self.s is not None)
+    def submit_before_the_cycle(self, kind):
+        """The estimate is also asked of a state the cycle has not settled:
+        the replay then makes the downgrades and starts itself."""
+        self.s.submit(Task(kind))
+
     @rule(data=st.data(), failed=st.booleans())
     @precondition(lambda self: self.s is not None and self.s.running)
     def finish(self, data, failed):
