@@ -207,6 +207,8 @@ async def load(reactor, args, port: int, pid: int):
     except defer.TimeoutError:
         pass  # reported as "still waiting"
     drained = time.monotonic() - t0
+    for f in factories:  # as they are now: stopping the server closes the rest
+        f.verbs, f.at_deadline = list(f.verbs), f.done.called
     cpu = cpu_seconds(pid) - cpu0
     sampler.stop()
     stop.set()
@@ -229,8 +231,8 @@ def latencies(probes, name: str, label: str) -> None:
 def report(args, factories, drained, cpu, rss, probes, rss_idle, idle, busy):
     ends = [next((v for v in reversed(f.verbs) if v in ("complete", "denied")), None) for f in factories]
     queued = sum(1 for f in factories if "queue" in f.verbs)
-    waiting = sum(1 for f in factories if not f.done.called)
-    dropped = sum(1 for f, e in zip(factories, ends, strict=True) if e is None and f.done.called)
+    waiting = sum(1 for f in factories if not f.at_deadline)
+    dropped = sum(1 for f, e in zip(factories, ends, strict=True) if e is None and f.at_deadline)
     print(f"{args.n} clients at once, {args.runners} local runners (server: {args.twistd})")
     state = f"drained in {drained:.1f} s" if not waiting else f"{waiting} still waiting after {drained:.1f} s"
     print(f"  {state}; {queued} got queue messages; complete {ends.count('complete')},")
@@ -245,7 +247,7 @@ def report(args, factories, drained, cpu, rss, probes, rss_idle, idle, busy):
         f"peak {rss:.0f} MiB"
     )
     if dropped:
-        reasons = [f.done.result for f, e in zip(factories, ends, strict=True) if e is None and f.done.called]
+        reasons = [f.done.result for f, e in zip(factories, ends, strict=True) if e is None and f.at_deadline]
         print("  dropped, first few close reasons:", reasons[:5])
     if probes["health"]:
         print(f"  /health mean while loaded {statistics.mean(v for _, v in probes['health']) * 1000:.1f} ms")
