@@ -208,7 +208,7 @@ async def load(reactor, args, port: int, pid: int):
         pass  # reported as "still waiting"
     drained = time.monotonic() - t0
     for f in factories:  # as they are now: stopping the server closes the rest
-        f.verbs, f.at_deadline = list(f.verbs), f.done.called
+        f.seen, f.at_deadline = list(f.verbs), f.done.called
     cpu = cpu_seconds(pid) - cpu0
     sampler.stop()
     stop.set()
@@ -229,8 +229,8 @@ def latencies(probes, name: str, label: str) -> None:
 
 
 def report(args, factories, drained, cpu, rss, probes, rss_idle, idle, busy):
-    ends = [next((v for v in reversed(f.verbs) if v in ("complete", "denied")), None) for f in factories]
-    queued = sum(1 for f in factories if "queue" in f.verbs)
+    ends = [next((v for v in reversed(f.seen) if v in ("complete", "denied")), None) for f in factories]
+    queued = sum(1 for f in factories if "queue" in f.seen)
     waiting = sum(1 for f in factories if not f.at_deadline)
     dropped = sum(1 for f, e in zip(factories, ends, strict=True) if e is None and f.at_deadline)
     print(f"{args.n} clients at once, {args.runners} local runners (server: {args.twistd})")
