@@ -77,29 +77,46 @@ def asy_front_end(options, sandbox, reactor):
     from .asy.backends import LocalBackend, RemoteBackend
     from .asy.queue import AsyQueue, QueueConfig
     from .asy.queue_ws import QueueFactory
-    from .asy.runner import RunnerConfig
-    from .asy.runner_ws import limit_websocket
+    from .asy.runner_ws import FRAME_SLACK, limit_websocket
 
-    runner_config = RunnerConfig()
+    runner_config = asy_runner_config(options)
     urls = _split(options["asy-backends"])
     if urls:
-        backends = [RemoteBackend(url, reactor) for url in urls]
+        backends = [
+            RemoteBackend(url, reactor, max_image=runner_config.max_image, max_upload=runner_config.max_upload)
+            for url in urls
+        ]
     else:
         backends = [LocalBackend(sandbox, runner_config, f"local-{n}") for n in range(1, options["asy-local"] + 1)]
-    queue_config = QueueConfig(max_upload=runner_config.max_upload, max_files=runner_config.max_files)
+    queue_config = QueueConfig(
+        max_upload=runner_config.max_upload, max_image=runner_config.max_image, max_files=runner_config.max_files
+    )
     factory = QueueFactory(AsyQueue(backends, reactor, queue_config))
     limit_websocket(
-        factory, queue_config.max_upload + 4096, _split(options["asy-origins"]), options["asy-max-connections"]
+        factory,
+        queue_config.max_upload + FRAME_SLACK,
+        _split(options["asy-origins"]),
+        options["asy-max-connections"],
+        max_send=queue_config.max_image + FRAME_SLACK,
     )
     return ("asy", WebSocketResource(factory))
 
 
+def asy_runner_config(options):
+    """One image limit for every hop.  The workspace must hold the image and
+    asy's intermediate files (EPS, PDF: a raster image's are several times
+    its SVG)."""
+    from .asy.runner import RunnerConfig
+
+    max_image = int(options["asy-max-image"] * MiB)
+    return RunnerConfig(max_image=max_image, workspace_bytes=max(RunnerConfig.workspace_bytes, 4 * max_image))
+
+
 def asy_runner(options, sandbox) -> service.Service:
     """This host as an Asymptote back end (WebSocket at /), on its own endpoint."""
-    from .asy.runner import RunnerConfig
     from .asy.runner_ws import RunnerFactory
 
-    runner = strports.service(options["asy-runner"], RunnerFactory(sandbox, RunnerConfig()))
+    runner = strports.service(options["asy-runner"], RunnerFactory(sandbox, asy_runner_config(options)))
     runner.setName("asy-runner")
     return runner
 

@@ -61,6 +61,7 @@ class QueueProtocolTests(unittest.TestCase):
     def setUp(self):
         self.backends = [FakeBackend("a"), FakeBackend("b")]
         self.queue = AsyQueue(self.backends, reactor, QueueConfig(max_upload=10_000))
+        self.addCleanup(self.queue.stop)
         factory = QueueFactory(self.queue, "ws://127.0.0.1/asy")
         limit_websocket(factory, 20_000, ["*"], 16)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -211,7 +212,7 @@ class FailingBackendTests(unittest.TestCase):
 
     @async_test
     async def test_dead_back_end_fails_the_task_leaves_rotation_and_comes_back(self):
-        from socket import socket
+        from socket import AF_INET, socket
 
         s = socket()
         s.bind(("127.0.0.1", 0))
@@ -232,8 +233,12 @@ class FailingBackendTests(unittest.TestCase):
         self.assertEqual(queue.scheduler.disabled, {0})
         # The runner comes up: after the retry delay the queue uses it again.
         sandbox = make_sandbox(self, jobs=1)
-        s.close()
-        runner = reactor.listenTCP(dead_port, RunnerFactory(sandbox, RunnerConfig()), interface="127.0.0.1")
+        # The same socket starts listening: the port is never free in between
+        # (another process's connection could take it as its local port).
+        s.listen(16)
+        s.setblocking(False)
+        runner = reactor.adoptStreamPort(s.fileno(), AF_INET, RunnerFactory(sandbox, RunnerConfig()))
+        s.close()  # the reactor holds its own duplicate
         self.addCleanup(runner.stopListening)
         complete = await self.run_one(url)
         self.assertEqual(complete["success"], True, complete)
@@ -251,6 +256,7 @@ class EndToEndTests(unittest.TestCase):
             self.addCleanup(port.stopListening)
             urls.append(f"ws://127.0.0.1:{port.getHost().port}/")
         self.queue = AsyQueue([RemoteBackend(u, reactor) for u in urls], reactor)
+        self.addCleanup(self.queue.stop)
         port = reactor.listenTCP(0, QueueFactory(self.queue), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.url = f"ws://127.0.0.1:{port.getHost().port}/asy"

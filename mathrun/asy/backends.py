@@ -12,7 +12,8 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.logger import Logger
 
 from .protocol import FileEntry, ProtocolError, Reassembler, RunOptions, encode
-from .runner import AsyRun, RunnerConfig
+from .runner import AsyRun, RunnerConfig, output_limit_message
+from .runner_ws import FRAME_SLACK, SendLimit
 
 
 class LocalBackend:
@@ -35,9 +36,7 @@ class LocalBackend:
         return run
 
 
-class _RemoteSession(WebSocketClientProtocol):
-    log = Logger()
-
+class _RemoteSession(SendLimit, WebSocketClientProtocol):
     def onOpen(self):
         task = self.factory.task
         self.frames = Reassembler(task.backend.max_message)
@@ -74,6 +73,8 @@ class _RemoteSession(WebSocketClientProtocol):
             task.message(message)
 
     def onClose(self, wasClean, code, reason):
+        if self.wasMaxMessagePayloadSizeExceeded:
+            self.factory.task.too_large()
         self.factory.task.closed(reason or f"connection closed ({code})")
 
 
@@ -125,6 +126,19 @@ class RemoteTask:
             body = message.body or {}
             self.sink.complete(bool(body.get("success")), body.get("error"), int(body.get("time", 0)))
 
+    def too_large(self):
+        """The runner sent an image over our limit (its own is larger): the
+        task's output was too large, the back end is fine."""
+        if not self.done:
+            self.done = True
+            limit = self.backend.max_image
+            self.backend.log.warn(
+                "asy back end {url}: a message over the image limit of {limit} B; task ended",
+                url=self.backend.url,
+                limit=limit,
+            )
+            self.sink.complete(False, output_limit_message(limit), 0)
+
     def failed(self, why: str):
         if not self.done:
             self.done = True
@@ -141,12 +155,16 @@ class RemoteBackend:
 
     log = Logger()
 
-    def __init__(self, url: str, reactor, retry_seconds: float = 30.0, max_message: int = 64 << 20):
+    def __init__(
+        self, url: str, reactor, retry_seconds: float = 30.0, max_image: int = 32 << 20, max_upload: int = 4 << 20
+    ):
         self.url = url
         self.name = url
         self.reactor = reactor
         self.retry_seconds = retry_seconds
-        self.max_message = max_message
+        self.max_image = max_image
+        self.max_message = max_image + FRAME_SLACK  # received: results; sent: uploads
+        self.max_send = max_upload + FRAME_SLACK
         self.down_until = 0.0
 
     def available(self) -> bool:
@@ -163,7 +181,10 @@ class RemoteBackend:
         factory = WebSocketClientFactory(self.url, reactor=self.reactor)
         factory.protocol = _RemoteSession
         factory.task = task
-        factory.setProtocolOptions(openHandshakeTimeout=10, maxMessagePayloadSize=self.max_message)
+        factory.max_send = self.max_send
+        factory.setProtocolOptions(
+            openHandshakeTimeout=10, maxMessagePayloadSize=self.max_message, maxFramePayloadSize=self.max_message
+        )
         factory.clientConnectionFailed = lambda connector, reason: task.failed(reason.getErrorMessage())
         task.connector = connectWS(factory)
         return task

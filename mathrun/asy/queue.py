@@ -12,17 +12,25 @@ from twisted.logger import Logger
 
 from . import scheduler as sched
 from .cache import FileCache
+from .estimate import Replay
 from .protocol import RunOptions
+from .runner import output_limit_message
 
 
 @dataclass(frozen=True)
 class QueueConfig:
     max_upload: int = 4 << 20
+    max_image: int = 32 << 20  # the images of one task together, as the runners' limit
     max_files: int = 64
     cache_bytes: int = 64 << 20
     cache_seconds: float = 600.0
     slow_limit: int | None = None  # default: a third of the back ends, at least 1
     medium_limit: int | None = None  # default: two thirds of the back ends, at least slow
+    # Seconds between two replays of the queue for estimates: the changes of
+    # a burst (1000 clients submitting at once) share one replay.
+    estimate_interval: float = 0.25
+    # Replay steps per reactor turn: a long queue's replay is sliced.
+    estimate_slice: int = 200
 
 
 def default_limits(backends: int, config: QueueConfig) -> sched.Limits:
@@ -37,12 +45,24 @@ class _Relay:
 
     def __init__(self, queue, task):
         self.queue, self.task = queue, task
+        self.image_bytes = 0
 
     def output(self, stream, data):
         self.task.client.output(stream, data)
 
     def result(self, fmt, data):
-        self.task.client.result(fmt, data)
+        """An image; over the image limit (a back end whose own limit is
+        larger), the task ends for the client as the runner would end it."""
+        self.image_bytes += len(data)
+        client, limit = self.task.client, self.queue.config.max_image
+        if client.finished:
+            return
+        if self.image_bytes > limit:
+            self.queue.log.warn(
+                "asy task: images of {n} B, over the image limit of {limit} B", n=self.image_bytes, limit=limit
+            )
+            return client.complete(False, output_limit_message(limit), 0)
+        client.result(fmt, data)
 
     def complete(self, success, error, time_ms):
         self.queue._ended(self.task)
@@ -66,6 +86,10 @@ class AsyQueue:
         self.slots: dict[sched.Task, int] = {}
         self.sent_estimates: dict[sched.Task, int] = {}
         self._timers = {}
+        self._estimate_call = None
+        self._last_estimate = float("-inf")
+        self._replay = None  # a replay under way, in slices
+        self._stale = False  # the queue changed since that replay began
 
     # -- from clients -----------------------------------------------------------
     def submit(self, client) -> None:
@@ -105,6 +129,9 @@ class AsyQueue:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        if self._estimate_call is not None and self._estimate_call.active():
+            self._estimate_call.cancel()
+        self._estimate_call = self._replay = None
 
     # -- carrying out the scheduler's decisions ---------------------------------
     def _apply(self, actions) -> None:
@@ -167,8 +194,33 @@ class AsyQueue:
         self._update_estimates()
 
     def _update_estimates(self) -> None:
-        for task, estimate in self.scheduler.estimates().items():
+        """The queue changed: one replay soon, shared by every change until
+        then, and at most one per ``estimate_interval``."""
+        self._stale = True
+        if self._estimate_call is not None or self._replay is not None:
+            return  # one is due, or under way (then another follows it)
+        delay = max(0.0, self._last_estimate + self.config.estimate_interval - self.reactor.seconds())
+        self._estimate_call = self.reactor.callLater(delay, self._send_estimates)
+
+    def _send_estimates(self) -> None:
+        """Run the replay a slice at a time; then each waiting client hears
+        its estimate if it changed materially."""
+        self._estimate_call = None
+        if self._replay is None:
+            self._stale = False
+            self._last_estimate = self.reactor.seconds()
+            self._replay = Replay(self.scheduler)
+        if not self._replay.advance(self.config.estimate_slice):
+            self._estimate_call = self.reactor.callLater(0, self._send_estimates)
+            return
+        waits, self._replay = self._replay.waits, None
+        queue = self.scheduler.state.queue
+        for task, estimate in waits.items():
+            if task not in queue:
+                continue  # started or gone while the replay ran
             previous = self.sent_estimates.get(task)
             if previous is None or sched.changed_materially(previous, estimate):
                 self.sent_estimates[task] = estimate
                 task.client.queued(estimate)
+        if self._stale:
+            self._update_estimates()

@@ -13,14 +13,16 @@ from twisted.logger import Logger
 
 from .cache import sha256_hex
 from .protocol import FileSet, ProtocolError, Reassembler, RunOptions, parse_add, parse_options
-from .runner_ws import send_frames
+from .runner_ws import SendLimit, send_frames
+
+# Not a class attribute "log": on an Autobahn protocol that would replace
+# Autobahn's own logger, which drops its per-frame debug events.
+_log = Logger()
 
 QUEUE_TIMEOUTS = (3000, 10000, 30000, None)
 
 
-class QueueProtocol(WebSocketServerProtocol):
-    log = Logger()
-
+class QueueProtocol(SendLimit, WebSocketServerProtocol):
     def onOpen(self):
         queue = self.factory.queue
         self.frames = Reassembler(queue.config.max_upload)
@@ -71,7 +73,7 @@ class QueueProtocol(WebSocketServerProtocol):
             if message is not None:
                 self.handle(message)
         except ProtocolError as e:
-            self.log.info("asy queue: refused message from {peer}: {error}", peer=self.peer, error=str(e))
+            _log.info("asy queue: refused message from {peer}: {error}", peer=self.peer, error=str(e))
             if self.submitted:
                 self.factory.queue.leave(self)
                 self.complete(False, f"Execution aborted: {e}")

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from ..sandbox import Limits, Status
+from ..sandbox.workspace import FileTooLarge
 from .protocol import FileEntry, FileSet, ProtocolError, RunOptions
 
 OUTPUT_DIR = "out"
@@ -33,9 +34,14 @@ class RunnerConfig:
     output_limit: int = 1 << 20
     max_files: int = 64
     max_upload: int = 4 << 20
-    max_image: int = 32 << 20
+    max_image: int = 32 << 20  # the images of one run together (--asy-max-image)
     memory_bytes: int = 1 << 30
     workspace_bytes: int = 64 << 20
+
+
+def output_limit_message(limit: int) -> str:
+    """The design's error for output (text or images) over a limit."""
+    return f"Execution aborted due to the output limit ({limit}B)"
 
 
 def asy_command(config: RunnerConfig, options: RunOptions, main: str | None) -> list[str]:
@@ -151,6 +157,9 @@ class AsyRun:
                 memory_bytes=self.config.memory_bytes,
                 output_bytes=self.config.output_limit,
                 workspace_bytes=self.config.workspace_bytes,
+                # An image over max_image must be written whole to be refused
+                # with the output-limit message, not killed by SIGXFSZ.
+                file_size_bytes=max(self.config.workspace_bytes, self.config.max_image + 1),
                 processes=32,
             )
             if self._aborted:
@@ -180,7 +189,7 @@ class AsyRun:
         if result.status is Status.TIME_LIMIT:
             return self._complete(False, f"Execution aborted due to the time limit ({self._timeout_ms}ms)")
         if result.status is Status.OUTPUT_LIMIT:
-            return self._complete(False, f"Execution aborted due to the output limit ({self.config.output_limit}B)")
+            return self._complete(False, output_limit_message(self.config.output_limit))
         if result.status is Status.MEMORY_LIMIT:
             return self._complete(False, f"Execution aborted due to the memory limit ({self.config.memory_bytes}B)")
         if result.status is Status.SIGNALLED:
@@ -189,7 +198,13 @@ class AsyRun:
             return self._complete(False, f"Execution failed with code {result.exit_code}")
         if result.status is not Status.OK:
             return self._complete(False, f"Internal error: {result.describe()}")
-        images = self._images(lease)
+        try:
+            images = self._images(lease)
+        except FileTooLarge as e:
+            self.log.warn(
+                "asy run: images over the image limit of {limit} B: {why}", limit=self.config.max_image, why=e
+            )
+            return self._complete(False, output_limit_message(self.config.max_image))
         if not images:
             return self._complete(False, "No image output")
         for data in images:
@@ -198,7 +213,8 @@ class AsyRun:
 
     def _images(self, lease) -> list[bytes]:
         """Every image of the requested format in the output directory,
-        ``output`` first, then the other shipouts by name."""
+        ``output`` first, then the other shipouts by name; FileTooLarge when
+        they are more than ``max_image`` bytes together."""
         suffix = "." + self.options.format
         out = lease.workspace.path + "/" + OUTPUT_DIR
         try:
@@ -206,7 +222,11 @@ class AsyRun:
         except FileNotFoundError:
             return []
         names.sort(key=lambda n: n != "output" + suffix)
-        return [lease.workspace.read_file(f"{OUTPUT_DIR}/{n}", self.config.max_image) for n in names]
+        images, left = [], self.config.max_image
+        for name in names:
+            images.append(lease.workspace.read_file(f"{OUTPUT_DIR}/{name}", left))
+            left -= len(images[-1])
+        return images
 
     def _complete(self, success: bool, error: str | None) -> None:
         if self.finished:

@@ -14,9 +14,20 @@ from twisted.logger import Logger
 from .protocol import ProtocolError, Reassembler, encode, parse_add, parse_options, parse_timeout_update
 from .runner import AsyRun, RunnerConfig
 
+# Not a class attribute "log": on an Autobahn protocol that would replace
+# Autobahn's own logger, which drops its per-frame debug events.
+_log = Logger()
 
-def limit_websocket(factory, max_message: int, origins, max_connections: int | None):
-    """Autobahn's defaults are no size limit, any origin, no connection cap."""
+
+# Room for a text frame (at most MAX_TEXT_FRAME) on top of the largest payload.
+FRAME_SLACK = 64 << 10
+
+
+def limit_websocket(factory, max_message: int, origins, max_connections: int | None, max_send: int | None = None):
+    """Autobahn's defaults are no size limit, any origin, no connection cap.
+    ``max_message`` bounds what is received, ``max_send`` (default the same)
+    what is sent, for protocols with :class:`SendLimit`."""
+    factory.max_send = max_send or max_message
     factory.setProtocolOptions(
         maxFramePayloadSize=max_message,
         maxMessagePayloadSize=max_message,
@@ -27,6 +38,19 @@ def limit_websocket(factory, max_message: int, origins, max_connections: int | N
         autoPingInterval=30,
         autoPingTimeout=30,
     )
+
+
+class SendLimit:
+    """Autobahn checks a message sent against the same limit as one received,
+    but uploads are small and images large: sends get ``factory.max_send``."""
+
+    def sendMessage(self, payload, isBinary=False, *args, **kwargs):
+        received = self.maxMessagePayloadSize
+        self.maxMessagePayloadSize = getattr(self.factory, "max_send", received)
+        try:
+            return super().sendMessage(payload, isBinary, *args, **kwargs)
+        finally:
+            self.maxMessagePayloadSize = received
 
 
 def send_frames(ws, verb, body=None, payload: bytes | None = None) -> None:
@@ -58,9 +82,7 @@ class FrameSink:
         self.protocol.sendClose(1000)
 
 
-class RunnerProtocol(WebSocketServerProtocol):
-    log = Logger()
-
+class RunnerProtocol(SendLimit, WebSocketServerProtocol):
     def onConnect(self, request):
         if self.factory.busy is not None:
             raise ConnectionDeny(503, "runner busy: it serves one connection at a time")
@@ -80,7 +102,7 @@ class RunnerProtocol(WebSocketServerProtocol):
             if message is not None:
                 self.handle(message)
         except ProtocolError as e:
-            self.log.info("asy runner: refused message from {peer}: {error}", peer=self.peer, error=str(e))
+            _log.info("asy runner: refused message from {peer}: {error}", peer=self.peer, error=str(e))
             if self.run.started:
                 self.run.abort("aborted: " + str(e))
             else:
@@ -118,4 +140,10 @@ class RunnerFactory(WebSocketServerFactory):
         self.sandbox = sandbox
         self.config = config or RunnerConfig()
         self.busy = None
-        limit_websocket(self, self.config.max_upload + 4096, origins, max_connections=2)
+        limit_websocket(
+            self,
+            self.config.max_upload + FRAME_SLACK,
+            origins,
+            max_connections=2,
+            max_send=self.config.max_image + FRAME_SLACK,
+        )

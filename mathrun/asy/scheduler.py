@@ -14,7 +14,9 @@ medium limit medium- and slow-timeout ones, the fast limit every running task
 
 from __future__ import annotations
 
+import collections
 import enum
+import heapq
 import itertools
 from dataclasses import dataclass, field
 
@@ -103,13 +105,57 @@ class Deny:
 NO_BACKEND = "No back end is free for an interactive session; try again later"
 
 
+class TaskQueue:
+    """The waiting tasks in order, kept as one FIFO per queue class, so that
+    the cycle finds "the first task whose class is not ignored" in O(1)
+    however long the queue is (the estimator runs the cycle once per
+    queued task)."""
+
+    def __init__(self, tasks=()):
+        self._fifos = {FAST: collections.deque(), MEDIUM: collections.deque(), SLOW: collections.deque()}
+        self._seq: dict = {}
+        self._next = 0
+        for task in tasks:
+            self.append(task)
+
+    def append(self, task) -> None:
+        self._seq[task] = self._next
+        self._fifos[task.queue_timeout].append((self._next, task))
+        self._next += 1
+
+    def remove(self, task) -> None:
+        fifo = self._fifos[task.queue_timeout]
+        entry = (self._seq.pop(task), task)
+        if fifo[0] == entry:
+            fifo.popleft()
+        else:
+            fifo.remove(entry)
+
+    def head(self, ignored=()):
+        """The first task whose queue class is not in ``ignored``."""
+        best = None
+        for timeout, fifo in self._fifos.items():
+            if fifo and timeout not in ignored and (best is None or fifo[0][0] < best[0]):
+                best = fifo[0]
+        return None if best is None else best[1]
+
+    def __contains__(self, task) -> bool:
+        return task in self._seq
+
+    def __len__(self) -> int:
+        return len(self._seq)
+
+    def __iter__(self):
+        return (task for _, task in heapq.merge(*self._fifos.values(), key=lambda entry: entry[0]))
+
+
 class _State:
     """Queue, running tasks and free slots; the cycle works on this, so that
     the estimator can run the very same algorithm on a copy."""
 
     def __init__(self, limits: Limits, slots):
         self.limits = limits
-        self.queue: list[Task] = []
+        self.queue = TaskQueue()
         self.running: dict[Task, int] = {}
         self.free: list[int] = list(slots)
 
@@ -139,7 +185,8 @@ class _State:
         return FAST
 
     def start(self, task: Task, now: float, actions: list) -> None:
-        self.queue.remove(task)
+        if task in self.queue:  # an interactive task never waits there
+            self.queue.remove(task)
         slot = self.free.pop(0)
         self.running[task] = slot
         task.started_at = now
@@ -161,7 +208,7 @@ def _downgrade(task: Task, timeout: int, actions: list) -> None:
 
 def _head(state: _State, ignored: set) -> Task | None:
     """The first queued task whose class is not ignored in this cycle."""
-    return next((t for t in state.queue if t.queue_timeout not in ignored), None)
+    return state.queue.head(ignored)
 
 
 def run_cycles(state: _State, now: float, choose) -> list:
@@ -214,6 +261,7 @@ class Scheduler:
         self.mean_ms = {FAST: 1000.0, MEDIUM: 3000.0, SLOW: 8000.0, None: 60000.0}
         self.mean_ms.update(prior_ms or {})
         self.samples = {k: 0 for k in self.mean_ms}
+        self.replay_steps = 0  # work of the estimator, for tests and metrics
 
     @property
     def queue(self) -> list[Task]:
@@ -238,7 +286,6 @@ class Scheduler:
                 _downgrade(self.rng.choice(state.defaults_with(MEDIUM)), FAST, actions)
             actions.append(Deny(task, NO_BACKEND))
             return actions
-        state.queue.append(task)  # only to leave it at once
         state.start(task, self.clock(), actions)
         return actions
 
@@ -284,47 +331,11 @@ class Scheduler:
         mean = self.mean_ms[key]
         return mean if key is None else min(mean, key)
 
-    def estimates(self, most: int = 200) -> dict[Task, int]:
-        """Each queued task's expected wait in ms, from the running tasks and
-        the tasks ahead of it only: the algorithm is replayed on a copy that
-        holds just that prefix of the queue, with expected run times."""
-        queue = self.state.queue[:most]
-        now = self.clock()
-        return {task: self._replay(queue[: i + 1], now) for i, task in enumerate(queue)}
+    def estimates(self) -> dict[Task, int]:
+        """Each queued task's expected wait in ms (see :mod:`.estimate`)."""
+        from .estimate import estimate_waits
 
-    def _replay(self, prefix: list[Task], now: float) -> int:
-        sim = _State(self.limits, list(self.state.free))
-        ends = {}
-        for task, slot in self.state.running.items():
-            copy = Task(task.kind, timeout_ms=task.timeout_ms, started_at=task.started_at)
-            sim.running[copy] = slot
-            ends[copy] = max(now, task.started_at + self.expected_ms(task) / 1000)
-        sim.queue = [Task(t.kind, submitted_at=t.submitted_at) for t in prefix]
-        mine = sim.queue[-1]
-        t = now
-        for _ in range(4 * len(prefix) + len(ends) + 4):
-            for action in run_cycles(sim, t, lambda options: options[0]):
-                if isinstance(action, Start):
-                    if action.task is mine:
-                        return int(round((t - now) * 1000))
-                    ends[action.task] = t + self.expected_ms(action.task) / 1000
-                elif isinstance(action, Downgrade):
-                    started = t if action.task.started_at is None else action.task.started_at
-                    ends[action.task] = min(ends[action.task], started + action.timeout_ms / 1000)
-                elif isinstance(action, Halt):
-                    ends.pop(action.task, None)
-            live = [task for task in sim.running if task in ends]
-            if not live:
-                break
-            t = max(t, min(ends[task] for task in live))
-            for task in live:
-                if ends[task] <= t:
-                    slot = sim.running[task]
-                    sim.release(task)
-                    if slot in self.disabled:  # a failed back end stays out
-                        sim.free.remove(slot)
-                    del ends[task]
-        return int(round((t - now) * 1000))
+        return estimate_waits(self)
 
 
 def changed_materially(old_ms: int, new_ms: int) -> bool:
