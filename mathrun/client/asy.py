@@ -62,6 +62,7 @@ class AsyResult:
     stdout: bytes = b""
     stderr: bytes = b""
     progress: list[Progress] = field(default_factory=list)
+    uploaded: list[str] = field(default_factory=list)  # files whose contents were sent (not restored)
 
     @property
     def image(self) -> bytes | None:
@@ -121,6 +122,7 @@ class _Render:
             self.send("add", {**body, "restore": True})
         else:
             self.send("add", body, data)
+            self.result.uploaded.append(name)
 
     def frame(self, payload: bytes, binary: bool):
         if binary:
