@@ -193,6 +193,7 @@ class NoServerTests(unittest.TestCase):
             self.assertEqual(len(console.stderr.getvalue().splitlines()), 1, console.stderr.getvalue())
             self.assertIn("refused", console.stderr.getvalue())
         self.assertEqual(await cli.run(reactor, ["asy", "--url", url, "/nonexistent/x.asy"], Console()), cli.EXIT_USAGE)
+        self.assertEqual(await cli.run(reactor, ["health", "--url", "ftp://host"], Console()), cli.EXIT_USAGE)
 
 
 # -- against a real server ---------------------------------------------------------
@@ -298,6 +299,11 @@ class ClientTests(unittest.TestCase):
         code, out, err = await self.cli("maxima", "--timeout", "500", "print(1)$ (for i:1 thru 10^9 do x:i, 1);")
         self.assertEqual((code, out), (cli.EXIT_TIMEOUT, "1\n"), err)
         self.assertIn("timed out after 500 ms", err)
+        code, _, err = await self.cli(
+            "asy", "--timeout", "fast", self.write("loop.asy", SLOW.replace(b"3000000", b"10^9"))
+        )
+        self.assertEqual(code, cli.EXIT_TIMEOUT, err)
+        self.assertIn("time limit (3000ms)", err)
         code, _, err = await self.cli("maxima", "x" * (1024 * 1024 + 1) + ";")
         self.assertEqual((code, len(err.splitlines())), (cli.EXIT_REFUSED, 1), err)
         self.assertIn("413", err)
@@ -350,6 +356,19 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(result.location, Location("broken.asy", 2, 10, "syntax error"))
 
     @async_test
+    async def test_asy_message_size_limit(self):
+        """Images come in one message: the client's limit bounds it (64 MiB by
+        default; autobahn's own default is no limit)."""
+        files = {"big.asy": b"for (int i=0; i<200; ++i) dot((i,0));\n"}
+        self.assertEqual(AsyClient(reactor).max_message, 64 << 20)
+        result = await within(defer.ensureDeferred(AsyClient(reactor, self.server.url).render(files, "big.asy")))
+        self.assertGreater(len(result.image), 4000)
+        small = AsyClient(reactor, self.server.url, max_message=4000)
+        with self.assertRaises(ConnectionFailed) as caught:
+            await within(defer.ensureDeferred(small.render(files, "big.asy")))
+        self.assertIn("payload", str(caught.exception).lower())
+
+    @async_test
     async def test_asy_denied_bad_file_name(self):
         code, _, err = await self.cli("asy", self.write("bad name.asy", b"draw(unitcircle);"))
         self.assertEqual((code, len(err.splitlines())), (cli.EXIT_REFUSED, 1), err)
@@ -361,7 +380,9 @@ class ClientTests(unittest.TestCase):
         queue's estimate, then its start."""
         client = AsyClient(reactor, self.server.url)
         first_events = []
-        first = defer.ensureDeferred(client.render({"slow.asy": SLOW}, "slow.asy", progress=first_events.append))
+        first = defer.ensureDeferred(
+            client.render({"slow.asy": SLOW}, "slow.asy", timeout="medium", progress=first_events.append)
+        )  # medium: a default task would be downgraded to fast when the queue forms
         for _ in range(200):  # until the first one runs
             if first_events:
                 break

@@ -24,12 +24,16 @@ import sys
 from twisted.internet import defer, task
 
 from .asy import TIMEOUT_CLASSES, AsyClient, AsyDenied, AsyResult
-from .common import ClientError, ConnectionFailed, default_url
+from .common import ClientError, ConnectionFailed, default_url, endpoint
 from .health import Health, health
 from .maxima import MaximaAnswer, MaximaBusy, MaximaClient, MaximaError, MaximaRefused, MaximaServerError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REFUSED, EXIT_SERVER, EXIT_BUSY, EXIT_CONNECTION = range(8)
 FORMATS = ("svg", "pdf", "png")
+EPILOG = """exit status: 0 done; 1 the job failed (asy's error) or the server is unhealthy;
+2 bad usage; 3 time limit (Maxima's 416, asy's); 4 refused (Maxima's 400/413,
+asy denied); 5 the server could not finish (Maxima's 500, asy's output or
+memory limit); 6 busy (Maxima's 503); 7 no answer (cannot connect)."""
 
 
 def exit_code(outcome) -> int:
@@ -55,7 +59,12 @@ def exit_code(outcome) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mathrun", description="Use a mathrun server: Maxima, Asymptote, health.")
+    p = argparse.ArgumentParser(
+        prog="mathrun",
+        description="Use a mathrun server: Maxima, Asymptote, health.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
     url_help = f"the server's base URL (default: $MATHRUN_URL or {default_url()})"
     m = sub.add_parser("maxima", help="evaluate Maxima text, print the output, save plots")
@@ -103,6 +112,10 @@ async def run(reactor, argv, console: Console | None = None) -> int:
         return EXIT_USAGE if e.code else EXIT_OK
     command = {"maxima": run_maxima, "asy": run_asy, "health": run_health}[args.command]
     try:
+        try:
+            endpoint(args.url or default_url(), "/")
+        except ValueError as e:
+            raise UsageError(str(e)) from e
         return await command(reactor, args, console)
     except UsageError as e:
         console.say(str(e))
@@ -191,10 +204,15 @@ def read_files(paths, console: Console) -> dict[str, bytes]:
         if name in files:
             raise UsageError(f"two files named {name}: the server sees base names only")
         try:
-            files[name] = console.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+            files[name] = read_stdin(console.stdin) if path == "-" else open(path, "rb").read()
         except OSError as e:
             raise UsageError(f"cannot read {path}: {e.strerror}") from e
     return files
+
+
+def read_stdin(stream) -> bytes:
+    raw = getattr(stream, "buffer", None)
+    return raw.read() if raw is not None else stream.read().encode()
 
 
 def output_format(path: str | None) -> str | None:

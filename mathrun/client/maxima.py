@@ -20,7 +20,7 @@ from twisted.web.client import Agent, ResponseFailed
 
 from .common import ClientError, ConnectionFailed, default_url, endpoint
 
-PROMPTS = re.compile(r"^(?:\(%i\d+\) ?)+", re.MULTILINE)
+PROMPTS = re.compile(r"(?:\(%i\d+\) ?)+")
 LABEL = re.compile(r"^\(%o\d+\) ")
 
 
@@ -71,9 +71,10 @@ def strip_prompts(body: str) -> str:
     left margin.  The quiet form (no prompts) comes back unchanged but for
     blank lines at either end."""
     lines = []
-    for line in PROMPTS.sub(lambda m: "\0", body).split("\n"):
-        if line.startswith("\0"):
-            line = line.lstrip("\0").lstrip()  # text after a prompt (e.g. gnuplot's)
+    for line in body.split("\n"):
+        prompt = PROMPTS.match(line)
+        if prompt:
+            line = line[prompt.end() :].lstrip()  # text after a prompt (e.g. gnuplot's)
             if not line:
                 continue
         labelled = bool(LABEL.match(line))
