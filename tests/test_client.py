@@ -259,6 +259,9 @@ class ClientTests(unittest.TestCase):
 
     def setUp(self):
         self.dir = temp_dir(self, "mathrun-client-test-")
+        # Files a command writes by default land here, never in the checkout.
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(self.dir)
 
     async def cli(self, *argv, stdin=""):
         console = Console(stdin)
@@ -336,9 +339,6 @@ class ClientTests(unittest.TestCase):
             self.assertIn("running", err)
             self.assertIn(f"wrote {out}", err)
         # Without -o: MAIN.FORMAT in the current directory.
-        cwd = os.getcwd()
-        os.chdir(self.dir)
-        self.addCleanup(os.chdir, cwd)
         code, _, err = await self.cli("asy", "-f", "pdf", "-q", main, other)
         self.assertEqual((code, err), (0, ""))
         self.assertTrue(open(os.path.join(self.dir, "pic.pdf"), "rb").read().startswith(b"%PDF"))
@@ -388,7 +388,8 @@ class ClientTests(unittest.TestCase):
                 break
             await deferLater(0.02)
         self.assertEqual([e.passed for e in first_events], [True])
-        code, _, err = await self.cli("asy", "--timeout", "fast", self.write("quick.asy", b"draw(unitcircle);"))
+        quick = self.write("quick.asy", b"draw(unitcircle);")
+        code, _, err = await self.cli("asy", "--timeout", "fast", "-o", os.path.join(self.dir, "quick.svg"), quick)
         self.assertEqual(code, 0, err)
         lines = err.splitlines()
         self.assertTrue(lines[0].startswith("mathrun: queued"), err)
