@@ -432,3 +432,62 @@ def deferLater(seconds):
     from twisted.internet import task
 
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+class FakeSession:
+    """Records what a render sends; closing is the test's to do."""
+
+    def __init__(self):
+        self.sent, self.dropped = [], False
+
+    def sendMessage(self, data, isBinary):
+        self.sent.append(data if isBinary else data.decode())
+
+    def dropConnection(self, abort=False):
+        self.dropped = True
+
+
+class RenderProtocolTests(unittest.TestCase):
+    """The client's side of the queue protocol, frame by frame."""
+
+    def render(self, restore=False):
+        from mathrun.client.asy import _Render
+
+        render = _Render({"a.asy": b"A", "b.asy": b"B"}, "a.asy", {"format": "svg"}, None, restore)
+        session = FakeSession()
+        render.opened(session)
+        return render, session
+
+    def test_restore_then_missing_uploads_that_file_and_runs_again(self):
+        render, session = self.render(restore=True)
+        verbs = [m.split(" ")[0] for m in session.sent]
+        self.assertEqual(verbs, ["add", "add", "options", "run"])
+        self.assertTrue(all(json.loads(m[4:])["restore"] for m in session.sent[:2]))
+        del session.sent[:]
+        render.frame(b'missing [{"filename": "b.asy", "hash": "x"}]', False)
+        self.assertEqual(session.sent[1:], [b"B", "run"])
+        self.assertFalse(json.loads(session.sent[0][4:]).get("restore", False))
+        render.frame(b'output {"stream": "stderr"}', False)
+        render.frame(b"oops", True)
+        render.frame(b'result {"format": "svg"}', False)
+        render.frame(b"<svg/>", True)
+        render.frame(b'complete {"success": true, "time": 12}', False)
+        render.closed(1000, None)
+        result = self.successResultOf(render.done)
+        self.assertEqual(
+            (result.stderr, result.image, result.time_ms, result.uploaded), (b"oops", b"<svg/>", 12, ["b.asy"])
+        )
+
+    def test_broken_frames_end_the_render(self):
+        for frames in ([(b"stray", True)], [(b"queue [1]", False)], [(b"complete {no json", False)],
+                       [(b"missing []", False), (b"missing []", False)]):  # fmt: skip
+            render, session = self.render()
+            for data, binary in frames:
+                render.frame(data, binary)
+            self.assertTrue(session.dropped, frames)
+            render.closed(1006, "dropped")
+            self.failureResultOf(render.done, ConnectionFailed)
+        render, _ = self.render()
+        render.frame(b'denied {"error": "bad file name"}', False)
+        render.closed(1000, None)
+        self.assertEqual(str(self.failureResultOf(render.done, AsyDenied).value), "bad file name")
