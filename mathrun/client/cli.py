@@ -233,11 +233,19 @@ async def run_health(reactor, args, console: Console) -> int:
 
 
 def main(argv=None) -> None:
-    """The console script: runs the reactor for one command, exits with its status."""
+    """The console script: runs the reactor for one command, exits with its
+    status (130 when interrupted: the reactor stopped before the answer)."""
+    finished = []
 
     async def once(reactor):
         code = await run(reactor, sys.argv[1:] if argv is None else argv)
+        finished.append(code)
         if code:
             raise SystemExit(code)
 
-    task.react(lambda reactor: defer.ensureDeferred(once(reactor)))
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(once(reactor)))
+    except SystemExit:
+        if not finished:
+            raise SystemExit(130) from None
+        raise
