@@ -1,0 +1,58 @@
+"""``/health`` of a mathrun server: its status and its front ends' states."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet import defer
+from twisted.internet import error as neterror
+from twisted.web.client import Agent, ResponseFailed
+
+from .common import ClientError, ConnectionFailed, default_url, endpoint
+from .maxima import describe
+
+
+@dataclass
+class Health:
+    code: int  # 200 when the server can serve, else 503
+    report: dict  # the server's JSON: status, job_users, maxima, …
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 200 and self.report.get("status") == "ok"
+
+    def summary(self) -> str:
+        """One line: the status, the job users, each Maxima mother's state."""
+        parts = [str(self.report.get("status", "unknown"))]
+        users = self.report.get("job_users")
+        if isinstance(users, dict):
+            parts.append(f"job users {users.get('busy')} busy / {users.get('free')} free")
+        maxima = self.report.get("maxima")
+        if isinstance(maxima, dict):
+            mothers = ", ".join(f"{v}: {s.get('mother')}" for v, s in maxima.items() if isinstance(s, dict))
+            parts.append(f"maxima {mothers}")
+        if self.report.get("error"):
+            parts.append(str(self.report["error"]))
+        return "; ".join(parts)
+
+
+async def health(reactor, url: str | None = None, deep: bool = False, http=None, wait: float = 30) -> Health:
+    """The server's health; ``deep`` also runs a job in its sandbox."""
+    http = http if http is not None else HTTPClient(Agent(reactor))
+    content = getattr(http, "content", treq.content)
+    target = endpoint(url or default_url(), "/health")
+    try:
+        response = await http.get(target, params={"deep": "1"} if deep else None, timeout=wait, reactor=reactor)
+        data = await content(response)
+    except defer.CancelledError as e:
+        raise ConnectionFailed(f"no answer from {target} within {wait:g} s") from e
+    except (neterror.ConnectError, neterror.DNSLookupError, ResponseFailed) as e:
+        raise ConnectionFailed(f"cannot reach {target}: {describe(e)}") from e
+    try:
+        report = json.loads(data)
+    except ValueError as e:
+        raise ClientError(f"{target} answered {response.code} without JSON: {data[:80]!r}") from e
+    return Health(response.code, report if isinstance(report, dict) else {"status": repr(report)})
