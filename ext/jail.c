@@ -341,7 +341,7 @@ static void pause_briefly(long usec)
     nanosleep(&ts, NULL);
 }
 
-static int count_from_file(const char *path)
+int jail_count_file(const char *path)
 {
     char buf[32];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -389,7 +389,7 @@ int jail_kill_user_counted(uid_t uid, uid_t kill_ruid, const char *lock, const c
      * nobody, so /proc tells when they are all gone. */
     for (int round = 0; round < 2000; round++) {
         kill(-1, SIGKILL);
-        int left = count_file ? count_from_file(count_file) : -1;
+        int left = count_file ? jail_count_file(count_file) : -1;
         if (left < 0)
             left = jail_count_user_processes(uid);
         if (left == 0) {

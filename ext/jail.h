@@ -146,6 +146,9 @@ int jail_kill_user(uid_t uid, uid_t kill_ruid, const char *lock);
  * root on the host.  NULL, or a file that cannot be read: /proc. */
 int jail_kill_user_counted(uid_t uid, uid_t kill_ruid, const char *lock, const char *count_file);
 
+/* The number in a cgroup file such as pids.current; -1 when it cannot be read. */
+int jail_count_file(const char *path);
+
 /* Count live (non-zombie) processes with real uid `uid`, from /proc. */
 int jail_count_user_processes(uid_t uid);
 

@@ -191,25 +191,11 @@ static int belongs(const struct spawn_job *job, pid_t orphan)
     return other == NULL || other == job;
 }
 
-static int count_file(const char *path)
-{
-    char buf[32];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t got = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (got <= 0)
-        return -1;
-    buf[got] = 0;
-    return atoi(buf);
-}
-
 int spawn_has_leftovers(const struct spawn_job *job)
 {
     pid_t o[512];
     if (job->uid != (uid_t)-1 && job->count_file) {
-        int n = count_file(job->count_file);
+        int n = jail_count_file(job->count_file);
         if (n >= 0)
             return n > 0;
     }

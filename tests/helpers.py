@@ -51,6 +51,13 @@ def make_sandbox(testcase, **config) -> Sandbox:
     return sandbox
 
 
+def make_unprivileged_sandbox(testcase, jobs: int = 2, **config) -> Sandbox:
+    """A started sandbox in unprivileged mode (root or not), in a job root
+    of its own."""
+    root = temp_dir(testcase, "mathrun-unpriv-")
+    return make_sandbox(testcase, jobs=jobs, privileged=False, job_root=os.path.join(root, "jobs"), **config)
+
+
 def processes_of(uid: int) -> list[int]:
     """Live (non-zombie) processes whose real uid is ``uid``."""
     found = []

@@ -18,7 +18,7 @@ from twisted.trial import unittest
 from mathrun.sandbox import Limits, Status
 from mathrun.sandbox.sandbox import DEFAULT_JAIL
 
-from .helpers import PYTHON, ROOT, async_test, make_sandbox, processes_of, temp_dir
+from .helpers import PYTHON, ROOT, async_test, make_sandbox, make_unprivileged_sandbox, processes_of, temp_dir
 
 SHARED_TMP = tuple(d for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock") if os.path.isdir(d))
 
@@ -295,8 +295,7 @@ class UnprivilegedTests(unittest.TestCase):
     """Without job users the jail still kills everything the job started."""
 
     def setUp(self):
-        root = temp_dir(self, "mathrun-unpriv-")
-        self.sandbox = make_sandbox(self, jobs=2, privileged=False, job_root=os.path.join(root, "jobs"))
+        self.sandbox = make_unprivileged_sandbox(self)
 
     @async_test
     async def test_escaped_processes_are_killed(self):

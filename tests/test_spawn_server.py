@@ -17,7 +17,7 @@ from mathrun.sandbox.result import parse_report
 from mathrun.sandbox.sandbox import DEFAULT_SPAWN
 from mathrun.sandbox.spawner import FrameParser, encode
 
-from .helpers import async_test, make_sandbox, processes_of, temp_dir
+from .helpers import async_test, make_sandbox, make_unprivileged_sandbox, processes_of, temp_dir
 
 
 class Peer:
@@ -188,4 +188,4 @@ class SpawnServerDeathTests(unittest.TestCase):
 
 class SpawnServerDeathUnprivilegedTests(SpawnServerDeathTests):
     def setUp(self):
-        self.sandbox = make_sandbox(self, jobs=2, privileged=False, job_root=os.path.join(temp_dir(self), "jobs"))
+        self.sandbox = make_unprivileged_sandbox(self)

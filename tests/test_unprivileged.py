@@ -29,6 +29,7 @@ from .helpers import (
     async_test,
     children_of,
     make_sandbox,
+    make_unprivileged_sandbox,
     namespace_members,
     pid_namespace,
     temp_dir,
@@ -69,8 +70,7 @@ def _cmdlines() -> list[str]:
 
 class UnprivilegedBoundsTests(unittest.TestCase):
     def setUp(self):
-        root = temp_dir(self, "mathrun-unpriv-")
-        self.sandbox = make_sandbox(self, jobs=2, privileged=False, job_root=os.path.join(root, "jobs"))
+        self.sandbox = make_unprivileged_sandbox(self)
 
     @async_test
     async def test_fork_bomb_stays_at_its_limit_and_leaves_nothing(self):
