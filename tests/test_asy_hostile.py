@@ -4,6 +4,7 @@ each, and the runner keeps serving."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 
 from twisted.internet import reactor
@@ -84,7 +85,7 @@ class AsyHostileTests(unittest.TestCase):
         complete, received = await self.run_asy(postscript_command("id -un > $HOME/out/zz.svg"))
         results = [m[2] for m in messages(received, "result")]
         self.assertEqual(len(results), 2, received)
-        self.assertRegex(results[1], rb"^" + USER_PREFIX.encode() + rb"-\d+\n$")
+        self.assertRegex(results[1], rb"^" + re.escape(USER_PREFIX).encode() + rb"-\d+\n$")
 
     @async_test
     async def test_http_input_cannot_reach_the_network(self):

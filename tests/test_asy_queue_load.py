@@ -76,13 +76,25 @@ class BurstTests(unittest.TestCase):
                     test.slices.append(self.scheduler.replay_steps - before)
 
         self.patch(queue_module, "Replay", CountedReplay)
+        self.sends = []  # queue messages per reactor turn
+        send_some = self.queue._send_some
+
+        def counted(most):
+            before = sum(len(c.estimates) for c in self.clients)
+            try:
+                return send_some(most)
+            finally:
+                self.sends.append(sum(len(c.estimates) for c in self.clients) - before)
+
+        self.queue._send_some = counted
+        self.clients = []
 
     def finish_one(self):
         run = next(r for b in self.backends for r in b.runs if not r.sink.task.client.finished)
         run.finish()
 
     def test_a_thousand_submits_share_one_replay(self):
-        clients = [FakeClient(TIMEOUTS[i % 4]) for i in range(1002)]
+        clients = self.clients = [FakeClient(TIMEOUTS[i % 4]) for i in range(1002)]
         for client in clients:
             self.queue.submit(client)
         self.assertEqual(self.passes, 0)  # nothing replayed on the submits themselves
@@ -97,6 +109,9 @@ class BurstTests(unittest.TestCase):
         self.assertLessEqual(steps, 3 * 1002 + 3)
         self.assertGreater(len(self.slices), 3)
         self.assertLessEqual(max(self.slices), self.queue.config.estimate_slice + 10)
+        # The thousand messages, too, go out a slice at a time.
+        self.assertEqual(sum(self.sends), 1000)
+        self.assertEqual(max(self.sends), self.queue.config.estimate_slice)
         # Ten ends within one interval: one more replay, not ten.
         for _ in range(10):
             self.clock.advance(0.01)

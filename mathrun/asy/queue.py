@@ -29,7 +29,8 @@ class QueueConfig:
     # Seconds between two replays of the queue for estimates: the changes of
     # a burst (1000 clients submitting at once) share one replay.
     estimate_interval: float = 0.25
-    # Replay steps per reactor turn: a long queue's replay is sliced.
+    # Replay steps, then queue messages, per reactor turn: with a long
+    # queue both are sliced.
     estimate_slice: int = 200
 
 
@@ -89,6 +90,7 @@ class AsyQueue:
         self._estimate_call = None
         self._last_estimate = float("-inf")
         self._replay = None  # a replay under way, in slices
+        self._sending = None  # then its estimates, being sent in slices
         self._stale = False  # the queue changed since that replay began
 
     # -- from clients -----------------------------------------------------------
@@ -131,7 +133,7 @@ class AsyQueue:
         self._timers.clear()
         if self._estimate_call is not None and self._estimate_call.active():
             self._estimate_call.cancel()
-        self._estimate_call = self._replay = None
+        self._estimate_call = self._replay = self._sending = None
 
     # -- carrying out the scheduler's decisions ---------------------------------
     def _apply(self, actions) -> None:
@@ -203,24 +205,36 @@ class AsyQueue:
         self._estimate_call = self.reactor.callLater(delay, self._send_estimates)
 
     def _send_estimates(self) -> None:
-        """Run the replay a slice at a time; then each waiting client hears
-        its estimate if it changed materially."""
+        """Run the replay a slice at a time, then tell the waiting clients a
+        slice at a time: each hears its estimate if it changed materially."""
         self._estimate_call = None
         if self._replay is None:
             self._stale = False
             self._last_estimate = self.reactor.seconds()
             self._replay = Replay(self.scheduler)
-        if not self._replay.advance(self.config.estimate_slice):
+        if self._sending is None:
+            if not self._replay.advance(self.config.estimate_slice):
+                self._estimate_call = self.reactor.callLater(0, self._send_estimates)
+                return
+            self._sending = iter(self._replay.waits.items())
+        if not self._send_some(self.config.estimate_slice):
             self._estimate_call = self.reactor.callLater(0, self._send_estimates)
             return
-        waits, self._replay = self._replay.waits, None
+        self._replay = self._sending = None
+        if self._stale:
+            self._update_estimates()
+
+    def _send_some(self, most: int) -> bool:
+        """At most ``most`` queue messages; True when every client is done."""
         queue = self.scheduler.state.queue
-        for task, estimate in waits.items():
+        for task, estimate in self._sending:
             if task not in queue:
                 continue  # started or gone while the replay ran
             previous = self.sent_estimates.get(task)
             if previous is None or sched.changed_materially(previous, estimate):
                 self.sent_estimates[task] = estimate
                 task.client.queued(estimate)
-        if self._stale:
-            self._update_estimates()
+                most -= 1
+                if most == 0:
+                    return False
+        return True
