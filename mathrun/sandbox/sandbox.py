@@ -142,18 +142,28 @@ class Lease:
         env: dict | None = None,
         on_output: Callable[[str, bytes], None] | None = None,
         frontend: str = "jobs",
+        stdin: bytes | None = None,
+        output_fd: int | None = None,
     ) -> Job:
         """Start ``argv`` in the sandbox.  Output is collected into the
-        result unless ``on_output(stream, data)`` takes it as it comes."""
+        result unless ``on_output(stream, data)`` takes it as it comes, or
+        ``output_fd`` (a file) takes it straight from the job.  ``stdin``:
+        the whole input, given now (b"": none, /dev/null); None: a pipe
+        that the caller writes and closes."""
         sandbox = self.sandbox
         if self.job is not None and not self.job._ended:
             raise RuntimeError("this lease already runs a job")
         limits, options = sandbox.spawn_settings(self, limits or sandbox.config.limits)
         self.prepare_limits(limits)
         job = self.job = Job(self, limits, on_output, frontend)
+        if stdin is not None:
+            if stdin:
+                job.write(stdin)
+            job.close_stdin()
         environment = {"PATH": DEFAULT_PATH, "HOME": self.workspace.path, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
-        environment.update(env or {})
-        job.start(sandbox.starter, list(argv), environment, options)
+        if env:
+            environment.update(env)
+        job.start(sandbox.starter, list(argv), environment, options, output_fd)
         return job
 
     def capped(self, limits: Limits | None) -> Limits:
@@ -412,6 +422,8 @@ class Sandbox:
             await reaper.ended
         if self.starter is not None:
             await self.starter.stop()
+        for cgroup in self._slot_cgroups.values():
+            cgroup.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -443,10 +455,7 @@ class Sandbox:
         try:
             for name, data in (files or {}).items():
                 lease.workspace.write_file(name, data)
-            job = lease.spawn(argv, limits, env)
-            if stdin is not None:
-                job.write(stdin)
-            job.close_stdin()
+            job = lease.spawn(argv, limits, env, stdin=stdin or b"")
             return await job.done
         finally:
             await lease.release()
