@@ -24,7 +24,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 
-from twisted.internet import defer, protocol
+from twisted.internet import protocol
 from twisted.logger import Logger
 
 from ..sandbox import Limits, Status
@@ -202,8 +202,7 @@ class Why3Server(protocol.Factory):
             request = self.queue.popleft()
             request.state = "running"
             self.running.add(request)
-            d = defer.ensureDeferred(self._run(request))
-            d.addErrback(lambda f: self.log.failure("why3 server: cleaning up after a request failed", f))
+            self._run(request)
 
     def _limits(self, run: wire.Run) -> Limits:
         """The sandbox limits of a request: why3 sends the same few (timeout,
@@ -229,17 +228,31 @@ class Why3Server(protocol.Factory):
             )
         return limits
 
-    async def _run(self, request: Request) -> None:
-        client, run = request.client, request.run
-        lease = None
+    def _run(self, request: Request) -> None:
+        """Lease, stage, spawn, answer, release: plain callbacks, no
+        coroutine per task (this is the hot path of a proof session)."""
         try:
-            limits = self._limits(run)
-            lease = await self.sandbox.acquire(limits.workspace_bytes)
+            limits = self._limits(request.run)
+            d = self.sandbox.acquire(limits.workspace_bytes)
+        except Exception:
+            self._failed(request)
+            self._done(request, None)
+            return
+        d.addCallbacks(self._leased, self._lease_failed, callbackArgs=(request, limits), errbackArgs=(request,))
+
+    def _lease_failed(self, reason, request: Request) -> None:
+        self.log.failure("why3 request {id} failed", reason, id=request.run.id)
+        self._failed(request, logged=True)
+        self._done(request, None)
+
+    def _leased(self, lease, request: Request, limits: Limits) -> None:
+        client, run = request.client, request.run
+        try:
             if client not in self.clients:
-                return
+                return self._done(request, lease)
             if request.interrupted:  # while it waited for a job user
                 self._answer_interrupted(request)
-                return
+                return self._done(request, lease)
             stdin = self._input(client, run.stdin) if run.stdin is not None else None
             args = self._stage_files(lease, client, run)
             self._open_output(request)
@@ -248,29 +261,42 @@ class Why3Server(protocol.Factory):
                 [run.cmd, *args], limits, frontend="why3", stdin=stdin or b"", output_fd=request.fd
             )
             client.send(wire.started(run.id))
-            result = await request.job.done
+        except Exception:
+            self._failed(request)
+            return self._done(request, lease)
+        request.job.done.addCallback(self._ran, request, lease)
+
+    def _ran(self, result, request: Request, lease) -> None:
+        try:
             self._finish(request, result)
         except Exception:
+            self._failed(request)
+        self._done(request, lease)
+
+    def _failed(self, request: Request, logged: bool = False) -> None:
+        """Every request gets its F, even when the server failed it."""
+        client, run = request.client, request.run
+        if not logged:
             self.log.failure("why3 request {id} failed", id=run.id)
-            if request.state != "answered" and client in self.clients:
-                # Every request gets its F, even when the server failed it.
-                try:
-                    if request.path is None:
-                        self._open_output(request)
-                    self._write(request, f"{run.cmd}: mathrun could not run it (see the server log)\n".encode())
-                except OSError:
-                    self.log.failure("why3 request {id}: no output file either", id=run.id)
-                self._answer(request, 1, 0.0, False)
-        finally:
-            self._close_output(request)
-            if request.state != "answered" and request.path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(request.path)
-            self.running.discard(request)
-            # The prover is gone: the next may start while this lease is released.
-            self._schedule()
-            if lease is not None:
-                await lease.release()
+        if request.state != "answered" and client in self.clients:
+            try:
+                if request.path is None:
+                    self._open_output(request)
+                self._write(request, f"{run.cmd}: mathrun could not run it (see the server log)\n".encode())
+            except OSError:
+                self.log.failure("why3 request {id}: no output file either", id=run.id)
+            self._answer(request, 1, 0.0, False)
+
+    def _done(self, request: Request, lease) -> None:
+        self._close_output(request)
+        if request.state != "answered" and request.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(request.path)
+        self.running.discard(request)
+        # The prover is gone: the next may start while this lease is released.
+        self._schedule()
+        if lease is not None:
+            lease.release().addErrback(lambda f: self.log.failure("why3 server: releasing a job user failed", f))
 
     def _input(self, client, path: str) -> bytes:
         """runstdin's file; as root, only what the client itself may read."""
