@@ -175,11 +175,10 @@ class SlotNetworkNamespaceTests(unittest.TestCase):
         await second.release()
         self.assertNotEqual(mine, theirs)
         self.assertNotEqual(mine, os.readlink("/proc/self/ns/net").encode())
-        again = await self.sandbox.acquire()
-        while again.user is not first.user:  # the same slot again: the same namespace
-            await again.release()
-            again = await self.sandbox.acquire()
-        same, _ = await self.netns_of_a_job(again)
+        both = [await self.sandbox.acquire(), await self.sandbox.acquire()]  # (2 slots: one is first's)
+        again = next(lease for lease in both if lease.user is first.user)
+        await next(lease for lease in both if lease is not again).release()
+        same, _ = await self.netns_of_a_job(again)  # the same slot again: the same namespace
         self.assertEqual(same, mine)
         # Loopback only, down, and no job can bring it up.
         lease = await self.sandbox.acquire()

@@ -372,7 +372,8 @@ _names = random.SystemRandom(), random.Random(random.SystemRandom().getrandbits(
 def make_output_file(directory: str) -> tuple[int, str]:
     """A new ``why3XXXXXX`` file (0600, O_EXCL, as the C server's mkstemp):
     tempfile.mkstemp's name drawing costs more than the open itself."""
-    directory = os.path.abspath(directory)
+    if not os.path.isabs(directory):
+        directory = os.path.abspath(directory)
     rng = _names[1]
     for _ in range(100):
         bits = rng.getrandbits(36)
