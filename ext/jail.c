@@ -241,6 +241,26 @@ static void namespace_init(const struct jail_config *cfg, pid_t job)
     _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
 }
 
+/* A network namespace made once (a slot's, as root) is entered before the
+ * user namespace, whose processes have no capability over it: the caller
+ * goes in for the clone and comes back.  Returns the caller's own, or -1
+ * (errno) when it could not go in; -2 when there is nothing to enter. */
+static int enter_slot_netns(const struct jail_config *cfg)
+{
+    static int own = -1;
+    if (!cfg->userns || !cfg->netns)
+        return -2;
+    if (own < 0 && (own = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)) < 0)
+        return -1;
+    int fd = open(cfg->netns, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int r = setns(fd, CLONE_NEWNET), saved = errno;
+    close(fd);
+    errno = saved;
+    return r < 0 ? -1 : own;
+}
+
 pid_t jail_fork_userns(const struct jail_config *cfg)
 {
     unsigned long flags = ns_flags(cfg);
@@ -248,10 +268,17 @@ pid_t jail_fork_userns(const struct jail_config *cfg)
         return fork();
     if (cfg->userns)
         remember_outer_ids();
+    int own_net = enter_slot_netns(cfg);
+    if (own_net == -1)
+        return -1;
     /* A clone without a new stack is a fork into the new namespaces (as
      * bubblewrap's raw_clone); the child only makes plain system calls and
      * a fork before the job's exec. */
     pid_t pid = (pid_t)syscall(SYS_clone, flags | SIGCHLD, NULL, NULL, NULL, 0UL);
+    int saved = errno;
+    if (pid != 0 && own_net >= 0 && setns(own_net, CLONE_NEWNET) < 0)
+        abort(); /* children in the wrong namespace from now on: refuse to go on */
+    errno = saved;
     if (pid != 0 || !cfg->pidns)
         return pid;
     if (cfg->userns && jail_enter_userns() < 0)
@@ -297,7 +324,9 @@ int jail_enter(const struct jail_config *cfg)
         return -1;
     if ((privileged || cfg->userns) && (cfg->tmp || cfg->pidns) && private_mounts(cfg) < 0)
         return -1;
-    if (enter_netns(cfg) < 0)
+    /* (With a user namespace, a slot's network namespace was entered by
+     * jail_fork_userns, before it.) */
+    if (!(cfg->userns && cfg->netns) && enter_netns(cfg) < 0)
         return -1;
     if (set_limit(RLIMIT_CORE, 0, 0) < 0
         || set_limit(RLIMIT_CPU, cfg->cpu, 1) < 0

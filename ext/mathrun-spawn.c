@@ -17,11 +17,15 @@
  *                               gid, kill-ruid, kill-lock, dir, tmp, netns,
  *                               unshare-net, cpu, as, fsize, nofile, nproc,
  *                               cgroup...), env=K=V..., arg=...,
- *                               count-file (the slot's pids.current)
+ *                               count-file (the slot's pids.current),
+ *                               output-fd=1 (the frame brings one fd, with
+ *                               its first byte: the job's stdout and stderr,
+ *                               no pipes), stdin=null (/dev/null, no pipe)
  *   -> kill ID
  *   <- ready pid=PID
- *   <- spawned ID pid=PID fds=N  (+ N fds: stdin, stdout, stderr, pidfd;
- *                                 the pipe ends already non-blocking)
+ *   <- spawned ID pid=PID fds=N  (+ N fds: stdin unless stdin=null, stdout
+ *                                 and stderr unless output-fd, pidfd; the
+ *                                 pipe ends already non-blocking)
  *   <- exited ID report=LINE
  *   <- error MESSAGE             (a request it could not read)
  * A job whose spawn failed gets `exited` with a `status=failed` report and
@@ -50,6 +54,11 @@
 extern char **environ;
 
 static int sock = -1;
+static int dev_null = -1;
+/* Descriptors that came with requests, in order; a frame takes its own. */
+#define MAX_IN_FDS 256
+static int in_fds[MAX_IN_FDS];
+static int n_in_fds;
 static struct spawn_job *jobs[SPAWN_MAX_JOBS];
 static int njobs;
 static pid_t self_pid;
@@ -199,6 +208,8 @@ static void job_child(struct spawn_request *rq, int in, int out, int err, int er
     sigset_t none;
     if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
         _exit(126);
+    if (rq->output_fd >= 0)
+        close(rq->output_fd);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
@@ -247,13 +258,21 @@ static void spawn(struct spawn_request *rq)
         failed_report(rq->id, "jail", njobs == SPAWN_MAX_JOBS ? EAGAIN : EEXIST);
         return;
     }
-    for (int i = 0; i < 4; i++)
+    /* Pipes for stdin, stdout, stderr and exec errors, but for what the
+     * request brought (its output file) or wants none of (stdin). */
+    for (int i = 0; i < 4; i++) {
+        if ((i == 0 && rq->stdin_null) || ((i == 1 || i == 2) && rq->output_fd >= 0))
+            continue;
         if (pipe2(p + 2 * i, O_CLOEXEC) < 0) {
             int code = errno;
             close_all(p, 8);
             failed_report(rq->id, "jail", code);
             return;
         }
+    }
+    int child_in = rq->stdin_null ? dev_null : p[0];
+    int child_out = rq->output_fd >= 0 ? rq->output_fd : p[3];
+    int child_err = rq->output_fd >= 0 ? rq->output_fd : p[5];
     /* Unprivileged, the pid is the namespace's init: it tells the job's
      * own wait status through this pipe (jail.h). */
     int sp[2] = {-1, -1};
@@ -270,7 +289,7 @@ static void spawn(struct spawn_request *rq)
     clock_gettime(CLOCK_MONOTONIC, &job->t0);
     pid_t pid = jail_fork(&rq->cfg);
     if (pid == 0)
-        job_child(rq, p[0], p[3], p[5], p[7]);
+        job_child(rq, child_in, child_out, child_err, p[7]);
     if (sp[1] >= 0)
         close(sp[1]);
     if (pid < 0) {
@@ -283,9 +302,12 @@ static void spawn(struct spawn_request *rq)
         return;
     }
     job->statusfd = sp[0];
-    close(p[0]), close(p[3]), close(p[5]), close(p[7]);
+    int ours[3] = {p[1], p[2], p[4]};
+    close_all((int[]){p[0], p[3], p[5], p[7]}, 4);
     /* The reactor's ends come non-blocking (the job's ends stay blocking). */
-    fcntl(p[1], F_SETFL, O_NONBLOCK), fcntl(p[2], F_SETFL, O_NONBLOCK), fcntl(p[4], F_SETFL, O_NONBLOCK);
+    for (int i = 0; i < 3; i++)
+        if (ours[i] >= 0)
+            fcntl(ours[i], F_SETFL, O_NONBLOCK);
     fcntl(p[6], F_SETFL, O_NONBLOCK); /* read when the job has ended: never wait on it */
     snprintf(job->id, sizeof job->id, "%s", rq->id);
     job->pid = pid;
@@ -296,12 +318,18 @@ static void spawn(struct spawn_request *rq)
     job->count_file = rq->count_file ? strdup(rq->count_file) : NULL;
     jobs[njobs++] = job;
 
-    int fds[4] = {p[1], p[2], p[4], (int)syscall(SYS_pidfd_open, pid, 0)};
+    int fds[4], n = 0;
+    for (int i = 0; i < 3; i++)
+        if (ours[i] >= 0)
+            fds[n++] = ours[i];
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd >= 0)
+        fds[n++] = pidfd;
     char pidf[32], nfds[16];
     snprintf(pidf, sizeof pidf, "pid=%d", (int)pid);
-    snprintf(nfds, sizeof nfds, "fds=%d", fds[3] >= 0 ? 4 : 3);
+    snprintf(nfds, sizeof nfds, "fds=%d", n);
     const char *fields[] = {"spawned", rq->id, pidf, nfds};
-    send_frame(fields, 4, fds, fds[3] >= 0 ? 4 : 3);
+    send_frame(fields, 4, fds, n);
 }
 
 /* The main process is gone: kill what it left, report, forget. */
@@ -372,6 +400,21 @@ static void finish_ended(void)
 }
 
 /* ---- requests -------------------------------------------------------------- */
+/* The descriptor a spawn frame brought (output-fd=1), taken from the queue;
+ * -1 when it brought none, -2 when none came. */
+static int brought_fd(char **fields, int n)
+{
+    for (int i = 2; i < n; i++)
+        if (strncmp(fields[i], "output-fd=", 10) == 0) {
+            if (n_in_fds == 0)
+                return -2;
+            int fd = in_fds[0];
+            memmove(in_fds, in_fds + 1, --n_in_fds * sizeof *in_fds);
+            return fd;
+        }
+    return -1;
+}
+
 static void request(char *payload, size_t len)
 {
     char *fields[SPAWN_MAX_FIELDS];
@@ -391,12 +434,23 @@ static void request(char *payload, size_t len)
     if (n >= 2 && strcmp(fields[0], "spawn") == 0) {
         struct spawn_request rq;
         char message[300];
+        int fd = brought_fd(fields, n);
+        if (fd == -2) {
+            send_error("spawn: output-fd without its descriptor");
+            failed_report(fields[1], "jail", EBADF);
+            return;
+        }
         if (spawn_parse(fields + 1, n - 1, &rq, message, sizeof message) < 0) {
+            if (fd >= 0)
+                close(fd);
             send_error(message);
             failed_report(fields[1], "jail", EINVAL);
             return;
         }
+        rq.output_fd = fd;
         spawn(&rq);
+        if (fd >= 0)
+            close(fd);
         return;
     }
     send_error("unknown request");
@@ -413,7 +467,31 @@ static int read_requests(void)
         if (!buf)
             abort();
     }
-    ssize_t got = read(sock, buf + used, size - used);
+    union {
+        char buf[CMSG_SPACE(16 * sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = {buf + used, size - used};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                         .msg_controllen = sizeof control.buf};
+    ssize_t got = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    for (struct cmsghdr *c = got > 0 ? CMSG_FIRSTHDR(&msg) : NULL; c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        int nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < nfds; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+            if (n_in_fds == MAX_IN_FDS)
+                close(fd); /* its frame will say none came */
+            else
+                in_fds[n_in_fds++] = fd;
+        }
+    }
+    if (msg.msg_flags & MSG_CTRUNC) {
+        send_error("too many descriptors with one read");
+        return -1;
+    }
     if (got < 0)
         return (errno == EAGAIN || errno == EINTR) ? 0 : -1;
     if (got == 0)
@@ -481,6 +559,7 @@ int main(int argc, char **argv)
     for (int fd = 0; fd < 3; fd++)
         if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) != fd)
             return 1;
+    dev_null = open("/dev/null", O_RDONLY | O_CLOEXEC);
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);

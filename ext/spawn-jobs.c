@@ -97,6 +97,14 @@ static int field(struct spawn_request *rq, char *f, int *nargs, int *nenv)
         cfg->seccomp = strcmp(v, "0") != 0;
     } else if ((v = value(f, "count-file"))) {
         rq->count_file = v;
+    } else if ((v = value(f, "output-fd"))) {
+        if (strcmp(v, "1") != 0)
+            return -1;
+        rq->output_fd = -2; /* request() hands it the descriptor */
+    } else if ((v = value(f, "stdin"))) {
+        if (strcmp(v, "null") != 0)
+            return -1;
+        rq->stdin_null = 1;
     } else {
         return -1;
     }
@@ -109,6 +117,7 @@ int spawn_parse(char **fields, int n, struct spawn_request *rq, char *message, s
     memset(rq, 0, sizeof *rq);
     rq->cfg = (struct jail_config){.uid = (uid_t)-1, .gid = (gid_t)-1, .kill_ruid = (uid_t)-1,
                                    .cpu = -1, .as = -1, .fsize = -1, .nofile = -1, .nproc = -1};
+    rq->output_fd = -1;
     rq->id = n > 0 ? fields[0] : "";
     if (n < 1 || !*rq->id || strlen(rq->id) >= 32 || strspn(rq->id, "0123456789") != strlen(rq->id)) {
         snprintf(message, size, "spawn: bad job id");

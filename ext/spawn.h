@@ -39,6 +39,9 @@ struct spawn_request {
     char *argv[SPAWN_MAX_ARGS + 1];
     char *env[JAIL_MAX_ENV + 1];
     const char *count_file;
+    int output_fd;        /* output-fd=1: the job's stdout and stderr are the
+                           * descriptor sent with the request (-1: pipes) */
+    int stdin_null;       /* stdin=null: /dev/null instead of a pipe */
 };
 
 /* Fields after the verb (the id first) into `rq`; -1 with a message. */

@@ -26,7 +26,7 @@ class FakeStarter:
     def start(self):
         pass
 
-    def spawn(self, argv, env, options, events):
+    def spawn(self, argv, env, options, events, output_fd=None, stdin=True):
         self.events = events
         return 7
 

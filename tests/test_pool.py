@@ -1,4 +1,4 @@
-"""The job-user pool: FIFO hand-out, bounded waiting, cancellation."""
+"""The job-user pool: hand-out order, bounded waiting, cancellation."""
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,6 +18,15 @@ class PoolTests(unittest.TestCase):
         pool.release("a")
         self.assertEqual(self.successResultOf(waiting), "a")
         self.assertEqual((pool.busy, pool.free, pool.waiting), (2, 0, 0))
+
+    def test_first_in_order_then_the_last_released_first(self):
+        pool = SlotPool(["a", "b", "c"])
+        a, b = self.successResultOf(pool.acquire()), self.successResultOf(pool.acquire())
+        self.assertEqual((a, b), ("a", "b"))
+        pool.release("b")
+        pool.release("a")
+        self.assertEqual(self.successResultOf(pool.acquire()), "a")  # warm, not "c"
+        self.assertEqual(self.successResultOf(pool.acquire()), "b")
 
     def test_waiters_are_served_in_order(self):
         pool = SlotPool(["a"])

@@ -3,6 +3,7 @@ killed mid-job: real processes."""
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -95,6 +96,27 @@ class SpawnServerProtocolTests(unittest.SynchronousTestCase):
         self.assertEqual((report["status"], report["code"], report["leftover"]), ("exited", 3, 0))
         self.assertFalse(alive(pidfd))
         os.close(pidfd)
+
+    def test_output_straight_to_a_file_and_no_stdin(self):
+        """output-fd: the descriptor sent with the request is the job's
+        stdout and stderr (no pipes come back); stdin=null: /dev/null."""
+        out = os.open(os.path.join(self.dir, "out"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.addCleanup(os.close, out)
+        fields = [b"spawn", b"3", b"dir=" + self.dir.encode(), b"stdin=null", b"output-fd=1"]
+        script = b"arg=echo out; cat; echo err >&2"
+        socket.send_fds(self.peer.sock, [encode([*fields, b"arg=sh", b"arg=-c", script])], [out])
+        spawned = self.peer.next()
+        self.assertEqual((spawned.verb, len(spawned.fds)), (b"spawned", 1))  # the pidfd alone
+        report = parse_report(self.peer.next().value(b"report"))
+        self.assertEqual((report["status"], report["code"]), ("exited", 0))
+        self.assertEqual(os.pread(out, 100, 0), b"out\nerr\n")
+        os.close(spawned.fds[0])
+
+    def test_output_fd_without_its_descriptor_fails_the_job(self):
+        self.spawn(4, "true", extra=[b"output-fd=1"])
+        self.assertEqual(self.peer.next().verb, b"error")
+        report = parse_report(self.peer.next().value(b"report"))
+        self.assertEqual((report["status"], report["errno"]), ("failed", errno.EBADF))
 
     def test_jobs_run_side_by_side(self):
         """The server waits on no job: the second ends while the first still

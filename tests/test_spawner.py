@@ -270,7 +270,7 @@ class FakeStarter:
     def start(self):
         pass
 
-    def spawn(self, argv, env, options, events):
+    def spawn(self, argv, env, options, events, output_fd=None, stdin=True):
         job_id = len(self.jobs) + 1
         self.jobs[job_id] = events
         return job_id

@@ -146,6 +146,62 @@ class UnprivilegedBoundsTests(unittest.TestCase):
         self.assertEqual((r.status, r.stdout), (Status.OK, b"1\nno userns\n"))  # loopback only
 
 
+class SlotNetworkNamespaceTests(unittest.TestCase):
+    """Unprivileged mode as root: each slot has one network namespace, made
+    at its first job and entered by each of its jobs; slots never share one."""
+
+    if os.geteuid() != 0:
+        skip = "slot network namespaces are made as root"
+
+    def setUp(self):
+        root = temp_dir(self, "mathrun-slotnet-")
+        self.sandbox = make_sandbox(self, jobs=2, privileged=False, job_root=os.path.join(root, "jobs"))
+
+    async def netns_of_a_job(self, lease, script="readlink /proc/self/ns/net") -> tuple[bytes, object]:
+        try:
+            job = lease.spawn(["sh", "-c", script], Limits(wall_seconds=20), stdin=b"")
+            result = await within(job.done)
+        finally:
+            await lease.release()
+        return result.stdout.strip(), result
+
+    @async_test
+    async def test_one_namespace_per_slot_none_shared_and_loopback_down(self):
+        first, second = await self.sandbox.acquire(), await self.sandbox.acquire()
+        # Both slots busy at once: their jobs' namespaces are not the same.
+        job = second.spawn(["sh", "-c", "readlink /proc/self/ns/net"], Limits(wall_seconds=20), stdin=b"")
+        mine, _ = await self.netns_of_a_job(first)
+        theirs = (await within(job.done)).stdout.strip()
+        await second.release()
+        self.assertNotEqual(mine, theirs)
+        self.assertNotEqual(mine, os.readlink("/proc/self/ns/net").encode())
+        both = [await self.sandbox.acquire(), await self.sandbox.acquire()]  # (2 slots: one is first's)
+        again = next(lease for lease in both if lease.user is first.user)
+        await next(lease for lease in both if lease is not again).release()
+        same, _ = await self.netns_of_a_job(again)  # the same slot again: the same namespace
+        self.assertEqual(same, mine)
+        # Loopback only, down, and no job can bring it up.
+        lease = await self.sandbox.acquire()
+        out, result = await self.netns_of_a_job(
+            lease,
+            "cat /proc/net/dev | grep -c :; /sbin/ip link set lo up 2>/dev/null || echo refused; /sbin/ip -o link",
+        )
+        self.assertEqual(result.status, Status.OK)
+        count, refused, link = out.split(b"\n")
+        self.assertEqual((count, refused), (b"1", b"refused"))
+        self.assertIn(b"lo:", link)  # (the probe works: it sees the link)
+        self.assertNotIn(b",UP", link)
+
+    @async_test
+    async def test_the_namespaces_go_with_the_sandbox(self):
+        lease = await self.sandbox.acquire()
+        await self.netns_of_a_job(lease)
+        paths = list(self.sandbox._slot_netns.values())
+        self.assertTrue(paths and all(os.path.ismount(p) for p in paths))
+        await within(self.sandbox.stop())
+        self.assertFalse(any(os.path.exists(p) for p in paths))
+
+
 class NoUserNamespaceTests(unittest.TestCase):
     """Where no job can have a user namespace, jobs are refused (never run
     unbounded), with the reason at start, on each job and in /health."""

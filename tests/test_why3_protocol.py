@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -55,10 +56,12 @@ class ParseTests(unittest.TestCase):
 
 
 class FakeJob:
-    def __init__(self, argv, limits, on_output):
-        self.argv, self.limits, self.on_output = argv, limits, on_output
+    def __init__(self, argv, limits, on_output, stdin=None, output_fd=None):
+        self.argv, self.limits = argv, limits
+        # What the prover writes: straight into the output file, as the real job's does.
+        self.on_output = on_output or (lambda _stream, data: os.write(output_fd, data))
         self.stopped = None
-        self.stdin = b""
+        self.stdin = stdin or b""
         self._done = defer.Deferred()
 
     @property
@@ -89,8 +92,8 @@ class FakeLease:
         self.sandbox = sandbox
         self.workspace = FakeWorkspace()
 
-    def spawn(self, argv, limits, on_output=None, frontend="jobs"):
-        job = FakeJob(argv, limits, on_output)
+    def spawn(self, argv, limits, on_output=None, frontend="jobs", stdin=None, output_fd=None):
+        job = FakeJob(argv, limits, on_output, stdin, output_fd)
         self.sandbox.jobs.append(job)
         return job
 

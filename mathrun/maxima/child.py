@@ -222,8 +222,8 @@ class Child:
     def start(self) -> None:
         """Already running (the mother forked it)."""
 
-    def spawn(self, argv, env, options, events) -> int:
-        """The Job attaches itself; the child runs already."""
+    def spawn(self, argv, env, options, events, output_fd=None, stdin=True) -> int:
+        """The Job attaches itself; the child runs already (with its own pipes)."""
         return self.pid or 0
 
     def kill(self, job_id=None) -> None:

@@ -32,6 +32,8 @@ class SlotCgroup:
         self.memory_dir = memory_dir
         self.pids_dir = pids_dir
         self._written = {}
+        self._fds: dict[str, int] = {}  # files read or reset for every job, kept open
+        self._writable: set[str] = set()
         self._oom_before = self.oom_kills()
 
     def _set(self, path: str, value: str) -> None:
@@ -39,6 +41,35 @@ class SlotCgroup:
         if self._written.get(path) != value:
             _write(path, value)
             self._written[path] = value
+
+    def _fd(self, path: str, write: bool) -> int:
+        """A descriptor kept open: read-write once the file was reset
+        through it (v2's memory.peak counts from the reset of that very
+        descriptor), else read-only (kernfs refuses writers of read-only files)."""
+        fd = self._fds.get(path)
+        if fd is None or (write and path not in self._writable):
+            if fd is not None:
+                os.close(fd)
+                del self._fds[path]
+            fd = os.open(path, (os.O_RDWR if write else os.O_RDONLY) | os.O_CLOEXEC)
+            self._fds[path] = fd
+            if write:
+                self._writable.add(path)
+        return fd
+
+    def _read_kept(self, path: str) -> str:
+        """A file read for every job: one pread on a descriptor kept open
+        (a cgroup file shows its current value at each read from 0)."""
+        return os.pread(self._fd(path, False), 4096, 0).decode()
+
+    def _reset_kept(self, path: str) -> None:
+        os.write(self._fd(path, True), b"0")
+
+    def close(self) -> None:
+        """Close the kept descriptors (the sandbox stops)."""
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
 
     @property
     def dirs(self) -> list[str]:
@@ -57,13 +88,13 @@ class SlotCgroup:
         """Set this job's limits and reset the peak and the OOM count."""
         if self.version == 1:
             self._set(self._m("memory.limit_in_bytes"), str(memory_bytes or -1))
-            _write(self._m("memory.max_usage_in_bytes"), "0")
+            self._reset_kept(self._m("memory.max_usage_in_bytes"))
         else:
             self._set(self._m("memory.max"), str(memory_bytes or "max"))
             if os.path.exists(self._m("memory.swap.max")):
                 self._set(self._m("memory.swap.max"), "0")
             try:
-                _write(self._m("memory.peak"), "0")  # resettable since Linux 6.12
+                self._reset_kept(self._m("memory.peak"))  # resettable since Linux 6.12
             except OSError:
                 pass
         if self.pids_dir:
@@ -74,7 +105,7 @@ class SlotCgroup:
 
     def oom_kills(self) -> int:
         name = "memory.oom_control" if self.version == 1 else "memory.events"
-        for line in _read(self._m(name)).splitlines():
+        for line in self._read_kept(self._m(name)).splitlines():
             key, _, value = line.partition(" ")
             if key == "oom_kill":
                 return int(value)
@@ -90,7 +121,7 @@ class SlotCgroup:
     def peak_memory(self) -> int | None:
         name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
         try:
-            return int(_read(self._m(name)))
+            return int(self._read_kept(self._m(name)))
         except (OSError, ValueError):
             return None
 

@@ -54,6 +54,8 @@ class Job:
         self._timer = None
         self._drain = None
         self._ended = False
+        self._direct = False  # output straight to a file of the front end's
+        self._no_stdin = False
 
     @property
     def done(self) -> defer.Deferred:
@@ -65,13 +67,23 @@ class Job:
         self._waiters.append(d)
         return d
 
-    def start(self, starter, argv: list[str], env: dict[str, str], options: list[str]) -> None:
+    def start(self, starter, argv: list[str], env: dict[str, str], options: list[str], output_fd=None) -> None:
         """Ask ``starter`` (an IJobStarter) for the process; the wall-clock
-        limit counts from now."""
+        limit counts from now.  With ``output_fd`` the job's stdout and stderr
+        go straight into that file (as the C why3server's provers' do): no
+        pipes to read, no output cap but the file size limit.  A job whose
+        stdin was closed before the start gets /dev/null, not a pipe."""
         if self.limits.wall_seconds is not None:
             self._timer = self._reactor.callLater(self.limits.wall_seconds, self.stop, Status.TIME_LIMIT)
         self._starter = starter
-        self._id = starter.spawn(argv, env, options, self)
+        self._direct = output_fd is not None
+        extra = {}
+        if output_fd is not None:
+            extra["output_fd"] = output_fd
+        if self._stdin_closed and not self._stdin_queue:
+            extra["stdin"] = False
+        self._no_stdin = "stdin" in extra
+        self._id = starter.spawn(argv, env, options, self, **extra)
 
     # -- control ------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -111,11 +123,15 @@ class Job:
 
     # -- from the starter (IJobEvents) -----------------------------------------
     def spawned(self, pid: int, fds) -> None:
-        stdin, stdout, stderr = fds[:3]
+        fds = list(fds)
+        stdin = -1 if self._no_stdin else fds.pop(0)
+        outputs = () if self._direct else (("stdout", fds.pop(0)), ("stderr", fds.pop(0)))
         self.pid = pid
-        self._pidfd = fds[3] if len(fds) > 3 else -1
-        if self._stdin_closed and not self._stdin_queue:
-            os.close(stdin)  # the usual case: no input, no FileDescriptor for it
+        self._pidfd = fds[0] if fds else -1
+        if stdin < 0:
+            pass
+        elif self._stdin_closed and not self._stdin_queue:
+            os.close(stdin)  # no input, no FileDescriptor for it
         else:
             self._stdin = PipeWriter(self._reactor, stdin, nonblocking=True)
             for data in self._stdin_queue:
@@ -123,7 +139,7 @@ class Job:
             self._stdin_queue = []
             if self._stdin_closed:
                 self._stdin.loseConnection()
-        for name, fd in (("stdout", stdout), ("stderr", stderr)):
+        for name, fd in outputs:
             reader = PipeReader(self._reactor, fd, self._reading(name), self._eof(name), nonblocking=True)
             self._readers[name] = reader
             reader.startReading()

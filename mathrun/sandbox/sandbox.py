@@ -17,11 +17,13 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.internet import defer, protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
+from twisted.python import failure
 
 from . import cgroups as cgroups_mod
 from .job import Job
@@ -92,6 +94,31 @@ class SandboxConfig:
         return self.resolved_job_root(privileged).rstrip("/") + ".lock"
 
 
+_LEVELS = frozenset(LogLevel.iterconstants())
+
+
+class _JobLogger(Logger):
+    """Twisted's Logger without its scan of every log level at each event
+    (``LogLevel.iterconstants()`` sorts them: 7% of the why3 server's time,
+    which logs one line per job)."""
+
+    def emit(self, level, format=None, **kwargs):
+        if level not in _LEVELS:
+            return super().emit(level, format, **kwargs)
+        kwargs.update(
+            log_logger=self,
+            log_level=level,
+            log_namespace=self.namespace,
+            log_source=self.source,
+            log_format=format,
+            log_time=time.time(),
+        )
+        if "log_trace" in kwargs:
+            kwargs["log_trace"].append((self, self.observer))
+        self.observer(kwargs)
+        return None
+
+
 class _Reaper(protocol.ProcessProtocol):
     """A long-lived ``mathrun-jail reaper``: kills every process of a job
     user on request, without a process spawn per job."""
@@ -142,18 +169,28 @@ class Lease:
         env: dict | None = None,
         on_output: Callable[[str, bytes], None] | None = None,
         frontend: str = "jobs",
+        stdin: bytes | None = None,
+        output_fd: int | None = None,
     ) -> Job:
         """Start ``argv`` in the sandbox.  Output is collected into the
-        result unless ``on_output(stream, data)`` takes it as it comes."""
+        result unless ``on_output(stream, data)`` takes it as it comes, or
+        ``output_fd`` (a file) takes it straight from the job.  ``stdin``:
+        the whole input, given now (b"": none, /dev/null); None: a pipe
+        that the caller writes and closes."""
         sandbox = self.sandbox
         if self.job is not None and not self.job._ended:
             raise RuntimeError("this lease already runs a job")
         limits, options = sandbox.spawn_settings(self, limits or sandbox.config.limits)
         self.prepare_limits(limits)
         job = self.job = Job(self, limits, on_output, frontend)
+        if stdin is not None:
+            if stdin:
+                job.write(stdin)
+            job.close_stdin()
         environment = {"PATH": DEFAULT_PATH, "HOME": self.workspace.path, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
-        environment.update(env or {})
-        job.start(sandbox.starter, list(argv), environment, options)
+        if env:
+            environment.update(env)
+        job.start(sandbox.starter, list(argv), environment, options, output_fd)
         return job
 
     def capped(self, limits: Limits | None) -> Limits:
@@ -178,21 +215,19 @@ class Lease:
     def release(self) -> defer.Deferred:
         """Stop what runs, kill what is left, remove the workspace, free the user."""
         if self._released is None:
-            self._released = defer.ensureDeferred(self._release())
+            if self.job is not None and not self.job._ended:
+                self.job.stop(Status.CANCELLED)
+                self._released = self.job.done.addCallback(lambda _: self.sandbox._cleanup(self))
+            else:
+                self._released = self.sandbox._cleanup(self)
         return self._released
-
-    async def _release(self):
-        if self.job is not None and not self.job._ended:
-            self.job.stop(Status.CANCELLED)
-            await self.job.done
-        await self.sandbox._cleanup(self)
 
 
 class Sandbox:
     """Owns the job users, their cgroups, the shared network namespace and
     the job root; hands out leases."""
 
-    log = Logger()
+    log = _JobLogger()
 
     def __init__(self, config: SandboxConfig | None = None, reactor=None, starter=None):
         if reactor is None:
@@ -216,6 +251,9 @@ class Sandbox:
         self.observers: list[Callable[[JobResult, str], None]] = []  # (result, front end)
         self._reaper: _Reaper | None = None
         self._settings: dict[tuple, tuple[Limits, list[str]]] = {}
+        self._slot_netns: dict[JobUser, str] = {}  # unprivileged mode as root: made so far
+        self._slot_netns_dir: str | None = None
+        self._emptied: dict[JobUser, bool] = {}  # slots whose workspace a cleanup just emptied
         self._lock_fd = -1
         self.refusal: str | None = None  # why no job can run here (unprivileged mode)
 
@@ -281,6 +319,7 @@ class Sandbox:
                 prefix = self.config.user_prefix
                 self._slot_cgroups = {u: self.cgroups.slot(f"{prefix}-{u.name}") for u in users}
                 self.warnings.append("unprivileged mode as root: jobs own root's files (no job users)")
+                self._slot_netns_dir = None if self.config.network else self.job_root.rstrip("/") + ".netns"
         if self.refusal is not None:
             self.refusal = f"jobs are refused, since their process count cannot be bounded: {self.refusal}"
             self.warnings.append(self.refusal)
@@ -290,6 +329,31 @@ class Sandbox:
             " what the server's user can: weaker isolation, for trusted input"
         )
         return users
+
+    def _slot_netns_of(self, user: JobUser) -> str | None:
+        """Unprivileged mode as root: one network namespace per slot (as
+        privileged mode's per job user), made at the slot's first job and
+        entered by each job before its user namespace, instead of a new one
+        per job (whose making and tearing down cost more than the rest of
+        the jail).  None: each job makes its own."""
+        if self._slot_netns_dir is None:
+            return None
+        path = self._slot_netns.get(user)
+        if path is None:
+            os.makedirs(self._slot_netns_dir, mode=0o700, exist_ok=True)
+            path = os.path.join(self._slot_netns_dir, user.name)
+            subprocess.run([self.config.jail, "mknetns", path], check=True)
+            self._slot_netns[user] = path
+        return path
+
+    def _remove_slot_netns(self) -> None:
+        paths, self._slot_netns = self._slot_netns, {}
+        for path in paths.values():
+            try:
+                unmount(path)
+                os.unlink(path)
+            except OSError as e:
+                self.log.warn("sandbox: {path} not removed: {e}", path=path, e=e)
 
     def _remove_stale_workspaces(self) -> None:
         """Workspaces of a previous run that died without cleaning up."""
@@ -331,7 +395,10 @@ class Sandbox:
             # The host's /tmp stays shared, as it is for the server's user: the
             # standalone Why3 server hands provers files there, as the C one does.
             opts += ["--userns", "--pidns"]
-            if not self.config.network:
+            netns = self._slot_netns_of(lease.user)
+            if netns is not None:
+                opts += ["--netns", netns]
+            elif not self.config.network:
                 opts += ["--unshare-net"]
         opts.append("--seccomp")
         if lease.cgroup:
@@ -372,7 +439,7 @@ class Sandbox:
         size = min(workspace_bytes, self.config.max_limits.workspace_bytes or workspace_bytes)
         workspace = Workspace(root, user, self.privileged, size)
         try:
-            workspace.create()
+            workspace.create(known_empty=self._emptied.pop(user, False))
         except Exception as e:
             # Never walk a directory a job may have owned: only undo our mount.
             workspace.unmount_if_mounted()
@@ -382,16 +449,33 @@ class Sandbox:
         self.leases.add(lease)
         return lease
 
-    async def _cleanup(self, lease: Lease) -> None:
+    def _cleanup(self, lease: Lease) -> defer.Deferred:
+        """Kill what is left (if anything may be), empty the workspace, free
+        the user; plain callbacks (this runs after every job)."""
         self.leases.discard(lease)
+        if lease.external_processes and self.privileged:
+            d = self._reap_async(lease.user, lease.cgroup)
+            d.addCallbacks(lambda _: self._cleaned(lease), lambda f: self._cleanup_failed(lease, f))
+            return d
         try:
-            if lease.external_processes and self.privileged:
-                await self._reap_async(lease.user, lease.cgroup)
+            self._cleaned(lease)
+        except Exception:
+            return defer.fail()
+        return defer.succeed(None)
+
+    def _cleaned(self, lease: Lease) -> None:
+        try:
             lease.workspace.remove()
         except Exception as e:
             self._quarantine(lease.user, f"its cleanup failed: {e}")
             raise
+        # Emptied, with nothing of the job left to write there again.
+        self._emptied[lease.user] = not lease.external_processes
         self.pool.release(lease.user)
+
+    def _cleanup_failed(self, lease: Lease, reason):
+        self._quarantine(lease.user, f"its cleanup failed: {reason.getErrorMessage()}")
+        return reason
 
     def _quarantine(self, user: JobUser, why: str) -> None:
         """A user whose cleanup failed is not handed out again (the pool
@@ -412,6 +496,9 @@ class Sandbox:
             await reaper.ended
         if self.starter is not None:
             await self.starter.stop()
+        for cgroup in self._slot_cgroups.values():
+            cgroup.close()
+        self._remove_slot_netns()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -438,22 +525,22 @@ class Sandbox:
         )
 
     # -- convenience ----------------------------------------------------------
-    async def _run(self, argv, limits, files, stdin, env):
-        lease = await self.acquire(limits.workspace_bytes if limits else None)
+    def run(self, argv, limits=None, files=None, stdin=None, env=None) -> defer.Deferred:
+        """Run one program to the end: a Deferred firing with its JobResult."""
+        d = self.acquire(limits.workspace_bytes if limits else None)
+        d.addCallback(self._run_in, argv, limits, files, stdin, env)
+        return d
+
+    def _run_in(self, lease: Lease, argv, limits, files, stdin, env) -> defer.Deferred:
         try:
             for name, data in (files or {}).items():
                 lease.workspace.write_file(name, data)
-            job = lease.spawn(argv, limits, env)
-            if stdin is not None:
-                job.write(stdin)
-            job.close_stdin()
-            return await job.done
-        finally:
-            await lease.release()
-
-    def run(self, argv, limits=None, files=None, stdin=None, env=None) -> defer.Deferred:
-        """Run one program to the end: a Deferred firing with its JobResult."""
-        return defer.ensureDeferred(self._run(argv, limits, files, stdin, env))
+            job = lease.spawn(argv, limits, env, stdin=stdin or b"")
+        except Exception:
+            problem = failure.Failure()
+            return lease.release().addCallback(lambda _: problem)
+        # The lease is released in any case; its failure, if any, wins.
+        return job.done.addBoth(lambda outcome: lease.release().addCallback(lambda _: outcome))
 
 
 class SandboxRefused(RuntimeError):

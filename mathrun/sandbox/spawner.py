@@ -33,7 +33,8 @@ class IJobEvents(Interface):
     the start failed), then ``exited``; or ``lost`` at any time instead."""
 
     def spawned(pid, fds):
-        """The job runs; ``fds`` (stdin, stdout, stderr[, pidfd]) are now the receiver's."""
+        """The job runs; ``fds`` (stdin, stdout, stderr[, pidfd], without the
+        stdin or the output pipes it asked not to have) are now the receiver's."""
 
     def exited(report):
         """The job's main process ended and its leftovers were killed; ``report``
@@ -54,9 +55,11 @@ class IJobStarter(Interface):
     def start():
         """Begin serving (may start a process)."""
 
-    def spawn(argv, env, options, events):
+    def spawn(argv, env, options, events, output_fd=None, stdin=True):
         """Ask for one job (``options``: the jail's ``--key value`` list);
-        ``events`` (an IJobEvents) hears how it goes.  Returns the job's id."""
+        ``events`` (an IJobEvents) hears how it goes.  Returns the job's id.
+        ``output_fd`` (optional): a file the job's stdout and stderr go to
+        instead of pipes; ``stdin=False``: no stdin pipe (/dev/null)."""
 
     def kill(job_id):
         """Kill the job and everything it started (it then reports as usual)."""
@@ -202,8 +205,10 @@ class SpawnProtocol(protocol.Protocol):
 
 class SpawnSocket(abstract.FileDescriptor):
     """The reactor's end of the socket: descriptors received close-on-exec,
-    and a frame goes out at once when nothing waits before it (no extra
-    reactor turn per request)."""
+    descriptors sent with the first byte of their frame, and a frame goes out
+    at once when nothing waits before it (no extra reactor turn per request).
+    It keeps its own queue of (bytes, fds), since Twisted's buffer has no
+    place for descriptors."""
 
     def __init__(self, reactor, sock: socket.socket, proto: SpawnProtocol):
         super().__init__(reactor)
@@ -211,31 +216,53 @@ class SpawnSocket(abstract.FileDescriptor):
         self.protocol = proto
         self.connected = 1
         self._aborting = False
+        self._queue: collections.deque[list] = collections.deque()  # [memoryview, fds we own]
         proto.makeConnection(self)
         self.startReading()
 
     def fileno(self) -> int:
         return self.socket.fileno()
 
-    def write(self, data: bytes) -> None:
-        if self.connected and not self.disconnecting and not self.dataBuffer and not self._tempDataBuffer:
+    def write(self, data: bytes, fds=()) -> None:
+        """Send ``data`` (and copies of ``fds``, which stay the caller's)."""
+        if not self.connected or self.disconnecting or self._aborting:
+            return
+        if not self._queue:
             try:
-                data = data[self.socket.send(data) :]
+                sent = socket.send_fds(self.socket, [data], fds) if fds else self.socket.send(data)
             except BlockingIOError:
-                pass
+                sent = 0
             except OSError:
                 return  # the read side sees the end too
-            if not data:
+            if sent == len(data):
                 return
-        super().write(data)
+            if sent:
+                data, fds = data[sent:], ()
+        self._queue.append([memoryview(data), [os.dup(fd) for fd in fds]])
+        self.startWriting()
 
-    def writeSomeData(self, data):
-        try:
-            return self.socket.send(data)
-        except BlockingIOError:
-            return 0
-        except OSError:
-            return main.CONNECTION_LOST
+    def doWrite(self):
+        while self._queue:
+            entry = self._queue[0]
+            try:
+                if entry[1]:
+                    sent = socket.send_fds(self.socket, [entry[0]], entry[1])
+                else:
+                    sent = self.socket.send(entry[0])
+            except BlockingIOError:
+                return None
+            except OSError:
+                return main.CONNECTION_LOST
+            _close_all(entry[1])
+            entry[1] = []
+            entry[0] = entry[0][sent:]
+            if entry[0]:
+                return None
+            self._queue.popleft()
+        self.stopWriting()
+        if self.disconnecting:
+            return self._postLoseConnection()
+        return None
 
     def doRead(self):
         try:
@@ -262,8 +289,15 @@ class SpawnSocket(abstract.FileDescriptor):
 
     def connectionLost(self, reason) -> None:
         super().connectionLost(reason)
+        while self._queue:
+            _close_all(self._queue.popleft()[1])
         self.socket.close()
         self.protocol.connectionLost(reason)
+
+
+def _close_all(fds) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 class _ServerProcess(protocol.ProcessProtocol):
@@ -347,7 +381,9 @@ class SpawnServer:
         self._started_at = self.reactor.seconds()
         self.pid = getattr(self._process, "pid", None)
 
-    def spawn(self, argv, env, options, events) -> int:
+    def spawn(self, argv, env, options, events, output_fd: int | None = None, stdin: bool = True) -> int:
+        """``output_fd``: the job's stdout and stderr go straight into it (no
+        pipes); ``stdin=False``: its stdin is /dev/null (no pipe)."""
         job_id = next(self._ids)
         if self._proto is None:
             events.lost("the spawn server is not running (it is being restarted)")
@@ -359,7 +395,13 @@ class SpawnServer:
             if len(self._fields) > 1024:
                 self._fields.clear()
             fields = self._fields[key] = option_fields(options)
-        self._proto.transport.write(spawn_request(job_id, argv, env, fields))
+        if not stdin:
+            fields = [*fields, b"stdin=null"]
+        if output_fd is not None:
+            fields = [*fields, b"output-fd=1"]
+            self._proto.transport.write(spawn_request(job_id, argv, env, fields), (output_fd,))
+        else:
+            self._proto.transport.write(spawn_request(job_id, argv, env, fields))
         return job_id
 
     def kill(self, job_id: int) -> None:

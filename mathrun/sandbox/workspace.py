@@ -61,8 +61,13 @@ class Workspace:
         self.size = size
         self._mounted = False
 
-    def create(self) -> None:
+    def create(self, known_empty: bool = False) -> None:
+        """``known_empty``: (unprivileged) the slot's last job's workspace
+        was emptied by ``remove``, and no process of that job is left: no
+        need to look."""
         if not self.privileged:
+            if known_empty:
+                return
             if not os.path.isdir(self.path):
                 for d in (self.root, self.path, self.tmp):
                     os.makedirs(d, 0o700, exist_ok=True)

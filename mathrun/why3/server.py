@@ -16,6 +16,7 @@ import collections
 import contextlib
 import os
 import pwd
+import random
 import signal
 import socket
 import stat
@@ -23,7 +24,7 @@ import struct
 import tempfile
 from dataclasses import dataclass
 
-from twisted.internet import defer, protocol
+from twisted.internet import protocol
 from twisted.logger import Logger
 
 from ..sandbox import Limits, Status
@@ -201,8 +202,7 @@ class Why3Server(protocol.Factory):
             request = self.queue.popleft()
             request.state = "running"
             self.running.add(request)
-            d = defer.ensureDeferred(self._run(request))
-            d.addErrback(lambda f: self.log.failure("why3 server: cleaning up after a request failed", f))
+            self._run(request)
 
     def _limits(self, run: wire.Run) -> Limits:
         """The sandbox limits of a request: why3 sends the same few (timeout,
@@ -219,7 +219,8 @@ class Why3Server(protocol.Factory):
                 wall_seconds=timeout * self.config.wall_factor + self.config.wall_margin if timeout else None,
                 memory_bytes=None,
                 address_space_bytes=run.memlimit << 20 if run.memlimit > 0 else None,
-                file_size_bytes=base.file_size_bytes,
+                # The output file is the prover's stdout: the output cap is a file size limit.
+                file_size_bytes=min(base.file_size_bytes or self.config.output_limit, self.config.output_limit),
                 open_files=base.open_files,
                 processes=base.processes,
                 output_bytes=self.config.output_limit,
@@ -227,50 +228,75 @@ class Why3Server(protocol.Factory):
             )
         return limits
 
-    async def _run(self, request: Request) -> None:
-        client, run = request.client, request.run
-        lease = None
+    def _run(self, request: Request) -> None:
+        """Lease, stage, spawn, answer, release: plain callbacks, no
+        coroutine per task (this is the hot path of a proof session)."""
         try:
-            limits = self._limits(run)
-            lease = await self.sandbox.acquire(limits.workspace_bytes)
+            limits = self._limits(request.run)
+            d = self.sandbox.acquire(limits.workspace_bytes)
+        except Exception:
+            self._failed(request)
+            self._done(request, None)
+            return
+        d.addCallbacks(self._leased, self._lease_failed, callbackArgs=(request, limits), errbackArgs=(request,))
+
+    def _lease_failed(self, reason, request: Request) -> None:
+        self.log.failure("why3 request {id} failed", reason, id=request.run.id)
+        self._failed(request, logged=True)
+        self._done(request, None)
+
+    def _leased(self, lease, request: Request, limits: Limits) -> None:
+        client, run = request.client, request.run
+        try:
             if client not in self.clients:
-                return
+                return self._done(request, lease)
             if request.interrupted:  # while it waited for a job user
                 self._answer_interrupted(request)
-                return
+                return self._done(request, lease)
             stdin = self._input(client, run.stdin) if run.stdin is not None else None
             args = self._stage_files(lease, client, run)
             self._open_output(request)
+            # The prover writes its output file itself, as the C server's do.
             request.job = lease.spawn(
-                [run.cmd, *args], limits, on_output=lambda _s, data: self._write(request, data), frontend="why3"
+                [run.cmd, *args], limits, frontend="why3", stdin=stdin or b"", output_fd=request.fd
             )
             client.send(wire.started(run.id))
-            if stdin:
-                request.job.write(stdin)
-            request.job.close_stdin()
-            result = await request.job.done
+        except Exception:
+            self._failed(request)
+            return self._done(request, lease)
+        request.job.done.addCallback(self._ran, request, lease)
+
+    def _ran(self, result, request: Request, lease) -> None:
+        try:
             self._finish(request, result)
         except Exception:
+            self._failed(request)
+        self._done(request, lease)
+
+    def _failed(self, request: Request, logged: bool = False) -> None:
+        """Every request gets its F, even when the server failed it."""
+        client, run = request.client, request.run
+        if not logged:
             self.log.failure("why3 request {id} failed", id=run.id)
-            if request.state != "answered" and client in self.clients:
-                # Every request gets its F, even when the server failed it.
-                try:
-                    if request.path is None:
-                        self._open_output(request)
-                    self._write(request, f"{run.cmd}: mathrun could not run it (see the server log)\n".encode())
-                except OSError:
-                    self.log.failure("why3 request {id}: no output file either", id=run.id)
-                self._answer(request, 1, 0.0, False)
-        finally:
-            self._close_output(request)
-            if request.state != "answered" and request.path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(request.path)
-            self.running.discard(request)
-            # The prover is gone: the next may start while this lease is released.
-            self._schedule()
-            if lease is not None:
-                await lease.release()
+        if request.state != "answered" and client in self.clients:
+            try:
+                if request.path is None:
+                    self._open_output(request)
+                self._write(request, f"{run.cmd}: mathrun could not run it (see the server log)\n".encode())
+            except OSError:
+                self.log.failure("why3 request {id}: no output file either", id=run.id)
+            self._answer(request, 1, 0.0, False)
+
+    def _done(self, request: Request, lease) -> None:
+        self._close_output(request)
+        if request.state != "answered" and request.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(request.path)
+        self.running.discard(request)
+        # The prover is gone: the next may start while this lease is released.
+        self._schedule()
+        if lease is not None:
+            lease.release().addErrback(lambda f: self.log.failure("why3 server: releasing a job user failed", f))
 
     def _input(self, client, path: str) -> bytes:
         """runstdin's file; as root, only what the client itself may read."""
@@ -299,11 +325,11 @@ class Why3Server(protocol.Factory):
         return args
 
     def _open_output(self, request: Request) -> None:
-        fd, path = tempfile.mkstemp(prefix="why3", dir=self.config.output_dir)
+        fd, path = make_output_file(self.config.output_dir)
         creds = getattr(request.client, "creds", None)
         if creds is not None and creds.uid != 0:
             os.fchown(fd, creds.uid, -1)
-        request.fd, request.path = fd, os.path.abspath(path)
+        request.fd, request.path = fd, path
 
     def _close_output(self, request: Request) -> None:
         if request.fd is not None:
@@ -328,14 +354,7 @@ class Why3Server(protocol.Factory):
     def _finish(self, request: Request, result) -> None:
         if request.client not in self.clients:
             return  # nobody to read it: its file goes in _run
-        exitcode, killed = c_server_status(result)
-        self.log.info(
-            "why3 {id}: {cmd} {status}, {t:.3f}s CPU",
-            id=request.run.id,
-            cmd=request.run.cmd,
-            status=result.describe(),
-            t=result.user_cpu,
-        )
+        exitcode, killed = c_server_status(result)  # (the sandbox logs the job's one line)
         self._answer(request, exitcode, result.user_cpu, killed)
 
     def stop(self) -> None:
@@ -346,18 +365,44 @@ class Why3Server(protocol.Factory):
                 request.job.stop(Status.CANCELLED)
 
 
+_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+_names = random.SystemRandom(), random.Random(random.SystemRandom().getrandbits(64))
+
+
+def make_output_file(directory: str) -> tuple[int, str]:
+    """A new ``why3XXXXXX`` file (0600, O_EXCL, as the C server's mkstemp):
+    tempfile.mkstemp's name drawing costs more than the open itself."""
+    if not os.path.isabs(directory):
+        directory = os.path.abspath(directory)
+    rng = _names[1]
+    for _ in range(100):
+        bits = rng.getrandbits(36)
+        name = "why3" + "".join(_LETTERS[(bits >> (6 * i)) % 62] for i in range(6))
+        path = os.path.join(directory, name)
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), path
+        except FileExistsError:
+            rng.seed(_names[0].getrandbits(64))  # someone guesses our names: draw anew
+    fd, path = tempfile.mkstemp(prefix="why3", dir=directory)
+    return fd, path
+
+
 def c_server_status(result) -> tuple[int, bool]:
     """(exitcode, timeout flag) as the C server would report this end.
 
     The C server sets the hard CPU limit equal to the soft one, so a prover
     over its time dies of SIGKILL; the jail leaves a second between them
-    (SIGXCPU first): reported as 9 all the same.
+    (SIGXCPU first): reported as 9 all the same.  A prover's output goes
+    straight to its file, capped by the file size limit: SIGXFSZ there is
+    a kill at the cap, reported as 9 too.
     """
     if result.failed_stage == "exec":
         return 1, False  # exec failure: the jail wrote the C server's message to stderr
     if result.signal is not None:
         if result.signal == signal.SIGXCPU and result.status is Status.TIME_LIMIT:
             return signal.SIGKILL, True
+        if result.signal == signal.SIGXFSZ and result.status is Status.OUTPUT_LIMIT:
+            return signal.SIGKILL, True  # stopped at the output cap (its file's size limit)
         return result.signal, True
     if result.status in (Status.OK, Status.NONZERO_EXIT):
         return result.exit_code, False
