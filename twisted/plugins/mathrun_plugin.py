@@ -14,6 +14,9 @@ class MathrunServiceMaker:
     options = Options
 
     def makeService(self, options):
+        from mathrun.tls import leave_tls_unloaded
+
+        leave_tls_unloaded(options)  # before anything imports Twisted's TCP transport
         from mathrun.service import make_service
 
         return make_service(options)
