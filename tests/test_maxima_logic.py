@@ -481,6 +481,14 @@ class PoolTests(unittest.SynchronousTestCase):
         for d in (first, second):
             self.assertNoResult(d)
 
+    def test_a_restarted_mother_is_hurried_if_requests_wait(self):
+        self.make(jobs=4, ready=1)
+        waiting = defer.ensureDeferred(self.pool.evaluate(b"a\n", 30))
+        self.assertEqual(self.mother.hurried, [True])
+        self.mother.start()  # a new mother, niced again, while the request waits
+        self.assertEqual(self.mother.hurried, [True, True])
+        self.assertNoResult(waiting)
+
     def test_a_refusing_sandbox_forks_nothing_and_says_why(self):
         FakeChild.made = []
         self.clock = MemoryReactorClock()

@@ -71,7 +71,7 @@ class MaximaPool:
         self._acquiring: list[defer.Deferred] = []  # forks waiting for a job user
         self._starting: set[Child] = set()  # forked, not ready yet
         self._hurried = False
-        mother.on_ready.append(self._refill)
+        mother.on_ready.append(self._mother_ready)
 
     # -- service ------------------------------------------------------------
     def start(self) -> None:
@@ -209,6 +209,13 @@ class MaximaPool:
             self.ready.append(child)
         if not self.waiters:
             self._hurry(False)
+        self._refill()
+
+    def _mother_ready(self) -> None:
+        """A (re)started mother runs niced: hurry it if requests wait already."""
+        self._hurried = False
+        if self.waiters:
+            self._hurry(True)
         self._refill()
 
     def _hurry(self, on: bool) -> None:
