@@ -394,10 +394,31 @@ static int reap_user(int argc, char **argv)
     return 0;
 }
 
-/* `reap` for a long-lived server: one request per line on stdin, "UID" or
- * "UID FILE" (FILE: the pids.current that counts the user's processes), one
- * answer per line on stdout ("ok UID" or "failed UID reason"), until stdin
- * ends.  Saves the server a process spawn per job. */
+/* The optional fields of a reaper request after the UID: " FILE" (an
+ * absolute path) and " umount=DIR" (an absolute path), in that order. */
+static int reaper_fields(char *rest, char **count_file, char **workspace)
+{
+    char *save = NULL, *word;
+    if (*rest && *rest != ' ')
+        return -1;
+    for (word = strtok_r(rest, " ", &save); word; word = strtok_r(NULL, " ", &save)) {
+        if (word[0] == '/' && !*count_file && !*workspace)
+            *count_file = word;
+        else if (strncmp(word, "umount=/", 8) == 0 && !*workspace)
+            *workspace = word + 7;
+        else
+            return -1;
+    }
+    return 0;
+}
+
+/* `reap` for a long-lived server: one request per line on stdin, "UID",
+ * "UID FILE" (FILE: the pids.current that counts the user's processes),
+ * either with " umount=DIR" after it (DIR: the job's tmpfs workspace,
+ * detached once nothing of the user is left: umount2 waits out an RCU grace
+ * period, better here than on the server's reactor), one answer per line on
+ * stdout ("ok UID" or "failed UID reason"), until stdin ends.  Saves the
+ * server a process spawn per job. */
 static int reaper(int argc, char **argv)
 {
     static struct option opts[] = {{"kill-ruid", required_argument, 0, 'k'},
@@ -420,13 +441,11 @@ static int reaper(int argc, char **argv)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     setvbuf(stdout, NULL, _IOLBF, 0);
     while (fgets(line, sizeof line, stdin)) {
-        char *end, *count_file = NULL;
+        char *end, *count_file = NULL, *workspace = NULL;
         line[strcspn(line, "\n")] = 0;
         errno = 0;
         long long uid = strtoll(line, &end, 10);
-        if (*end == ' ' && end[1] == '/')
-            count_file = end + 1;
-        else if (*end)
+        if (reaper_fields(end, &count_file, &workspace) < 0)
             uid = -1;
         if (errno || end == line || uid <= 0 || uid == kill_ruid) {
             printf("failed - bad request\n");
@@ -435,6 +454,8 @@ static int reaper(int argc, char **argv)
         errno = 0;
         if (jail_kill_user_counted((uid_t)uid, (uid_t)kill_ruid, lock, count_file) < 0)
             printf("failed %lld %s\n", uid, errno ? strerror(errno) : "processes survived");
+        else if (workspace && umount2(workspace, MNT_DETACH | UMOUNT_NOFOLLOW) < 0)
+            printf("failed %lld unmount %s: %s\n", uid, workspace, strerror(errno));
         else
             printf("ok %lld\n", uid);
     }

@@ -128,6 +128,34 @@ class ReaperTests(unittest.TestCase):
         # The sleeper was the victim's: killed (by SIGKILL, as the jail kills).
         self.assertEqual(sleeper.wait(timeout=10), -9)
 
+    def test_unmounts_the_workspace_after_the_kill(self):
+        """``UID [FILE] umount=DIR``: the kill, then the tmpfs detached; a
+        DIR that is no mount point fails the request with the reason."""
+        if not ROOT:
+            raise unittest.SkipTest("needs root and job users")
+        import tempfile
+
+        from mathrun.sandbox.workspace import mount_tmpfs
+
+        helper = pwd.getpwnam(HELPER_USER).pw_uid
+        victim = pwd.getpwnam(f"{USER_PREFIX}-4").pw_uid
+        base = tempfile.mkdtemp(prefix="mathrun-reaper-")
+        self.addCleanup(os.rmdir, base)
+        mount_tmpfs(base, 1 << 20, 64, victim, victim)
+        self.addCleanup(lambda: os.path.ismount(base) and subprocess.run(["umount", "-l", base]))
+        requests = f"{victim} umount={base}\n{victim} umount={base}\n{victim} umount=relative\n"
+        proc = subprocess.run(
+            [DEFAULT_JAIL, "reaper", "--kill-ruid", str(helper)],
+            input=requests.encode(),
+            capture_output=True,
+            timeout=60,
+        )
+        lines = proc.stdout.decode().splitlines()
+        self.assertEqual(lines[0], f"ok {victim}")
+        self.assertTrue(lines[1].startswith(f"failed {victim} unmount {base}: "), lines[1])
+        self.assertEqual(lines[2], "failed - bad request")
+        self.assertFalse(os.path.ismount(base))
+
 
 class PidNamespaceTests(unittest.TestCase):
     """``jail_fork`` with a PID namespace, through ``mathrun-jail run --pidns``."""

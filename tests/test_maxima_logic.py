@@ -338,6 +338,7 @@ class FakeChild:
         self.evaluation = None
         self.job = None
         self.closed = False
+        self.hurried = False
         FakeChild.made.append(self)
 
     def prepare(self):
@@ -348,6 +349,9 @@ class FakeChild:
 
     def forked(self, pid):
         self.pid = pid
+
+    def hurry(self):
+        self.hurried = True
 
     def become_ready(self):
         self.state = "ready"
@@ -372,6 +376,7 @@ class FakeMother:
         self.forks = []
         self.killed = 0
         self.restarts = 0
+        self.hurried = []  # each hurry(on) call
 
     def start(self):
         self.ready = True
@@ -383,6 +388,9 @@ class FakeMother:
 
     def kill(self):
         self.killed += 1
+
+    def hurry(self, on):
+        self.hurried.append(on)
 
     def fork(self, fields):
         d = defer.Deferred()
@@ -452,6 +460,34 @@ class PoolTests(unittest.SynchronousTestCase):
         self.assertEqual((self.pool.spawning, self.sandbox.pool.waiting, len(self.pool.waiters)), (1, 1, 0))
         for d in (first, second):
             self.assertNoResult(d)
+
+    def test_forks_hurry_only_while_a_request_waits(self):
+        self.make(jobs=4, ready=1)
+        self.fork_all()
+        first = defer.ensureDeferred(self.pool.evaluate(b"a\n", 30))
+        # The replacement was forked with nobody waiting: background work.
+        self.assertEqual(self.mother.hurried, [])
+        self.mother.forks.pop(0).callback(1234)
+        self.assertFalse(FakeChild.made[1].hurried)
+        # A second request finds no ready child: the starting one is on its path.
+        second = defer.ensureDeferred(self.pool.evaluate(b"b\n", 30))
+        self.assertEqual((self.mother.hurried, FakeChild.made[1].hurried), ([True], True))
+        # A fork answered while the request still waits hurries at once.
+        self.mother.forks.pop(0).callback(1235)
+        self.assertTrue(FakeChild.made[2].hurried)
+        FakeChild.made[1].become_ready()
+        self.assertEqual(FakeChild.made[1].state, "running")
+        self.assertEqual(self.mother.hurried, [True, False])
+        for d in (first, second):
+            self.assertNoResult(d)
+
+    def test_a_restarted_mother_is_hurried_if_requests_wait(self):
+        self.make(jobs=4, ready=1)
+        waiting = defer.ensureDeferred(self.pool.evaluate(b"a\n", 30))
+        self.assertEqual(self.mother.hurried, [True])
+        self.mother.start()  # a new mother, niced again, while the request waits
+        self.assertEqual(self.mother.hurried, [True, True])
+        self.assertNoResult(waiting)
 
     def test_a_refusing_sandbox_forks_nothing_and_says_why(self):
         FakeChild.made = []

@@ -63,7 +63,8 @@ class Child:
         ready (a FIFO without writers reads as EOF)."""
         user = self.lease.user
         self.lease.prepare_limits(self.limits)
-        _remove_leftovers(self.root)
+        if not self.lease.workspace.privileged:
+            _remove_leftovers(self.root)  # a privileged workspace is a fresh tmpfs
         os.mkdir(self.output_dir, 0o700)
         if self.lease.workspace.privileged:
             os.chown(self.output_dir, user.uid, user.gid)
@@ -108,6 +109,14 @@ class Child:
             self._pidfd = os.pidfd_open(pid)
         except OSError:
             pass  # already gone: its pipes will say so
+
+    def hurry(self) -> None:
+        """A request waits for this child: start at normal priority."""
+        if self._pidfd >= 0 and self.state == "spawning":
+            try:
+                os.setpriority(os.PRIO_PROCESS, self.pid, 0)
+            except OSError:
+                pass
 
     def _kill_process(self) -> None:
         """Kill the child, if it still lives.  Unprivileged, it is the init

@@ -121,6 +121,7 @@ class MaximaResource(resource.Resource):
             return
         if self.metrics:
             self.metrics.response.observe(self.reactor.seconds() - started)
+        request.access_logged = False  # the job's log line stands for it (web/site.py)
         output = result.stdout
         if health:
             ok = result.ok and b"healthcheck successful" in output

@@ -20,6 +20,7 @@ from .config import MaximaConfig
 from .libraries import LibrarySet
 
 _READY = re.compile(rb"mathrun-mother ready (\d+)")
+MOTHER_NICE = 10  # as ext/maxima-fork.c sets it
 
 
 class MotherUnavailable(Exception):
@@ -138,6 +139,7 @@ class Mother:
         self._started_at = 0.0
         self._start_timer = None
         self._running = False
+        self._hurried = False
 
     @property
     def ready(self) -> bool:
@@ -166,6 +168,16 @@ class Mother:
         proto._on_ended = on_ended
         proto.transport.closeStdin()
         return ended
+
+    def hurry(self, on: bool) -> None:
+        """Fork at normal priority while requests wait (see MaximaPool._hurry)."""
+        if on == self._hurried or self.pid is None:
+            return
+        self._hurried = on
+        try:
+            os.setpriority(os.PRIO_PROCESS, self.pid, 0 if on else MOTHER_NICE)
+        except OSError:
+            pass  # it has just ended
 
     def kill(self) -> None:
         """Kill the running mother (it is then restarted)."""
@@ -228,6 +240,7 @@ class Mother:
             self._start_timer.cancel()
         self._proto = None
         self.pid = None
+        self._hurried = False
         if not self._running:
             return
         self.log.warn("maxima mother {name} ended: {why}", name=self.name, why=reason.value)

@@ -69,7 +69,9 @@ class MaximaPool:
         self._retry = None
         self._releasing: set[defer.Deferred] = set()
         self._acquiring: list[defer.Deferred] = []  # forks waiting for a job user
-        mother.on_ready.append(self._refill)
+        self._starting: set[Child] = set()  # forked, not ready yet
+        self._hurried = False
+        mother.on_ready.append(self._mother_ready)
 
     # -- service ------------------------------------------------------------
     def start(self) -> None:
@@ -126,6 +128,7 @@ class MaximaPool:
             return defer.fail(PoolBusy(f"{len(self.waiters)} requests are already waiting for Maxima"))
         d = defer.Deferred(self._gave_up)
         self.waiters.append(d)
+        self._hurry(True)
         self._refill()
         d.addTimeout(self.config.queue_wait, self.reactor)
 
@@ -140,6 +143,8 @@ class MaximaPool:
         """A request stopped waiting (timeout, client gone): the fork it
         asked for, if still waiting for a job user, is not needed."""
         self.waiters.remove(waiter)
+        if not self.waiters:
+            self._hurry(False)
         while self._wanted() < 0 and self._acquiring:
             self._acquiring.pop().cancel()
 
@@ -170,10 +175,15 @@ class MaximaPool:
         try:
             child.prepare()
             child.forked(await self.mother.fork(child.fork_fields()))
+            if self.waiters:
+                child.hurry()
+            self._starting.add(child)
             await child.ready.addTimeout(self.config.spawn_timeout, self.reactor)
         except BaseException:
             self._retire(child)
             raise
+        finally:
+            self._starting.discard(child)
         if self.metrics:
             self.metrics.spawn.observe(self.reactor.seconds() - started)
         return child
@@ -197,7 +207,28 @@ class MaximaPool:
                 break
         else:
             self.ready.append(child)
+        if not self.waiters:
+            self._hurry(False)
         self._refill()
+
+    def _mother_ready(self) -> None:
+        """A (re)started mother runs niced: hurry it if requests wait already."""
+        self._hurried = False
+        if self.waiters:
+            self._hurry(True)
+        self._refill()
+
+    def _hurry(self, on: bool) -> None:
+        """Forks and starting children run niced (background work, a running
+        job goes first) unless a request waits for them: then they are on
+        its path, and on a host busy with other work a nice-10 start could
+        take a second."""
+        if on != self._hurried:
+            self._hurried = on
+            self.mother.hurry(on)
+        if on:
+            for child in self._starting:
+                child.hurry()
 
     def _spawn_failed(self, failure) -> None:
         if failure.check(MotherUnavailable, defer.CancelledError):

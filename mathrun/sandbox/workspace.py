@@ -84,6 +84,14 @@ class Workspace:
             os.mkdir(sub, 0o700)
             os.chown(sub, self.owner.uid, self.owner.gid)
 
+    @property
+    def mounted(self) -> bool:
+        return self._mounted
+
+    def unmounted(self) -> None:
+        """Someone else (the sandbox's reaper) has unmounted it."""
+        self._mounted = False
+
     def unmount_if_mounted(self) -> None:
         if self._mounted:
             unmount(self.root)
