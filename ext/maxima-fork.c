@@ -199,13 +199,15 @@ static void child_setup(const char *token, char **w, int nwords)
      * so neither open blocks. */
     step = "open outpipe";
     snprintf(path, sizeof path, "%s/outpipe", child_root);
-    int out = open(path, O_WRONLY | O_NOFOLLOW);
-    if (out < 0)
+    /* Non-blocking: a server that died since the request holds no reader,
+     * and a blocking open would wait for one forever (ENXIO instead). */
+    int out = open(path, O_WRONLY | O_NOFOLLOW | O_NONBLOCK);
+    if (out < 0 || fcntl(out, F_SETFL, 0) < 0)
         goto fail;
     step = "open inpipe";
     snprintf(path, sizeof path, "%s/inpipe", child_root);
-    int in = open(path, O_RDONLY | O_NOFOLLOW);
-    if (in < 0)
+    int in = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+    if (in < 0 || fcntl(in, F_SETFL, 0) < 0)
         goto fail;
     if (cfg.userns) {
         step = "enter the namespaces";
