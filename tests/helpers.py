@@ -51,6 +51,14 @@ def make_sandbox(testcase, **config) -> Sandbox:
     return sandbox
 
 
+async def assert_still_serving(testcase, sandbox) -> None:
+    """After a hostile job: the sandbox still runs the next one."""
+    from mathrun.sandbox import Status
+
+    follow = await sandbox.run(["echo", "still here"])
+    testcase.assertEqual((follow.status, follow.stdout), (Status.OK, b"still here\n"))
+
+
 def make_unprivileged_sandbox(testcase, jobs: int = 2, **config) -> Sandbox:
     """A started sandbox in unprivileged mode (root or not), in a job root
     of its own."""

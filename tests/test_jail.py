@@ -101,6 +101,13 @@ class JailTests(unittest.TestCase):
         self.assertIn("CapEff:\t0000000000000000", proc.stdout)
 
 
+def run_reaper(helper: int, requests: str) -> subprocess.CompletedProcess:
+    """``mathrun-jail reaper`` fed ``requests``, to the end of its input."""
+    return subprocess.run(
+        [DEFAULT_JAIL, "reaper", "--kill-ruid", str(helper)], input=requests.encode(), capture_output=True, timeout=60
+    )
+
+
 class ReaperTests(unittest.TestCase):
     """``mathrun-jail reaper``: the server's long-lived killer."""
 
@@ -113,12 +120,7 @@ class ReaperTests(unittest.TestCase):
                                     "--clear-groups", "sleep", "600"])  # fmt: skip
         self.addCleanup(lambda: sleeper.poll() is None and sleeper.kill())
         requests = f"0\n{helper}\nnonsense\n{victim.pw_uid}\n{victim.pw_uid} /nonexistent/pids.current\n"
-        proc = subprocess.run(
-            [DEFAULT_JAIL, "reaper", "--kill-ruid", str(helper)],
-            input=requests.encode(),
-            capture_output=True,
-            timeout=60,
-        )
+        proc = run_reaper(helper, requests)
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertEqual(
             proc.stdout.decode().splitlines(),
@@ -144,12 +146,7 @@ class ReaperTests(unittest.TestCase):
         mount_tmpfs(base, 1 << 20, 64, victim, victim)
         self.addCleanup(lambda: os.path.ismount(base) and subprocess.run(["umount", "-l", base]))
         requests = f"{victim} umount={base}\n{victim} umount={base}\n{victim} umount=relative\n"
-        proc = subprocess.run(
-            [DEFAULT_JAIL, "reaper", "--kill-ruid", str(helper)],
-            input=requests.encode(),
-            capture_output=True,
-            timeout=60,
-        )
+        proc = run_reaper(helper, requests)
         lines = proc.stdout.decode().splitlines()
         self.assertEqual(lines[0], f"ok {victim}")
         self.assertTrue(lines[1].startswith(f"failed {victim} unmount {base}: "), lines[1])
