@@ -1,0 +1,270 @@
+"""Access control's pure parts: per-client counting, the --auth checkers,
+the runner token.  The same against a real server: test_access.py."""
+
+from __future__ import annotations
+
+import os
+
+from autobahn.websocket.types import ConnectionDeny
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from twisted.cred import error, strcred
+from twisted.cred.credentials import UsernamePassword
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionLost
+from twisted.python import failure
+from twisted.trial import unittest
+from twisted.web import resource, server
+from twisted.web.test.requesthelper import DummyRequest
+
+from mathrun.asy.token import TokenError, check_runner_request, presented, read_token
+from mathrun.options import Options
+from mathrun.web.auth import AnyChecker
+from mathrun.web.perclient import PerClient, PerClientProtocol, PerClientResource
+
+from .helpers import temp_dir
+
+CLIENTS = st.sampled_from(["10.0.0.1", "10.0.0.2", "::1"])
+
+
+class PerClientMachine(RuleBasedStateMachine):
+    """Any interleaving of acquires and releases: the counts match what is
+    held, never go below zero nor above the limit, and leave no empty entry."""
+
+    def __init__(self):
+        super().__init__()
+        self.policy = PerClient(2)
+        self.held: dict[str, int] = {}
+
+    @rule(client=CLIENTS)
+    def acquire(self, client):
+        got = self.policy.acquire(client)
+        assert got == (self.held.get(client, 0) < 2)
+        if got:
+            self.held[client] = self.held.get(client, 0) + 1
+
+    @precondition(lambda self: any(self.held.values()))
+    @rule(data=st.data())
+    def release(self, data):
+        client = data.draw(st.sampled_from(sorted(c for c, n in self.held.items() if n)))
+        self.policy.release(client)
+        self.held[client] -= 1
+
+    @invariant()
+    def counts_match(self):
+        assert self.policy.counts == {c: n for c, n in self.held.items() if n}
+        assert all(0 < n <= 2 for n in self.policy.counts.values())
+
+
+TestPerClientMachine = PerClientMachine.TestCase
+TestPerClientMachine.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
+
+
+class Pending(resource.Resource):
+    """A resource that answers later, as Maxima does."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.requests = []
+
+    def render(self, request):
+        self.requests.append(request)
+        return server.NOT_DONE_YET
+
+
+def request_from(host: str) -> DummyRequest:
+    request = DummyRequest([b""])
+    request.client = IPv4Address("TCP", host, 40000)
+    return request
+
+
+class PerClientResourceTests(unittest.TestCase):
+    @given(st.lists(st.tuples(CLIENTS, st.sampled_from(["finish", "fail", "lost", "keep"])), max_size=12))
+    @settings(max_examples=100, deadline=None)
+    def test_released_on_every_way_out(self, script):
+        """Requests end by an answer, an error or the client leaving; whatever
+        the order, each address holds what is still open, and beyond the
+        limit a request gets 429 and never reaches the front end."""
+        inner = Pending()
+        limited = PerClientResource(inner, PerClient(2))
+        still_open, admitted = [], 0
+        for host, end in script:
+            request = request_from(host)
+            body = limited.render(request)
+            if body is not server.NOT_DONE_YET:
+                self.assertEqual(request.responseCode, 429)
+                self.assertEqual(request.responseHeaders.getRawHeaders(b"retry-after"), [b"1"])
+                self.assertGreaterEqual(sum(1 for h, _ in still_open if h == host), 2)
+                continue
+            admitted += 1
+            still_open.append((host, request))
+            if end == "keep":
+                continue
+            if end == "finish":
+                request.finish()
+            else:
+                request.processingFailed(failure.Failure(RuntimeError() if end == "fail" else ConnectionLost()))
+            still_open.pop()
+        self.assertEqual(len(inner.requests), admitted)
+        expected = {}
+        for host, _ in still_open:
+            expected[host] = expected.get(host, 0) + 1
+        self.assertEqual(limited.policy.counts, expected)
+
+
+class Transport:
+    def __init__(self, host):
+        self.host = host
+
+    def getPeer(self):
+        return IPv4Address("TCP", self.host, 1234)
+
+
+class FakeQueueProtocol:
+    def onOpen(self):
+        self.opened = True
+
+    def denied(self, error):
+        self.denial = error
+
+    def onClose(self, wasClean, code, reason):
+        if getattr(self, "raise_on_close", False):
+            raise RuntimeError("the queue's own close failed")
+
+
+class Limited(PerClientProtocol, FakeQueueProtocol):
+    pass
+
+
+class Factory:
+    def __init__(self, limit):
+        self.per_client = PerClient(limit)
+
+
+class PerClientProtocolTests(unittest.TestCase):
+    def connect(self, factory, host):
+        p = Limited()
+        p.factory, p.transport = factory, Transport(host)
+        p.onOpen()
+        return p
+
+    def test_denied_beyond_the_limit_and_released_on_close(self):
+        factory = Factory(1)
+        first = self.connect(factory, "10.0.0.1")
+        self.assertFalse(hasattr(first, "denial"))
+        other = self.connect(factory, "10.0.0.2")
+        second = self.connect(factory, "10.0.0.1")
+        self.assertIn("too many connections from 10.0.0.1", second.denial)
+        second.onClose(True, 1000, None)  # the denied one held nothing
+        self.assertEqual(factory.per_client.counts, {"10.0.0.1": 1, "10.0.0.2": 1})
+        first.raise_on_close = True
+        self.assertRaises(RuntimeError, first.onClose, False, 1006, None)
+        first.raise_on_close = False
+        first.onClose(False, 1006, None)  # a second close releases nothing more
+        other.onClose(True, 1000, None)
+        self.assertEqual(factory.per_client.counts, {})
+        self.assertFalse(hasattr(self.connect(factory, "10.0.0.1"), "denial"))
+
+
+def check(checker, name, password):
+    """The avatar id, or None when refused."""
+    d = defer.maybeDeferred(checker.requestAvatarId, UsernamePassword(name, password))
+    results = []
+    d.addCallbacks(results.append, lambda f: f.trap(error.UnauthorizedLogin) and results.append(None))
+    return results[0]
+
+
+class CheckerTests(unittest.TestCase):
+    def options(self, *argv):
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_memory_checker_takes_basic_auths_bytes(self):
+        """Twisted's memory: checker holds text; wired up plainly, the right
+        password from basic auth (bytes) would be refused."""
+        raw = strcred.makeChecker("memory:alice:s3cret:bob:p\u00e4ss")
+        self.assertIsNone(check(raw, b"alice", b"s3cret"))  # the trap itself
+        checker = AnyChecker(self.options("--auth", "memory:alice:s3cret:bob:p\u00e4ss")["credCheckers"])
+        self.assertEqual(check(checker, b"alice", b"s3cret"), b"alice")
+        self.assertEqual(check(checker, b"bob", "p\u00e4ss".encode()), b"bob")
+        self.assertIsNone(check(checker, b"alice", b"wrong"))
+        self.assertIsNone(check(checker, b"alice", b"s3cret\0"))
+        self.assertIsNone(check(checker, b"carol", b"s3cret"))
+        self.assertIsNone(check(checker, b"alice", b"\xff"))
+
+    def test_file_checker_and_several_checkers(self):
+        path = os.path.join(temp_dir(self), "users")
+        with open(path, "wb") as f:
+            f.write("stack:m00dle\ncl\u00e9ment:\u00e9t\u00e9\n".encode())
+        checker = AnyChecker(self.options("--auth", f"file:{path}", "--auth", "memory:alice:s3cret")["credCheckers"])
+        self.assertEqual(check(checker, b"stack", b"m00dle"), b"stack")
+        self.assertEqual(check(checker, "cl\u00e9ment".encode(), "\u00e9t\u00e9".encode()), "cl\u00e9ment".encode())
+        self.assertEqual(check(checker, b"alice", b"s3cret"), b"alice")  # the second --auth is asked too
+        self.assertIsNone(check(checker, b"stack", b"s3cret"))
+
+    def test_auth_in_the_configuration_file(self):
+        path = os.path.join(temp_dir(self), "mathrun.ini")
+        with open(path, "w") as f:
+            f.write("[mathrun]\nauth = memory:alice:s3cret\n  memory:bob:b0b\nmetrics-open = true\n")
+        options = self.options("--config", path)
+        checker = AnyChecker(options["credCheckers"])
+        self.assertEqual((check(checker, b"alice", b"s3cret"), check(checker, b"bob", b"b0b")), (b"alice", b"bob"))
+        self.assertTrue(options["metrics-open"])
+
+    def test_no_auth_no_checkers(self):
+        self.assertNotIn("credCheckers", self.options())
+
+
+TOKEN = b"0123456789abcdef0123"
+
+
+class TokenTests(unittest.TestCase):
+    def test_queue_with_the_token_is_let_in(self):
+        check_runner_request({"authorization": "Bearer " + TOKEN.decode()}, TOKEN)
+        check_runner_request({}, None)  # no token configured: as before
+
+    def refusal(self, headers, token=TOKEN) -> str:
+        with self.assertRaises(ConnectionDeny) as caught:
+            check_runner_request(headers, token)
+        self.assertEqual(caught.exception.code, 403)
+        return caught.exception.reason
+
+    def test_refusals_say_why(self):
+        self.assertIn("token missing", self.refusal({}))
+        self.assertIn("token missing", self.refusal({"authorization": "Basic " + TOKEN.decode()}))
+        self.assertIn("token wrong", self.refusal({"authorization": "Bearer " + TOKEN.decode()[:-1]}))
+        self.assertIn("token wrong", self.refusal({"authorization": "Bearer " + TOKEN.decode() + "x"}))
+        origin = {"authorization": "Bearer " + TOKEN.decode(), "origin": "http://127.0.0.1:8000"}
+        self.assertIn("Origin", self.refusal(origin))
+        self.assertIn("Origin", self.refusal({"origin": "null"}, None))
+
+    @given(st.binary(max_size=40))
+    def test_only_the_token_itself_passes(self, given_token):
+        header = {"authorization": "Bearer " + given_token.decode("latin-1")}
+        try:
+            check_runner_request(header, TOKEN)
+        except ConnectionDeny:
+            self.assertNotEqual(presented(header), TOKEN)
+        else:
+            self.assertEqual(presented(header), TOKEN)
+
+    def test_token_file(self):
+        directory = temp_dir(self)
+
+        def write(name, data):
+            path = os.path.join(directory, name)
+            with open(path, "wb") as f:
+                f.write(data)
+            return path
+
+        self.assertEqual(read_token(write("ok", TOKEN + b"\n")), TOKEN)
+        for data, why in ((b"short\n", "shorter"), (b"with a blank inside it\n", "printable")):
+            with self.assertRaises(TokenError) as caught:
+                read_token(write("bad", data))
+            self.assertIn(why, str(caught.exception))
+        self.assertRaises(TokenError, read_token, os.path.join(directory, "absent"))
