@@ -140,7 +140,13 @@ def asy_runner(options, sandbox) -> service.Service:
     """This host as an Asymptote back end (WebSocket at /), on its own endpoint."""
     from .asy.runner_ws import RunnerFactory
 
-    factory = RunnerFactory(sandbox, asy_runner_config(options), token=runner_token(options))
+    token = runner_token(options)
+    if token is None:
+        Logger(namespace="mathrun").warn(
+            "asy runner on {endpoint} without --asy-runner-token-file: any queue that reaches it may use it",
+            endpoint=options["asy-runner"],
+        )
+    factory = RunnerFactory(sandbox, asy_runner_config(options), token=token)
     runner = strports.service(options["asy-runner"], factory)
     runner.setName("asy-runner")
     return runner

@@ -56,8 +56,9 @@ class Server:
             except (OSError, KeyError):
                 pass
             time.sleep(0.1)
+        log = self.text()
         self.stop()
-        raise RuntimeError("the server did not get ready: " + self.text()[-3000:])
+        raise RuntimeError("the server did not get ready: " + log[-3000:])
 
     def text(self) -> str:
         with open(self.log.name, errors="replace") as f:
@@ -363,3 +364,25 @@ class TlsTests(unittest.TestCase):
         self.assertIn("runner token missing", await refusal(ws_connect(self.runner, tls=tls)))
         received = await render(ws_connect(self.runner, {"Authorization": "Bearer " + TOKEN}, tls=tls))
         self.assertTrue(messages(received, "complete")[0][1]["success"], received)
+
+    @async_test
+    async def test_queue_refuses_a_runner_it_does_not_trust(self):
+        """A queue without --asy-backends-ca checks the runner's certificate
+        against the system's CAs: the task fails, the back end leaves the rotation."""
+        from mathrun.asy.backends import RemoteBackend
+        from mathrun.asy.protocol import RunOptions
+
+        class Sink:
+            done = defer.Deferred()
+
+            def complete(self, success, error, time_ms):
+                self.done.callback((success, error))
+
+        backend = RemoteBackend(self.runner, reactor, token=TOKEN.encode())
+        sink = Sink()
+        backend.start({"main.asy": CIRCLE}, "main.asy", RunOptions(), sink)
+        success, error = await within(sink.done)
+        self.assertFalse(success)
+        self.assertIn("Back end failed", error)
+        self.assertIn("certificate verify failed", error)
+        self.assertFalse(backend.available())
