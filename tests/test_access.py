@@ -118,6 +118,31 @@ def jobs_of(metrics: bytes, frontend: str) -> float:
     return sum(float(n) for n in re.findall(pattern, metrics))
 
 
+class Sink:
+    """What a queue's task gets from a back end: here only its end."""
+
+    def __init__(self):
+        self.done = defer.Deferred()
+
+    def output(self, stream, data):
+        pass
+
+    def result(self, fmt, data):
+        pass
+
+    def complete(self, success, error, time_ms):
+        self.done.callback((success, error))
+
+
+def start_remote(backend) -> Sink:
+    """A circle on a RemoteBackend, as the queue starts one."""
+    from mathrun.asy.protocol import RunOptions
+
+    sink = Sink()
+    backend.start({"main.asy": CIRCLE}, "main.asy", RunOptions(), sink)
+    return sink
+
+
 class AuthTests(unittest.TestCase):
     """One server: --auth memory: and file:, Maxima, /asy through a runner
     back end on its own port with a token, per-client limits of 1."""
@@ -211,6 +236,17 @@ class AuthTests(unittest.TestCase):
         received = await render(ws_connect(self.runner, right))
         self.assertTrue(messages(received, "complete")[0][1]["success"], received)
         self.assertIn(b"<svg", messages(received, "result")[0][2])
+
+    @async_test
+    async def test_queue_with_a_wrong_token_ends_its_task_with_the_reason(self):
+        from mathrun.asy.backends import RemoteBackend
+
+        backend = RemoteBackend(self.runner, reactor, token=b"not-the-token-0123456789")
+        success, error = await within(start_remote(backend).done)
+        self.assertFalse(success)
+        self.assertIn("Back end failed", error)
+        self.assertIn("runner token wrong", error)
+        self.assertFalse(backend.available())
 
     @async_test(timeout=120)
     async def test_maxima_per_client_limit(self):
@@ -370,18 +406,9 @@ class TlsTests(unittest.TestCase):
         """A queue without --asy-backends-ca checks the runner's certificate
         against the system's CAs: the task fails, the back end leaves the rotation."""
         from mathrun.asy.backends import RemoteBackend
-        from mathrun.asy.protocol import RunOptions
-
-        class Sink:
-            done = defer.Deferred()
-
-            def complete(self, success, error, time_ms):
-                self.done.callback((success, error))
 
         backend = RemoteBackend(self.runner, reactor, token=TOKEN.encode())
-        sink = Sink()
-        backend.start({"main.asy": CIRCLE}, "main.asy", RunOptions(), sink)
-        success, error = await within(sink.done)
+        success, error = await within(start_remote(backend).done)
         self.assertFalse(success)
         self.assertIn("Back end failed", error)
         self.assertIn("certificate verify failed", error)
