@@ -3,28 +3,32 @@ the runner token.  The same against a real server: test_access.py."""
 
 from __future__ import annotations
 
+import base64
 import os
 
+import treq
 from autobahn.websocket.types import ConnectionDeny
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from twisted.cred import error, strcred
-from twisted.cred.credentials import UsernamePassword
-from twisted.internet import defer
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
+from twisted.internet import defer, reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionLost
 from twisted.python import failure
 from twisted.trial import unittest
 from twisted.web import resource, server
 from twisted.web.test.requesthelper import DummyRequest
+from zope.interface import implementer
 
 from mathrun.asy.token import TokenError, check_runner_request, presented, read_token
 from mathrun.options import Options
-from mathrun.web.auth import AnyChecker
+from mathrun.web.auth import AnyChecker, GuardedRoot
 from mathrun.web.perclient import PerClient, PerClientProtocol, PerClientResource
 
-from .helpers import temp_dir
+from .helpers import async_test, temp_dir, within
 
 CLIENTS = st.sampled_from(["10.0.0.1", "10.0.0.2", "::1"])
 
@@ -268,3 +272,75 @@ class TokenTests(unittest.TestCase):
                 read_token(write("bad", data))
             self.assertIn(why, str(caught.exception))
         self.assertRaises(TokenError, read_token, os.path.join(directory, "absent"))
+
+
+@implementer(ICredentialsChecker)
+class LaterChecker:
+    """A checker that answers on a later reactor turn (as a database would)."""
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def requestAvatarId(self, credentials):
+        ok = (credentials.username, credentials.password) == (b"later", b"pw")
+        outcome = defer.succeed(b"later") if ok else defer.fail(error.UnauthorizedLogin())
+        return task.deferLater(reactor, 0.01, lambda: outcome)
+
+
+class Text(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, body: bytes):
+        super().__init__()
+        self.body = body
+
+    def render_GET(self, request):
+        return self.body
+
+
+class GuardedSiteTests(unittest.TestCase):
+    """GuardedRoot on a real port: checkers that answer at once and later,
+    a password file that changes, a password file gone."""
+
+    def setUp(self):
+        self.users = os.path.join(temp_dir(self), "users")
+        with open(self.users, "w") as f:
+            f.write("stack:first\n")
+        root = resource.Resource()
+        root.putChild(b"health", Text(b"up"))
+        root.putChild(b"maxima", Text(b"answer"))
+        checkers = [strcred.makeChecker(f"file:{self.users}"), LaterChecker(), strcred.makeChecker("memory:a:b")]
+        guarded = GuardedRoot(root, checkers, [b"health"])
+        port = reactor.listenTCP(0, server.Site(guarded), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.url = f"http://127.0.0.1:{port.getHost().port}"
+
+    async def get(self, path, auth=None, header=None):
+        if auth:
+            header = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        headers = {"Authorization": header} if header else {}
+        response = await within(treq.get(self.url + path, headers=headers, persistent=False))
+        return response.code, await within(treq.content(response))
+
+    @async_test
+    async def test_each_checker_and_path(self):
+        self.assertEqual(await self.get("/health"), (200, b"up"))
+        self.assertEqual((await self.get("/maxima"))[0], 401)
+        for auth in (("stack", "first"), ("later", "pw"), ("a", "b")):
+            self.assertEqual(await self.get("/maxima", auth), (200, b"answer"), auth)
+        for header in ("Basic !!!", "Bearer abc", "Basic " + base64.b64encode(b"no-colon").decode()):
+            self.assertEqual((await self.get("/maxima", header=header))[0], 401, header)
+        self.assertEqual((await self.get("/maxima", ("later", "wrong")))[0], 401)
+
+    @async_test
+    async def test_password_file_changes_and_goes(self):
+        self.assertEqual((await self.get("/maxima", ("stack", "first")))[0], 200)
+        with open(self.users, "w") as f:
+            f.write("stack:second\n")
+        later = os.stat(self.users).st_mtime + 1
+        os.utime(self.users, (later, later))
+        self.assertEqual((await self.get("/maxima", ("stack", "first")))[0], 401)
+        self.assertEqual((await self.get("/maxima", ("stack", "second")))[0], 200)
+        os.unlink(self.users)
+        self.assertEqual((await self.get("/maxima", ("stack", "second")))[0], 401)
+        self.assertEqual((await self.get("/maxima", ("a", "b")))[0], 200)  # the next checker is still asked
+        self.flushLoggedErrors(FileNotFoundError)
