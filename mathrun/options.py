@@ -25,16 +25,6 @@ def _positive_int(value):
     return number
 
 
-def _count(value):
-    number = int(value)
-    if number < 0:
-        raise ValueError("must be 0 (off) or more")
-    return number
-
-
-_count.coerceDoc = "A whole number, 0 for no limit."
-
-
 def _positive_float(value):
     number = float(value)
     if not number > 0:
@@ -44,6 +34,17 @@ def _positive_float(value):
 
 _positive_int.coerceDoc = "A whole number, at least 1."
 _positive_float.coerceDoc = "A positive number."
+
+
+# -- Access (issue 13): a limit that 0 switches off.
+def _count(value):
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 (off) or more")
+    return number
+
+
+_count.coerceDoc = "A whole number, 0 for no limit."
 
 DEFAULT_RUN_DIR = "/run/mathrun"
 
