@@ -7,6 +7,7 @@ import base64
 import os
 
 import treq
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,7 +24,7 @@ from twisted.web import resource, server
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
-from mathrun.asy.token import TokenError, check_runner_request, presented, read_token
+from mathrun.asy.token import TokenError, accept, check_runner_request, presented, read_token, runner_refusal
 from mathrun.options import Options
 from mathrun.web.auth import AnyChecker, GuardedRoot
 from mathrun.web.perclient import PerClient, PerClientProtocol, PerClientResource
@@ -344,3 +345,54 @@ class GuardedSiteTests(unittest.TestCase):
         self.assertEqual((await self.get("/maxima", ("stack", "second")))[0], 401)
         self.assertEqual((await self.get("/maxima", ("a", "b")))[0], 200)  # the next checker is still asked
         self.flushLoggedErrors(FileNotFoundError)
+
+
+class Impostor(WebSocketServerProtocol):
+    """Listens where a runner should be, takes any upload, knows no token."""
+
+    def onConnect(self, request):
+        return self.factory.answer
+
+    def onMessage(self, data, isBinary):
+        self.factory.received.append(data)
+
+
+class RunnerProofTests(unittest.TestCase):
+    def test_proof_is_bound_to_token_and_key(self):
+        self.assertIsNone(accept({"sec-websocket-key": "abc"}, None))
+        _, headers = accept({"sec-websocket-key": "abc"}, TOKEN)
+        self.assertIsNone(runner_refusal({k.lower(): v for k, v in headers.items()}, b"abc", TOKEN))
+        self.assertIsNone(runner_refusal({}, b"abc", None))  # no token: as before
+        self.assertIn("no proof", runner_refusal({}, b"abc", TOKEN))
+        for key, token in ((b"abd", TOKEN), (b"abc", TOKEN + b"x")):
+            self.assertIn("wrong", runner_refusal({k.lower(): v for k, v in headers.items()}, key, token))
+
+    async def impostor_gets(self, answer):
+        """What a queue with the token does with a WebSocket server that
+        cannot prove it: (success, error) of the task, what the server got."""
+        from autobahn.twisted.websocket import WebSocketServerFactory
+
+        from mathrun.asy.backends import RemoteBackend
+        from mathrun.asy.protocol import RunOptions
+
+        factory = WebSocketServerFactory()
+        factory.protocol, factory.answer, factory.received = Impostor, answer, []
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        backend = RemoteBackend(f"ws://127.0.0.1:{port.getHost().port}/", reactor, token=TOKEN)
+        done = defer.Deferred()
+        sink = type("Sink", (), {"complete": lambda self, ok, error, ms: done.callback((ok, error))})()
+        backend.start({"main.asy": b"draw(unitcircle);"}, "main.asy", RunOptions(), sink)
+        outcome = await within(done)
+        await within(task.deferLater(reactor, 0.2, lambda: None))  # anything sent would have arrived
+        self.assertFalse(backend.available())
+        return outcome, factory.received
+
+    @async_test
+    async def test_queue_hands_no_task_to_a_runner_without_the_token(self):
+        (ok, error), received = await self.impostor_gets(None)
+        self.assertEqual((ok, received), (False, []))
+        self.assertIn("sent no proof of the runner token", error)
+        (ok, error), received = await self.impostor_gets((None, {"X-Mathrun-Runner-Proof": "00" * 32}))
+        self.assertEqual((ok, received), (False, []))
+        self.assertIn("proof of the runner token is wrong", error)

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from .protocol import FileEntry, ProtocolError, Reassembler, RunOptions, encode
 from .runner import AsyRun, RunnerConfig, output_limit_message
 from .runner_ws import FRAME_SLACK, SendLimit
-from .token import bearer, runner_tls
+from .token import bearer, runner_refusal, runner_tls
 
 
 class LocalBackend:
@@ -38,8 +38,17 @@ class LocalBackend:
 
 
 class _RemoteSession(SendLimit, WebSocketClientProtocol):
+    def onConnect(self, response):
+        backend = self.factory.task.backend
+        refusal = runner_refusal(response.headers, self.websocket_key, backend.token)
+        if refusal is not None:
+            self.factory.task.failed(f"{backend.name}: {refusal}")  # onOpen then drops the connection
+
     def onOpen(self):
         task = self.factory.task
+        if task.done:
+            self.dropConnection(abort=True)
+            return
         self.frames = Reassembler(task.backend.max_message)
         for filename, data in task.files.items():
             self.send("add", {"filename": filename, "main": filename == task.main}, data)

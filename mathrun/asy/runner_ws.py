@@ -13,7 +13,7 @@ from twisted.logger import Logger
 
 from .protocol import ProtocolError, Reassembler, encode, parse_add, parse_options, parse_timeout_update
 from .runner import AsyRun, RunnerConfig
-from .token import check_runner_request
+from .token import accept, check_runner_request
 
 # Not a class attribute "log": on an Autobahn protocol that would replace
 # Autobahn's own logger, which drops its per-frame debug events.
@@ -89,7 +89,7 @@ class RunnerProtocol(SendLimit, WebSocketServerProtocol):
         if self.factory.busy is not None:
             raise ConnectionDeny(503, "runner busy: it serves one connection at a time")
         self.factory.busy = self
-        return None
+        return accept(request.headers, self.factory.token)  # with a token, the runner proves it holds it too
 
     def onOpen(self):
         self.frames = Reassembler(self.factory.config.max_upload)

@@ -1,23 +1,27 @@
 """The runner back end and the queue authenticate each other with a shared
-token (``--asy-runner-token-file``), sent by the queue as
-``Authorization: Bearer TOKEN`` on the WebSocket upgrade; and a runner
-refuses any browser (a request with an Origin header), since only a queue
-may talk to it.
+token (``--asy-runner-token-file``): the queue sends
+``Authorization: Bearer TOKEN`` on the WebSocket upgrade, and the runner
+answers with ``X-Mathrun-Runner-Proof``, an HMAC of the upgrade's
+``Sec-WebSocket-Key`` under the token, so that a queue never hands a task
+to a host that merely listens at a back end's address.  A runner refuses
+any browser (a request with an Origin header): only a queue talks to it.
 
 Refusals happen at the handshake (HTTP 403 with the reason), so a refused
 peer never holds the runner's one connection; Autobahn clients see the
-reason as the connection's close reason.  Tokens are compared in constant
-time.
+reason as the connection's close reason.  Tokens and proofs are compared in
+constant time.  Nothing else of the design's protocol changes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 
 from autobahn.websocket.types import ConnectionDeny
 
 MIN_TOKEN = 16  # bytes: a token shorter than this is a mistake, not a secret
 ORIGIN_HEADERS = ("origin", "sec-websocket-origin")
+PROOF_HEADER = "X-Mathrun-Runner-Proof"
 
 
 class TokenError(ValueError):
@@ -69,6 +73,33 @@ def check_runner_request(headers: dict, token: bytes | None) -> None:
         raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "runner back end: runner token missing")
     if not hmac.compare_digest(given, token):
         raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "runner back end: runner token wrong")
+
+
+def proof(token: bytes, key: str | bytes) -> str:
+    """The runner's answer to an upgrade with this Sec-WebSocket-Key."""
+    key = key.encode("ascii", "replace") if isinstance(key, str) else key
+    return hmac.new(token, b"mathrun asy runner " + key.strip(), hashlib.sha256).hexdigest()
+
+
+def accept(headers: dict, token: bytes | None):
+    """What a runner's onConnect returns once the request passed
+    :func:`check_runner_request`: no subprotocol, and its proof if it has a token."""
+    if token is None:
+        return None
+    return None, {PROOF_HEADER: proof(token, headers.get("sec-websocket-key", ""))}
+
+
+def runner_refusal(response_headers: dict, key: bytes, token: bytes | None) -> str | None:
+    """Why a queue must not use this runner (None: it may): with a token,
+    the runner must have proved that it holds it."""
+    if token is None:
+        return None
+    given = response_headers.get(PROOF_HEADER.lower())
+    if not given:
+        return "the runner sent no proof of the runner token (started without --asy-runner-token-file?)"
+    if not hmac.compare_digest(given.strip().encode("ascii", "replace"), proof(token, key).encode()):
+        return "the runner's proof of the runner token is wrong (another token?)"
+    return None
 
 
 def runner_tls(url: str, ca_file: str | None = None):
