@@ -13,6 +13,8 @@ from twisted.logger import Logger
 from .metrics import SandboxMetrics
 from .sandbox import Limits, Sandbox, SandboxConfig
 from .sandbox.limits import MiB
+from .web.auth import protect_site
+from .web.perclient import limit_asy, limit_maxima
 from .web.site import build_site
 
 
@@ -82,8 +84,16 @@ def asy_front_end(options, sandbox, reactor):
     runner_config = asy_runner_config(options)
     urls = _split(options["asy-backends"])
     if urls:
+        token, ca = runner_token(options), options["asy-backends-ca"]
         backends = [
-            RemoteBackend(url, reactor, max_image=runner_config.max_image, max_upload=runner_config.max_upload)
+            RemoteBackend(
+                url,
+                reactor,
+                max_image=runner_config.max_image,
+                max_upload=runner_config.max_upload,
+                token=token,
+                ca_file=ca,
+            )
             for url in urls
         ]
     else:
@@ -99,7 +109,21 @@ def asy_front_end(options, sandbox, reactor):
         options["asy-max-connections"],
         max_send=queue_config.max_image + FRAME_SLACK,
     )
+    limit_asy(factory, options["asy-per-client"])
     return ("asy", WebSocketResource(factory))
+
+
+def runner_token(options):
+    """The shared queue-runner token (asy/token.py), None without the option."""
+    from .asy.token import TokenError, read_token
+
+    path = options["asy-runner-token-file"]
+    if not path:
+        return None
+    try:
+        return read_token(path)
+    except TokenError as e:
+        raise SystemExit(f"mathrun: {e}") from None
 
 
 def asy_runner_config(options):
@@ -116,7 +140,14 @@ def asy_runner(options, sandbox) -> service.Service:
     """This host as an Asymptote back end (WebSocket at /), on its own endpoint."""
     from .asy.runner_ws import RunnerFactory
 
-    runner = strports.service(options["asy-runner"], RunnerFactory(sandbox, asy_runner_config(options)))
+    token = runner_token(options)
+    if token is None:
+        Logger(namespace="mathrun").warn(
+            "asy runner on {endpoint} without --asy-runner-token-file: any queue that reaches it may use it",
+            endpoint=options["asy-runner"],
+        )
+    factory = RunnerFactory(sandbox, asy_runner_config(options), token=token)
+    runner = strports.service(options["asy-runner"], factory)
     runner.setName("asy-runner")
     return runner
 
@@ -188,7 +219,8 @@ def make_service(options, reactor=None) -> service.MultiService:
 
         maxima = MaximaService(sandbox, maxima_config(options), reactor, registry)
         maxima.setServiceParent(top)
-        front_ends += [("maxima", maxima.resource), ("goemaxima", maxima.resource)]
+        limited = limit_maxima(maxima.resource, options["maxima-per-client"])
+        front_ends += [("maxima", limited), ("goemaxima", limited)]
         reports["maxima"] = maxima.report
     if not options["no-asy"]:
         front_ends.append(asy_front_end(options, sandbox, reactor))
@@ -196,6 +228,9 @@ def make_service(options, reactor=None) -> service.MultiService:
         asy_runner(options, sandbox).setServiceParent(top)
     if not options["no-http"]:
         site = build_site(sandbox, registry, front_ends, max_body, reports)
+        if protect_site(site, options):
+            opened = ", ".join(sorted("/" + p.decode() for p in site.resource.open_paths)) or "none"
+            log.info("HTTP site behind basic auth (open: {paths})", paths=opened)
         http = strports.service(with_backlog(options["http"]), site)
         http.setName("http")
         http.setServiceParent(top)
