@@ -123,7 +123,7 @@ class BoundedRequest(server.Request):
 # The page talks to its own server only; asy's SVG is put inline (scripts
 # removed), a PDF shown from a blob: URL, CodeMirror adds style elements.
 PAGE_POLICY = (
-    b"default-src 'self'; connect-src 'self'; img-src 'self' blob: data:; object-src 'self' blob:; "
+    b"default-src 'self'; connect-src 'self' blob:; img-src 'self' blob: data:; object-src 'self' blob:; "
     b"frame-src 'self' blob:; style-src 'self' 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 )
 

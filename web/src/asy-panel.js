@@ -36,6 +36,7 @@ function safeSvg(buffer) {
 export class AsyPanel {
   constructor() {
     this.seen = new Set(); // hashes the server was sent
+    this.history = [];
     this.run = null;
     this.urls = [];
     this.liveTimer = null;
@@ -53,6 +54,7 @@ export class AsyPanel {
   }
 
   status(text, kind = "") {
+    this.history.push(text); // what the status said, for a test's failure message
     $("asy-status").textContent = text;
     $("asy-status").dataset.state = kind;
   }
@@ -188,6 +190,7 @@ export class AsyPanel {
     this.urls = [];
     const preview = $("asy-preview");
     preview.replaceChildren();
+    preview.dataset.renders = String(Number(preview.dataset.renders || 0) + 1);
     images.forEach(({ format, buffer }, n) => {
       const blob = new Blob([buffer], { type: TYPES[format] });
       const url = URL.createObjectURL(blob);

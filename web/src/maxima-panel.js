@@ -7,15 +7,55 @@ const TYPES = { svg: "image/svg+xml", png: "image/png", jpg: "image/jpeg", jpeg:
 const PROMPT = /^(?:\(%i\d+\) ?)+/;
 const $ = (id) => document.getElementById(id);
 
-// Maxima's REPL text without its input prompts (the (%oN) labels stay).
+const LABEL = /^\(%o\d+\) /;
+
+// A run of lines holding a result, centred by Maxima on its 79 columns:
+// moved next to its label, its 2D shape kept.
+function besideLabel(run) {
+  const labels = run.map((line) => line.match(LABEL)?.[0] ?? "");
+  const width = Math.max(...labels.map((label) => label.length));
+  const bare = run.map((line, n) => " ".repeat(labels[n].length) + line.slice(labels[n].length));
+  const cut = Math.min(...bare.filter((line) => line.trim()).map((line) => line.length - line.trimStart().length));
+  return bare.map((line, n) => labels[n].padEnd(width) + line.slice(cut));
+}
+
+// A run of indented and labelled lines, split into results: a labelled line
+// whose neighbours are labelled too (or none) is a 1D result of its own.
+function results(run) {
+  const labelled = run.map((line) => LABEL.test(line));
+  const blocks = [];
+  let start = 0;
+  for (let k = 0; k <= run.length; k++) {
+    const alone = k < run.length && labelled[k] && (k === 0 || labelled[k - 1]) && (k === run.length - 1 || labelled[k + 1]);
+    if (k === run.length || alone) {
+      if (k > start) blocks.push(run.slice(start, k));
+      if (alone) blocks.push([run[k]]);
+      start = k + 1;
+    }
+  }
+  return blocks;
+}
+
+// Maxima's REPL text without its input prompts, each result beside its label.
 export function withoutPrompts(text) {
   const lines = [];
   for (const line of text.split("\n")) {
-    const rest = line.replace(PROMPT, "");
-    if (rest !== line && !rest.trim()) continue;
-    lines.push(rest.trimEnd());
+    const prompted = PROMPT.test(line);
+    const rest = prompted ? line.replace(PROMPT, "").trim() : line.trimEnd(); // text after a prompt: gnuplot's
+    if (prompted && !rest) continue;
+    lines.push(rest);
   }
-  return lines.join("\n").replace(/^\n+|\n+$/g, "");
+  const out = [];
+  for (let i = 0; i < lines.length; ) {
+    let j = i;
+    // Indented past a label's width: part of a result (gnuplot's messages are indented less).
+    while (j < lines.length && (LABEL.test(lines[j]) || lines[j].startsWith("       "))) j++;
+    if (j > i && lines.slice(i, j).some((line) => LABEL.test(line))) {
+      for (const block of results(lines.slice(i, j))) out.push(...besideLabel(block));
+      i = j;
+    } else out.push(lines[i++]);
+  }
+  return out.join("\n").replace(/^\n+|\n+$/g, "");
 }
 
 const STATUS = {
