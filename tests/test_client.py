@@ -391,11 +391,11 @@ class ClientTests(unittest.TestCase):
                 break
             await deferLater(0.02)
         self.assertEqual([e.passed for e in first_events], [True])
-        quick = self.write("quick.asy", b"draw(unitcircle);")
+        quick = self.write("quick.asy", b"draw(unitcircle); // never rendered before: not in the render cache")
         code, _, err = await self.cli("asy", "--timeout", "fast", "-o", os.path.join(self.dir, "quick.svg"), quick)
         self.assertEqual(code, 0, err)
         lines = err.splitlines()
-        self.assertTrue(lines[0].startswith("mathrun: queued"), err)
+        self.assertTrue(lines[0].startswith("mathrun: queued (position 1)"), err)
         self.assertIn("running", lines[1])
         self.assertTrue((await within(first)).success)
 
