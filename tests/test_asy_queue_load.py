@@ -34,7 +34,9 @@ class FakeClient:
 
     def __init__(self, timeout):
         files = {"main.asy": b"draw(unitcircle);"}
-        self.request = Request(files, {"main.asy": sha256_hex(files["main.asy"])}, "main.asy", RunOptions(timeout=timeout))
+        self.request = Request(
+            files, {"main.asy": sha256_hex(files["main.asy"])}, "main.asy", RunOptions(timeout=timeout)
+        )
         self.estimates, self.positions, self.passed_at, self.finished = [], [], None, False
 
     def queued(self, estimate_ms, position=None):

@@ -1,7 +1,8 @@
 """The render cache: its bounds and expiry as properties (pure, a fake clock),
 its key, and the queue's use of it over a real WebSocket with fake back ends
 (a second identical run starts no back end and says ``cached: true``; a
-changed file, other options, an interactive or a failed run go to a back end)."""
+changed file, other options, an interactive or a failed run go to a back end);
+and with a real local runner, that a repeat runs no asy job."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.trial import unittest
 
+from mathrun.asy.backends import LocalBackend
 from mathrun.asy.protocol import RunOptions
 from mathrun.asy.queue import AsyQueue, QueueConfig
 from mathrun.asy.queue_ws import QueueFactory
@@ -19,7 +21,7 @@ from mathrun.asy.render_cache import Recorder, Render, RenderCache, render_key
 from mathrun.asy.runner_ws import limit_websocket
 
 from .asyclient import connect, messages
-from .helpers import async_test, within
+from .helpers import async_test, make_sandbox, within
 from .test_asy_queue_ws import CIRCLE, FakeBackend
 
 
@@ -196,3 +198,35 @@ class QueueCacheTests(unittest.TestCase):
         await self.render({"main.asy": CIRCLE}, {"interactive": True})
         self.assertEqual(self.queue.started, 4)
         self.assertEqual((self.queue.renders.stores, self.queue.renders.hits), (0, 0))
+
+
+class RealRunnerTests(unittest.TestCase):
+    """A real local runner: the sandbox counts the asy jobs it runs."""
+
+    @async_test
+    async def test_a_repeat_runs_no_asy_a_changed_file_does(self):
+        sandbox = make_sandbox(self, jobs=2)
+        jobs = []
+        sandbox.observers.append(lambda result, frontend="jobs": jobs.append(frontend))
+        queue = AsyQueue([LocalBackend(sandbox, name="local")], reactor)
+        self.addCleanup(queue.stop)
+        port = reactor.listenTCP(0, QueueFactory(queue), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"ws://127.0.0.1:{port.getHost().port}/asy"
+
+        async def render(source):
+            factory = connect(url)
+            c = await within(factory.opened)
+            c.add("main.asy", source, main=True, hashed=True)
+            c.send("options", {"format": "png"})
+            c.send("run")
+            received = await within(factory.closed)
+            return messages(received, "complete")[0][1], messages(received, "result")[0][2]
+
+        first, image = await render(CIRCLE)
+        self.assertEqual((first["success"], "cached" in first, jobs), (True, False, ["asy"]))
+        again, same = await render(CIRCLE)
+        self.assertEqual((again, same, jobs), ({**first, "cached": True}, image, ["asy"]))  # no new asy job
+        changed, _ = await render(CIRCLE + b" dot((0,0));")
+        self.assertEqual((changed["success"], "cached" in changed, jobs), (True, False, ["asy", "asy"]))
+        self.assertEqual((queue.started, queue.renders.hits, queue.renders.misses), (2, 1, 2))
