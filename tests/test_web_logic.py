@@ -56,6 +56,8 @@ class PageLogicTests(unittest.TestCase):
     def setUp(self):
         if NODE is None:
             raise unittest.SkipTest("no node (the set-up step installs it with the page's build)")
+        if not os.path.isdir(SRC):
+            raise unittest.SkipTest(f"no page sources at {SRC} (a copy of the checkout without web/)")
 
     @settings(max_examples=5, deadline=None)
     @given(st.lists(st.binary(max_size=300), min_size=1, max_size=40))
