@@ -230,3 +230,29 @@ class RealRunnerTests(unittest.TestCase):
         changed, _ = await render(CIRCLE + b" dot((0,0));")
         self.assertEqual((changed["success"], "cached" in changed, jobs), (True, False, ["asy", "asy"]))
         self.assertEqual((queue.started, queue.renders.hits, queue.renders.misses), (2, 1, 2))
+
+
+class MetricsTests(unittest.TestCase):
+    def test_counts_are_read_from_the_queue_when_scraped(self):
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        from mathrun.metrics import AsyQueueMetrics
+
+        queue = AsyQueue([FakeBackend("a")], reactor)
+        self.addCleanup(queue.stop)
+        registry = CollectorRegistry()
+        AsyQueueMetrics(registry, queue)
+        queue.started = 3
+        queue.renders.put("k", render_of(100))
+        queue.renders.get("k")
+        queue.renders.get("other")
+        text = generate_latest(registry).decode()
+        for line in (
+            "mathrun_asy_tasks_started_total 3.0",
+            'mathrun_asy_render_cache_total{event="hit"} 1.0',
+            'mathrun_asy_render_cache_total{event="miss"} 1.0',
+            'mathrun_asy_render_cache_total{event="store"} 1.0',
+            'mathrun_asy_render_cache_held{what="entries"} 1.0',
+            'mathrun_asy_render_cache_held{what="bytes"} 100.0',
+        ):
+            self.assertIn(line + "\n", text)
