@@ -159,6 +159,22 @@ class Options(AuthOptionMixin, usage.Options):
         ],
         ["workspace-limit", None, 128.0, "Size of a job's workspace (and its /tmp), in MiB.", _positive_float],
         ["processes-limit", None, 64, "Processes a job may run at once.", _positive_int],
+        # -- the web page and the Asymptote render cache (issue 12) --
+        [
+            "web-static",
+            None,
+            None,
+            "Directory of the page served at / and /static/ (default: the checkout's web/static).",
+        ],
+        [
+            "asy-render-cache",
+            None,
+            256,
+            "Renders the Asymptote queue keeps to answer repeats (0: no render cache).",
+            int,
+        ],
+        ["asy-render-cache-mb", None, 64.0, "Bytes of those renders together, in MiB.", float],
+        ["asy-render-cache-seconds", None, 600.0, "Seconds a render is kept after it ran.", float],
     ]
 
     # -- Access (issue 13): --auth (AuthOptionMixin), runner tokens, TLS trust, per-client limits.

@@ -72,7 +72,7 @@ def _split(value) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-def asy_front_end(options, sandbox, reactor):
+def asy_front_end(options, sandbox, reactor, registry=None):
     """The /asy queue resource: local runners, or the given back ends."""
     from autobahn.twisted.resource import WebSocketResource
 
@@ -99,9 +99,19 @@ def asy_front_end(options, sandbox, reactor):
     else:
         backends = [LocalBackend(sandbox, runner_config, f"local-{n}") for n in range(1, options["asy-local"] + 1)]
     queue_config = QueueConfig(
-        max_upload=runner_config.max_upload, max_image=runner_config.max_image, max_files=runner_config.max_files
+        max_upload=runner_config.max_upload,
+        max_image=runner_config.max_image,
+        max_files=runner_config.max_files,
+        render_cache_entries=options["asy-render-cache"],
+        render_cache_bytes=int(options["asy-render-cache-mb"] * MiB),
+        render_cache_seconds=options["asy-render-cache-seconds"],
     )
-    factory = QueueFactory(AsyQueue(backends, reactor, queue_config))
+    queue = AsyQueue(backends, reactor, queue_config)
+    if registry is not None:
+        from .metrics import AsyQueueMetrics
+
+        AsyQueueMetrics(registry, queue)
+    factory = QueueFactory(queue)
     limit_websocket(
         factory,
         queue_config.max_upload + FRAME_SLACK,
@@ -223,11 +233,14 @@ def make_service(options, reactor=None) -> service.MultiService:
         front_ends += [("maxima", limited), ("goemaxima", limited)]
         reports["maxima"] = maxima.report
     if not options["no-asy"]:
-        front_ends.append(asy_front_end(options, sandbox, reactor))
+        front_ends.append(asy_front_end(options, sandbox, reactor, registry))
     if options["asy-runner"]:
         asy_runner(options, sandbox).setServiceParent(top)
     if not options["no-http"]:
-        site = build_site(sandbox, registry, front_ends, max_body, reports)
+        from .web.site import default_static_dir
+
+        static_dir = options["web-static"] or default_static_dir()
+        site = build_site(sandbox, registry, front_ends, max_body, reports, static_dir)
         if protect_site(site, options):
             opened = ", ".join(sorted("/" + p.decode() for p in site.resource.open_paths)) or "none"
             log.info("HTTP site behind basic auth (open: {paths})", paths=opened)
