@@ -14,6 +14,7 @@ from twisted.python import usage
 
 from . import __version__
 from .maxima.config import DEFAULT_CORE
+from .sandbox.sandbox import DEFAULT_JAIL
 
 
 def _positive_int(value):
@@ -146,6 +147,14 @@ class Options(usage.Options):
         ],
         ["workspace-limit", None, 128.0, "Size of a job's workspace (and its /tmp), in MiB.", _positive_float],
         ["processes-limit", None, 64, "Processes a job may run at once.", _positive_int],
+        # -- installed package: where the built C helpers are --------------
+        [
+            "jail",
+            None,
+            DEFAULT_JAIL,
+            "The built jail helper mathrun-jail; mathrun-spawn and libmathrun-fork.so are taken from its "
+            "directory (default: the checkout's ext/, or an installed package's mathrun-setup state directory).",
+        ],
     ]
 
     compData = usage.Completions(optActions={"config": usage.CompleteFiles("*.ini"), "job-root": usage.CompleteDirs()})

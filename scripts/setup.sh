@@ -6,7 +6,19 @@
 # Idempotent: each step is skipped when already done, so a second run takes
 # a few seconds.  With --test, also what the tests need.  Run as root on Debian 12 (without root, only the Python
 # environment and the C helpers are made, for unprivileged mode).
+# With --no-venv (mathrun-setup, for an installed package, runs it so from
+# its state directory), no Python environment: the package is installed.
 set -euo pipefail
+
+TEST=false
+VENV=true
+for arg in "$@"; do
+    case $arg in
+        --test) TEST=true ;;
+        --no-venv) VENV=false ;;
+        *) echo "usage: $0 [--test] [--no-venv]" >&2; exit 2 ;;
+    esac
+done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -25,10 +37,12 @@ if [ "$(id -u)" = 0 ]; then
     install_missing "${APT_PACKAGES[@]}"
 fi
 
-# The Python environment: rebuilt only when requirements.txt changes.
+# The Python environment: rebuilt only when requirements.txt or the
+# packaging changes.
 stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
-if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+want=none
+$VENV && want=$(cat requirements.txt setup.cfg setup.py pyproject.toml | sha256sum | cut -d' ' -f1)
+if $VENV && { [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; }; then
     step "making the Python environment in .venv/"
     /usr/bin/python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
@@ -57,7 +71,7 @@ if [ "$(id -u)" = 0 ]; then
     add_user_set "$USER_PREFIX" "$JOB_USERS"
     # `make test` runs on its own users, so that it never disturbs a server
     # on this host (MATHRUN_TEST_PREFIX picks another set, one per parallel run).
-    if [ "${1:-}" = --test ]; then
+    if $TEST; then
         add_user_set "${MATHRUN_TEST_PREFIX:-mathrun-test}" "$JOB_USERS"
     fi
     install -d -m 0755 /run/mathrun
