@@ -49,6 +49,14 @@ def sync_tree(source: str, target: str) -> list[str]:
     return copied
 
 
+def write_plugin_cache() -> None:
+    """Twisted's plugin cache (twisted/plugins/dropin.cache), written now by
+    the installer: a service whose file system is read-only cannot."""
+    from twisted.plugin import IPlugin, getPlugins
+
+    list(getPlugins(IPlugin))
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="mathrun-setup",
@@ -86,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         env["MATHRUN_MAXIMA_HOME"] = args.maxima_home
     status = subprocess.call(["bash", os.path.join(state, "scripts", "setup.sh"), "--no-venv"], cwd=state, env=env)
     if status == 0:
+        write_plugin_cache()
         jail = os.path.join(state, "ext", paths.JAIL)
         hint = "" if state == paths.default_state_dir() else f" --jail {jail}"
         if args.user_prefix != "mathrun":

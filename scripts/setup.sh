@@ -29,12 +29,15 @@ APT_PACKAGES=(
     sbcl gnuplot-nox asymptote dvisvgm why3 z3 cvc4 maxima
     procps iproute2 curl libseccomp-dev
 )
+# Only for the tests (--test): the scale-out test's load balancer.
+TEST_PACKAGES=(haproxy)
 
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
 if [ "$(id -u)" = 0 ]; then
     install_missing "${APT_PACKAGES[@]}"
+    if $TEST; then install_missing "${TEST_PACKAGES[@]}"; fi
 fi
 
 # The Python environment: rebuilt only when requirements.txt or the
@@ -73,6 +76,8 @@ if [ "$(id -u)" = 0 ]; then
     # on this host (MATHRUN_TEST_PREFIX picks another set, one per parallel run).
     if $TEST; then
         add_user_set "${MATHRUN_TEST_PREFIX:-mathrun-test}" "$JOB_USERS"
+        # The scale-out test's three nodes (tests/test_scale_out.py), a few each.
+        for node in a b c; do add_user_set "${MATHRUN_TEST_PREFIX:-mathrun-test}-$node" 4; done
     fi
     install -d -m 0755 /run/mathrun
     # Must match MAXIMA_HOME in mathrun/maxima/config.py.
