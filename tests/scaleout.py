@@ -24,6 +24,10 @@ TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 HTTP_PORT, RUNNER_PORT = 8080, 9001
 NODES = ("a", "b", "c")
 QUEUE_NODE = "a"  # the Asymptote queue; every node is a runner back end
+# One Maxima child (of 2 job users, one kept for the runner), one request
+# waiting, then 503: the test fills it from outside the maxima back end, and
+# HAProxy retries the 503 it then answers on another node.
+SMALL_NODE = "c"
 
 
 def ip(*args: str) -> None:
@@ -83,7 +87,10 @@ class Cluster:
         user = f"{self.prefix}-{node}"
         addr = self.addr[node]
         args = ["-n", "--pidfile=", "mathrun", "--user-prefix", user, "--helper-user", user]
-        args += ["--jobs", str(self.jobs), "--no-why3", "--maxima-ready", "1", "--maxima-heap", "512"]
+        args += ["--no-why3", "--maxima-ready", "1", "--maxima-heap", "512"]
+        args += ["--jobs", str(self.jobs_of(node))]
+        if node == SMALL_NODE:
+            args += ["--maxima-max-waiting", "1"]
         args += ["--http", f"tcp:{HTTP_PORT}:interface={addr}"]
         args += ["--asy-runner", f"tcp:{RUNNER_PORT}:interface={addr}"]
         if node == QUEUE_NODE:
@@ -91,6 +98,9 @@ class Cluster:
         else:
             args.append("--no-asy")
         return args
+
+    def jobs_of(self, node: str) -> int:
+        return 2 if node == SMALL_NODE else self.jobs
 
     def start_node(self, node: str) -> subprocess.Popen:
         log = open(os.path.join(self.dir, f"node-{node}.log"), "ab")
@@ -106,8 +116,12 @@ class Cluster:
 
     # -- HAProxy -------------------------------------------------------------
     def haproxy_config(self) -> str:
-        """The configuration of docs/scale-out.md, with unix sockets in front."""
-        maxima = "\n".join(f"    server {n} {self.addr[n]}:{HTTP_PORT}" for n in NODES)
+        """The configuration of docs/scale-out.md, with unix sockets in front,
+        and one test-only back end: requests with ``X-Mathrun-Direct: c`` go
+        to the small node alone, outside the maxima back end's accounting (as
+        clients that do not come through HAProxy would)."""
+        maxconn = {n: self.jobs_of(n) - 1 for n in NODES}  # one job user for the runner
+        maxima = "\n".join(f"    server {n} {self.addr[n]}:{HTTP_PORT} maxconn {maxconn[n]}" for n in NODES)
         return f"""global
     stats socket {self.stats_socket} mode 600 level admin
     log stdout format raw local0
@@ -116,8 +130,8 @@ defaults
     log global
     option httplog
     timeout connect 1s
-    timeout client 30s
-    timeout server 30s
+    timeout client 60s
+    timeout server 45s
     timeout queue 20s
     timeout tunnel 120s
     retries 3
@@ -125,18 +139,22 @@ defaults
     retry-on conn-failure empty-response junk-response response-timeout 503
 frontend mathrun
     bind unix@{self.front} mode 600
+    use_backend direct if {{ hdr(x-mathrun-direct) -m str {SMALL_NODE} }}
     use_backend asy if {{ path_beg /asy }}
     default_backend maxima
 backend maxima
-    balance leastconn
+    balance roundrobin
+    option http-buffer-request
     option httpchk GET /health
     http-check expect status 200
-    default-server check inter 300ms fall 2 rise 2 maxconn {self.jobs - 1}
+    default-server check inter 300ms fall 2 rise 2 observe layer4 error-limit 1 on-error mark-down
     http-response set-header X-Mathrun-Node %s
 {maxima}
 backend asy
     option httpchk GET /health
     server {QUEUE_NODE} {self.addr[QUEUE_NODE]}:{HTTP_PORT} check inter 300ms
+backend direct
+    server {SMALL_NODE} {self.addr[SMALL_NODE]}:{HTTP_PORT}
 """
 
     def start_haproxy(self) -> subprocess.Popen:
@@ -150,6 +168,10 @@ backend asy
         log.close()
         self.procs["haproxy"] = proc
         return proc
+
+    def haproxy_log(self) -> str:
+        with open(os.path.join(self.dir, "haproxy.log"), errors="replace") as f:
+            return f.read()
 
     def stats(self) -> dict[tuple[str, str], dict[str, str]]:
         """``show stat`` from HAProxy's stats socket: (backend, server) -> row."""
