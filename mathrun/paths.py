@@ -26,12 +26,11 @@ def package_data() -> str | None:
     return os.fspath(path) if path.is_dir() else None
 
 
-def checkout_root() -> str | None:
-    """The git checkout this package runs from, if it does."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isfile(os.path.join(root, "ext", "Makefile")) and os.path.isdir(os.path.join(root, "lisp")):
-        return root
-    return None
+def checkout_root() -> str:
+    """The directory above the package: a checkout's root (or a copy of its
+    parts, as scripts/test-unprivileged.sh makes) when no package data is
+    installed."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def default_state_dir() -> str:
@@ -41,18 +40,14 @@ def default_state_dir() -> str:
 
 
 def source_root() -> str:
-    """The directory holding ``ext/``, ``lisp/`` and ``scripts/`` sources."""
-    data = package_data()
-    if data is not None:
-        return data
-    return checkout_root() or default_state_dir()
+    """The directory holding the ``ext/``, ``lisp/`` and ``scripts/`` sources."""
+    return package_data() or checkout_root()
 
 
 def ext_dir() -> str:
-    """Where the built helpers are by default: the checkout's ``ext/``, else
-    the state directory's (``--jail`` points elsewhere)."""
-    root = checkout_root() if package_data() is None else None
-    return os.path.join(root or default_state_dir(), "ext")
+    """Where the built helpers are by default: an installed package's state
+    directory, else the checkout's ``ext/`` (``--jail`` points elsewhere)."""
+    return os.path.join(default_state_dir() if package_data() else checkout_root(), "ext")
 
 
 def helper(name: str, jail: str | None = None) -> str:

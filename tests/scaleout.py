@@ -202,3 +202,17 @@ backend direct
                 proc.kill()
                 proc.wait()
         self.remove_network()
+        self.unmount_leftovers()
+
+    def unmount_leftovers(self) -> None:
+        """Workspaces of a node killed and not restarted (a failed run): its
+        next start would unmount them, but no next start may come."""
+        from mathrun.sandbox import SandboxConfig
+        from mathrun.sandbox.workspace import unmount
+
+        roots = [SandboxConfig(user_prefix=f"{self.prefix}-{n}").resolved_job_root(True) + "/" for n in NODES]
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f]
+        for point in sorted(points, reverse=True):
+            if point.startswith(tuple(roots)):
+                unmount(point)
