@@ -7,6 +7,7 @@ in the middle of a stream of Maxima requests and asy renders, and restarted.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import signal
 import time
@@ -21,7 +22,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from .asyclient import Session, messages
-from .helpers import ROOT, USER_PREFIX, async_test, processes_of, temp_dir, within
+from .helpers import ROOT, USER_PREFIX, async_test, temp_dir, within
 from .scaleout import NODES, SMALL_NODE, Cluster
 
 MAXIMA_CLIENTS = 6
@@ -140,17 +141,19 @@ class ScaleOutTests(unittest.TestCase):
             self.asy_results.append((start, time.monotonic(), outcome))
 
     def asy_running_on(self, node: str) -> bool:
-        """A job user of that node runs asy right now."""
+        """A job user of that node runs asy right now (one scan of /proc)."""
         import pwd
 
-        for n in range(1, self.cluster.jobs + 1):
-            for pid in processes_of(pwd.getpwnam(f"{USER_PREFIX}-{node}-{n}").pw_uid):
-                try:
-                    with open(f"/proc/{pid}/comm") as f:
-                        if f.read().strip() == "asy":
-                            return True
-                except OSError:
-                    pass
+        uids = {str(pwd.getpwnam(f"{USER_PREFIX}-{node}-{n}").pw_uid) for n in range(1, self.cluster.jobs + 1)}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    status = f.read()
+            except OSError:
+                continue
+            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+            if fields.get("Name") == "asy" and fields.get("Uid", "").split()[0] in uids:
+                return True
         return False
 
     @async_test(timeout=110)
