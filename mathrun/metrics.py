@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .sandbox import Status
 
@@ -63,3 +64,40 @@ class MaximaMetrics:
         children.labels("waiting_requests").set_function(lambda: sum(len(p.waiters) for p in pools))
         restarts = Gauge("mathrun_maxima_mother_restarts", "Restarts of the Maxima mothers.", registry=registry)
         restarts.set_function(lambda: sum(p.mother.restarts for p in pools))
+
+
+class AsyQueueMetrics:
+    """The Asymptote queue's tasks started on back ends and its render
+    cache's counts, read from the queue when scraped."""
+
+    def __init__(self, registry: CollectorRegistry, queue):
+        self.queue = queue
+        registry.register(self)
+
+    def collect(self):
+        started = CounterMetricFamily(
+            "mathrun_asy_tasks_started", "Asymptote tasks started on a back end (a cached answer starts none)."
+        )
+        started.add_metric([], self.queue.started)
+        yield started
+        cache = self.queue.renders
+        events = CounterMetricFamily(
+            "mathrun_asy_render_cache",
+            "Render cache lookups (hit, miss) and entries stored, evicted, expired.",
+            labels=["event"],
+        )
+        for event, count in (
+            ("hit", cache.hits),
+            ("miss", cache.misses),
+            ("store", cache.stores),
+            ("eviction", cache.evictions),
+            ("expiry", cache.expiries),
+        ):
+            events.add_metric([event], count)
+        yield events
+        held = GaugeMetricFamily(
+            "mathrun_asy_render_cache_held", "Renders in the cache, and their bytes.", labels=["what"]
+        )
+        held.add_metric(["entries"], len(cache))
+        held.add_metric(["bytes"], cache.size)
+        yield held

@@ -10,6 +10,8 @@ from __future__ import annotations
 import configparser
 import os
 
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
 from . import __version__
@@ -34,10 +36,21 @@ def _positive_float(value):
 _positive_int.coerceDoc = "A whole number, at least 1."
 _positive_float.coerceDoc = "A positive number."
 
+
+# -- Access (issue 13): a limit that 0 switches off.
+def _count(value):
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 (off) or more")
+    return number
+
+
+_count.coerceDoc = "A whole number, 0 for no limit."
+
 DEFAULT_RUN_DIR = "/run/mathrun"
 
 
-class Options(usage.Options):
+class Options(AuthOptionMixin, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "mathrun serves Maxima, Asymptote and Why3 to network clients, running every job "
@@ -147,6 +160,22 @@ class Options(usage.Options):
         ],
         ["workspace-limit", None, 128.0, "Size of a job's workspace (and its /tmp), in MiB.", _positive_float],
         ["processes-limit", None, 64, "Processes a job may run at once.", _positive_int],
+        # -- the web page and the Asymptote render cache (issue 12) --
+        [
+            "web-static",
+            None,
+            None,
+            "Directory of the page served at / and /static/ (default: the checkout's web/static).",
+        ],
+        [
+            "asy-render-cache",
+            None,
+            256,
+            "Renders the Asymptote queue keeps to answer repeats (0: no render cache).",
+            int,
+        ],
+        ["asy-render-cache-mb", None, 64.0, "Bytes of those renders together, in MiB.", float],
+        ["asy-render-cache-seconds", None, 600.0, "Seconds a render is kept after it ran.", float],
         # -- installed package: where the built C helpers are --------------
         [
             "jail",
@@ -156,6 +185,37 @@ class Options(usage.Options):
             "directory (default: the checkout's ext/, or an installed package's mathrun-setup state directory).",
         ],
     ]
+
+    # -- Access (issue 13): --auth (AuthOptionMixin), runner tokens, TLS trust, per-client limits.
+    supportedInterfaces = (IUsernamePassword,)  # HTTP basic auth hands over a name and a password
+    optFlags = optFlags + [
+        ["auth-health", None, "With --auth, /health needs credentials too (default: open, for monitors)."],
+        ["metrics-open", None, "With --auth, serve /metrics without credentials (default: protected)."],
+    ]
+    optParameters = optParameters + [
+        [
+            "asy-runner-token-file",
+            None,
+            None,
+            "File holding the token the Asymptote queue and its runner back ends share (--asy-runner "
+            "requires it from the queue, --asy-backends sends it).",
+        ],
+        ["asy-backends-ca", None, None, "PEM file of CA certificates trusted for wss:// back ends (default: system)."],
+        ["maxima-per-client", None, 0, "Maxima requests in progress per client address (then 429); 0: off.", _count],
+        ["asy-per-client", None, 0, "Open /asy connections per client address (then denied); 0: off.", _count],
+    ]
+
+    def opt_auth_help(self):
+        """List the --auth checkers (as --help-auth)."""
+        self.opt_help_auth()
+
+    def load_auth(self, path: str, value: str) -> None:
+        """``auth`` in the ini file: one checker a line."""
+        for line in filter(None, (v.strip() for v in value.splitlines())):
+            try:
+                self.opt_auth(line)
+            except usage.UsageError as e:
+                raise usage.UsageError(f"{path}: auth: {e}") from None
 
     compData = usage.Completions(optActions={"config": usage.CompleteFiles("*.ini"), "job-root": usage.CompleteDirs()})
 
@@ -183,7 +243,9 @@ class Options(usage.Options):
         flags = {f[0] for f in self.optFlags}
         params = {p[0]: p for p in self.optParameters}
         for key, value in parser.items("mathrun"):
-            if key in flags:
+            if key == "auth":
+                self.load_auth(path, value)
+            elif key in flags:
                 try:
                     self[key] = parser.getboolean("mathrun", key)
                 except ValueError:

@@ -14,6 +14,8 @@ from . import paths
 from .metrics import SandboxMetrics
 from .sandbox import Limits, Sandbox, SandboxConfig
 from .sandbox.limits import MiB
+from .web.auth import protect_site
+from .web.perclient import limit_asy, limit_maxima
 from .web.site import build_site
 
 
@@ -73,7 +75,7 @@ def _split(value) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-def asy_front_end(options, sandbox, reactor):
+def asy_front_end(options, sandbox, reactor, registry=None):
     """The /asy queue resource: local runners, or the given back ends."""
     from autobahn.twisted.resource import WebSocketResource
 
@@ -85,16 +87,34 @@ def asy_front_end(options, sandbox, reactor):
     runner_config = asy_runner_config(options)
     urls = _split(options["asy-backends"])
     if urls:
+        token, ca = runner_token(options), options["asy-backends-ca"]
         backends = [
-            RemoteBackend(url, reactor, max_image=runner_config.max_image, max_upload=runner_config.max_upload)
+            RemoteBackend(
+                url,
+                reactor,
+                max_image=runner_config.max_image,
+                max_upload=runner_config.max_upload,
+                token=token,
+                ca_file=ca,
+            )
             for url in urls
         ]
     else:
         backends = [LocalBackend(sandbox, runner_config, f"local-{n}") for n in range(1, options["asy-local"] + 1)]
     queue_config = QueueConfig(
-        max_upload=runner_config.max_upload, max_image=runner_config.max_image, max_files=runner_config.max_files
+        max_upload=runner_config.max_upload,
+        max_image=runner_config.max_image,
+        max_files=runner_config.max_files,
+        render_cache_entries=options["asy-render-cache"],
+        render_cache_bytes=int(options["asy-render-cache-mb"] * MiB),
+        render_cache_seconds=options["asy-render-cache-seconds"],
     )
-    factory = QueueFactory(AsyQueue(backends, reactor, queue_config))
+    queue = AsyQueue(backends, reactor, queue_config)
+    if registry is not None:
+        from .metrics import AsyQueueMetrics
+
+        AsyQueueMetrics(registry, queue)
+    factory = QueueFactory(queue)
     limit_websocket(
         factory,
         queue_config.max_upload + FRAME_SLACK,
@@ -102,7 +122,21 @@ def asy_front_end(options, sandbox, reactor):
         options["asy-max-connections"],
         max_send=queue_config.max_image + FRAME_SLACK,
     )
+    limit_asy(factory, options["asy-per-client"])
     return ("asy", WebSocketResource(factory))
+
+
+def runner_token(options):
+    """The shared queue-runner token (asy/token.py), None without the option."""
+    from .asy.token import TokenError, read_token
+
+    path = options["asy-runner-token-file"]
+    if not path:
+        return None
+    try:
+        return read_token(path)
+    except TokenError as e:
+        raise SystemExit(f"mathrun: {e}") from None
 
 
 def asy_runner_config(options):
@@ -119,7 +153,14 @@ def asy_runner(options, sandbox) -> service.Service:
     """This host as an Asymptote back end (WebSocket at /), on its own endpoint."""
     from .asy.runner_ws import RunnerFactory
 
-    runner = strports.service(options["asy-runner"], RunnerFactory(sandbox, asy_runner_config(options)))
+    token = runner_token(options)
+    if token is None:
+        Logger(namespace="mathrun").warn(
+            "asy runner on {endpoint} without --asy-runner-token-file: any queue that reaches it may use it",
+            endpoint=options["asy-runner"],
+        )
+    factory = RunnerFactory(sandbox, asy_runner_config(options), token=token)
+    runner = strports.service(options["asy-runner"], factory)
     runner.setName("asy-runner")
     return runner
 
@@ -192,14 +233,21 @@ def make_service(options, reactor=None) -> service.MultiService:
 
         maxima = MaximaService(sandbox, maxima_config(options), reactor, registry)
         maxima.setServiceParent(top)
-        front_ends += [("maxima", maxima.resource), ("goemaxima", maxima.resource)]
+        limited = limit_maxima(maxima.resource, options["maxima-per-client"])
+        front_ends += [("maxima", limited), ("goemaxima", limited)]
         reports["maxima"] = maxima.report
     if not options["no-asy"]:
-        front_ends.append(asy_front_end(options, sandbox, reactor))
+        front_ends.append(asy_front_end(options, sandbox, reactor, registry))
     if options["asy-runner"]:
         asy_runner(options, sandbox).setServiceParent(top)
     if not options["no-http"]:
-        site = build_site(sandbox, registry, front_ends, max_body, reports)
+        from .web.site import default_static_dir
+
+        static_dir = options["web-static"] or default_static_dir()
+        site = build_site(sandbox, registry, front_ends, max_body, reports, static_dir)
+        if protect_site(site, options):
+            opened = ", ".join(sorted("/" + p.decode() for p in site.resource.open_paths)) or "none"
+            log.info("HTTP site behind basic auth (open: {paths})", paths=opened)
         http = strports.service(with_backlog(options["http"]), site)
         http.setName("http")
         http.setServiceParent(top)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The set-up step shared by `make run` and `make test`: Debian packages, the
-# Python environment in .venv/, the C helpers in ext/, the job users, and
+# Python environment in .venv/, the C helpers in ext/, the page's bundle in
+# web/static/ (npm, esbuild), the job users, and
 # Maxima on SBCL with its mother core (in /opt/mathrun/maxima, outside the
 # checkout, so that every clone on the machine shares one build).
 # Idempotent: each step is skipped when already done, so a second run takes
@@ -29,15 +30,25 @@ APT_PACKAGES=(
     sbcl gnuplot-nox asymptote dvisvgm why3 z3 cvc4 maxima
     procps iproute2 curl libseccomp-dev
 )
-# Only for the tests (--test): the scale-out test's load balancer.
-TEST_PACKAGES=(haproxy)
 
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
+# What only the tests need: the page's tests drive a real headless Chromium;
+# the scale-out test puts HAProxy in front of three nodes.
+TEST_APT_PACKAGES=(chromium chromium-driver haproxy)
+
 if [ "$(id -u)" = 0 ]; then
     install_missing "${APT_PACKAGES[@]}"
-    if $TEST; then install_missing "${TEST_PACKAGES[@]}"; fi
+    if $TEST; then
+        install_missing "${TEST_APT_PACKAGES[@]}"
+    fi
+    # The page's bundler: Debian's node and npm, only where none is installed
+    # (a machine may have its own node, e.g. from nodesource, with npm in it);
+    # not for an installed package, which carries the bundle.
+    if [ -f web/package.json ] && { ! command -v node >/dev/null || ! command -v npm >/dev/null; }; then
+        install_missing nodejs npm
+    fi
 fi
 
 # The Python environment: rebuilt only when requirements.txt or the
@@ -57,6 +68,22 @@ if $VENV && { [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$
 fi
 
 make -s -C ext
+
+# The page (web/): CodeMirror and esbuild from npm, bundled into
+# web/static/app.js.  Rebuilt only when the lock file or a source changed.
+# (An installed package has no web/ sources: its wheel carries the bundle.)
+web_stamp=web/.build-stamp
+web_want=none
+[ -f web/package.json ] && web_want=$(cat web/package.json web/package-lock.json web/src/*.js | sha256sum | cut -d' ' -f1)
+if [ -f web/package.json ] && { [ ! -f web/static/app.js ] || [ "$(cat "$web_stamp" 2>/dev/null)" != "$web_want" ]; }; then
+    if command -v npm >/dev/null; then
+        step "bundling the page (web/static/app.js)"
+        (cd web && npm ci --no-audit --no-fund --loglevel=error >/dev/null && npm run -s build >/dev/null)
+        echo "$web_want" > "$web_stamp"
+    else
+        echo "setup: no npm: the page (web/static/app.js) is not built" >&2
+    fi
+fi
 
 if [ "$(id -u)" = 0 ]; then
     add_user() {

@@ -46,6 +46,10 @@ class Cluster:
         self.front = os.path.join(directory, "front.sock")
         self.stats_socket = os.path.join(directory, "stats.sock")
         self.procs: dict[str, subprocess.Popen] = {}
+        # The queue and the runners share a token (docs/security.md).
+        self.token_file = os.path.join(directory, "runner.token")
+        with open(os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(os.urandom(24).hex() + "\n")
 
     # -- network -------------------------------------------------------------
     def make_network(self) -> None:
@@ -92,7 +96,7 @@ class Cluster:
         if node == SMALL_NODE:
             args += ["--maxima-max-waiting", "1"]
         args += ["--http", f"tcp:{HTTP_PORT}:interface={addr}"]
-        args += ["--asy-runner", f"tcp:{RUNNER_PORT}:interface={addr}"]
+        args += ["--asy-runner", f"tcp:{RUNNER_PORT}:interface={addr}", "--asy-runner-token-file", self.token_file]
         if node == QUEUE_NODE:
             args += ["--asy-backends", ",".join(f"ws://{self.addr[n]}:{RUNNER_PORT}/" for n in NODES)]
         else:

@@ -13,7 +13,9 @@ from twisted.trial import unittest
 
 from mathrun.asy import queue as queue_module
 from mathrun.asy.backends import LocalBackend
-from mathrun.asy.protocol import FileSet, RunOptions
+from mathrun.asy.cache import sha256_hex
+from mathrun.asy.intake import Request
+from mathrun.asy.protocol import RunOptions
 from mathrun.asy.queue import AsyQueue, QueueConfig
 from mathrun.asy.queue_ws import QueueFactory
 from mathrun.asy.runner import RunnerConfig
@@ -31,13 +33,15 @@ class FakeClient:
     """What the queue needs of a client: options, files, and the replies."""
 
     def __init__(self, timeout):
-        self.options = RunOptions(timeout=timeout)
-        self.fileset = FileSet(1, 100)
-        self.fileset.files, self.fileset.main = {"main.asy": b"draw(unitcircle);"}, "main.asy"
-        self.estimates, self.passed_at, self.finished = [], None, False
+        files = {"main.asy": b"draw(unitcircle);"}
+        self.request = Request(
+            files, {"main.asy": sha256_hex(files["main.asy"])}, "main.asy", RunOptions(timeout=timeout)
+        )
+        self.estimates, self.positions, self.passed_at, self.finished = [], [], None, False
 
-    def queued(self, estimate_ms):
+    def queued(self, estimate_ms, position=None):
         self.estimates.append(estimate_ms)
+        self.positions.append(position)
 
     def passed(self):
         self.passed_at = len(self.estimates)
@@ -96,7 +100,7 @@ class BurstTests(unittest.TestCase):
     def test_a_thousand_submits_share_one_replay(self):
         clients = self.clients = [FakeClient(TIMEOUTS[i % 4]) for i in range(1002)]
         for client in clients:
-            self.queue.submit(client)
+            self.queue.submit(client, client.request)
         self.assertEqual(self.passes, 0)  # nothing replayed on the submits themselves
         self.clock.advance(0)
         self.assertEqual(self.passes, 1)
@@ -123,27 +127,35 @@ class BurstTests(unittest.TestCase):
     def test_estimates_sent_only_when_they_change_materially(self):
         clients = [FakeClient(TIMEOUTS[i % 4]) for i in range(60)]
         for client in clients:
-            self.queue.submit(client)
+            self.queue.submit(client, client.request)
         self.clock.advance(0)
         rng = random.Random(9)
         for _ in range(40):
             self.clock.advance(rng.uniform(0.1, 3))
             self.finish_one()
             self.clock.advance(0.25)
-        sent = 0
+        sent = moved = 0
         for client in clients:
-            shown = client.estimates[: client.passed_at]
+            shown = list(zip(client.estimates, client.positions, strict=True))[: client.passed_at]
             sent += len(shown)
-            for old, new in zip(shown, shown[1:], strict=False):
-                self.assertTrue(changed_materially(old, new), shown)
-        # Some did change (the measured run times moved them), most did not.
-        self.assertGreater(sent, len(clients))
-        self.assertLess(sent, 40 * len(clients) // 4)
+            for (old, was), (new, place) in zip(shown, shown[1:], strict=False):
+                # A new message says a new estimate, or a new place near the front.
+                if place != was and place <= queue_module.POSITIONS_SHOWN:
+                    moved += 1
+                else:
+                    self.assertTrue(changed_materially(old, new), shown)
+            places = [place for _, place in shown]
+            self.assertEqual(places, sorted(places, reverse=True))  # only forward
+        # Some estimates did change (the measured run times moved them), most did not.
+        self.assertGreater(sent - moved, len(clients))
+        self.assertLess(sent - moved, 40 * len(clients) // 4)
+        # A place is told near the front only: at most that many per start.
+        self.assertLessEqual(moved, 40 * queue_module.POSITIONS_SHOWN)
 
     def test_a_task_that_leaves_is_not_replayed(self):
         clients = [FakeClient(None) for _ in range(5)]
         for client in clients:
-            self.queue.submit(client)
+            self.queue.submit(client, client.request)
         self.queue.leave(clients[-1])
         self.clock.advance(0)
         self.assertEqual(clients[-1].estimates, [])
@@ -154,7 +166,7 @@ class BurstTests(unittest.TestCase):
         way get nothing from it; the change brings one more replay."""
         clients = [FakeClient(3000) for _ in range(300)]
         for client in clients:
-            self.queue.submit(client)
+            self.queue.submit(client, client.request)
         gone, starting = clients[-1], clients[2]
 
         def meanwhile():

@@ -203,11 +203,12 @@ class Server:
     """``twistd mathrun`` on an ephemeral port and the suite's users: Maxima
     (small output limit, so that a 500 is cheap) and one local asy runner."""
 
-    def __init__(self):
+    def __init__(self, asy_local: int = 1):
         self.dir = tempfile.mkdtemp(prefix="mathrun-client-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = ["--http", f"tcp:{self.port}:interface=127.0.0.1", "--jobs", "6", "--no-why3", "--asy-local", "1"]
+        args = ["--http", f"tcp:{self.port}:interface=127.0.0.1", "--jobs", "6", "--no-why3"]
+        args += ["--asy-local", str(asy_local)]
         args += ["--maxima-ready", "2", "--maxima-output-limit", "0.1", *server_args()]
         if not ROOT:
             args += ["--job-root", os.path.join(self.dir, "jobs")]
@@ -229,8 +230,10 @@ class Server:
             except (OSError, KeyError):
                 pass
             time.sleep(0.1)
+        with open(self.log.name, errors="replace") as f:
+            log = f.read()[-3000:]
         self.stop()
-        raise RuntimeError("the server did not get ready: " + open(self.log.name, errors="replace").read()[-3000:])
+        raise RuntimeError("the server did not get ready: " + log)
 
     def stop(self):
         if self.proc.poll() is None:
@@ -388,11 +391,11 @@ class ClientTests(unittest.TestCase):
                 break
             await deferLater(0.02)
         self.assertEqual([e.passed for e in first_events], [True])
-        quick = self.write("quick.asy", b"draw(unitcircle);")
+        quick = self.write("quick.asy", b"draw(unitcircle); // never rendered before: not in the render cache")
         code, _, err = await self.cli("asy", "--timeout", "fast", "-o", os.path.join(self.dir, "quick.svg"), quick)
         self.assertEqual(code, 0, err)
         lines = err.splitlines()
-        self.assertTrue(lines[0].startswith("mathrun: queued"), err)
+        self.assertTrue(lines[0].startswith("mathrun: queued (position 1)"), err)
         self.assertIn("running", lines[1])
         self.assertTrue((await within(first)).success)
 

@@ -92,3 +92,58 @@ class SiteTests(unittest.TestCase):
             b"z" * 1000,
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 404 "), answer)
+
+
+class PageTests(unittest.TestCase):
+    """The page: ``/`` serves ``index.html`` of the static directory (with its
+    policy), ``/static/`` its files, never a listing; no page, the old line."""
+
+    def setUp(self):
+        import os
+
+        from .helpers import temp_dir
+
+        self.sandbox = make_sandbox(self, jobs=1)
+        self.static = temp_dir(self, "mathrun-static-")
+        with open(os.path.join(self.static, "index.html"), "w") as f:
+            f.write("<!doctype html><title>t</title>")
+        os.mkdir(os.path.join(self.static, "sub"))
+        with open(os.path.join(self.static, "sub", "app.js"), "w") as f:
+            f.write("console.log(1);")
+        site = build_site(self.sandbox, CollectorRegistry(), static_dir=self.static)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.url = f"http://127.0.0.1:{port.getHost().port}"
+
+    async def get(self, path):
+        response = await within(treq.get(self.url + path, persistent=False))
+        return response.code, response.headers, await within(treq.content(response))
+
+    @async_test
+    async def test_index_and_static_files(self):
+        code, headers, body = await self.get("/")
+        self.assertEqual((code, body), (200, b"<!doctype html><title>t</title>"))
+        self.assertEqual(headers.getRawHeaders("content-type"), ["text/html; charset=utf-8"])
+        policy = headers.getRawHeaders("content-security-policy")[0]
+        self.assertIn("default-src 'self'", policy)
+        code, headers, body = await self.get("/static/sub/app.js")
+        self.assertEqual((code, body), (200, b"console.log(1);"))
+        self.assertEqual(headers.getRawHeaders("content-type"), ["text/javascript"])
+        self.assertEqual(headers.getRawHeaders("cache-control"), ["no-cache"])
+        code, _, body = await self.get("/static/sub/")
+        self.assertEqual(code, 404)
+        self.assertNotIn(b"app.js", body)  # no listing
+        code, _, _ = await self.get("/static/../health")
+        self.assertNotEqual(code, 500)
+        code, _, _ = await self.get("/static/missing.js")
+        self.assertEqual(code, 404)
+
+    @async_test
+    async def test_no_page_built_gives_the_line(self):
+        import os
+
+        os.unlink(os.path.join(self.static, "index.html"))
+        code, headers, body = await self.get("/")
+        self.assertEqual(code, 200)
+        self.assertTrue(body.startswith(b"mathrun: "), body)
+        self.assertIn(b"/static", body)

@@ -31,6 +31,8 @@ IGNORE = shutil.ignore_patterns(
     ".hypothesis",
     ".pytest_cache",
     ".ruff_cache",
+    "node_modules",
+    "artifacts",
     "mathrun-jail",
     "mathrun-spawn",
     "libmathrun-fork.so",
@@ -91,6 +93,8 @@ class WheelTests(unittest.TestCase):
             "mathrun/_data/lisp/mathrun-mother.lisp",
             "mathrun/_data/scripts/setup.sh",
             "mathrun/_data/scripts/save-maxima-core.sh",
+            "mathrun/_data/web/static/index.html",
+            "mathrun/_data/web/static/app.js",
             "twisted/plugins/mathrun_plugin.py",
         ):
             self.assertIn(name, names)
@@ -153,6 +157,13 @@ class WheelTests(unittest.TestCase):
         run(client + ["asy", "--url", url, "-q", "pic.asy"], 60, cwd=cwd, env=self.env())
         with open(os.path.join(cwd, "pic.svg"), "rb") as f:
             self.assertIn(b"<svg", f.read())
+        # The page, from the package data: the checkout's files, bundle included.
+        for path, name in (("/", "index.html"), ("/static/app.js", "app.js")):
+            with (
+                urllib.request.urlopen(url + path, timeout=30) as r,
+                open(os.path.join(PROJECT, "web", "static", name), "rb") as f,
+            ):
+                self.assertEqual(r.read(), f.read())
         proc.terminate()
         proc.wait(timeout=30)
         with open(os.path.join(cwd, "twistd.log")) as f:

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from .protocol import FileEntry, ProtocolError, Reassembler, RunOptions, encode
 from .runner import AsyRun, RunnerConfig, output_limit_message
 from .runner_ws import FRAME_SLACK, SendLimit
+from .token import bearer, runner_refusal, runner_tls
 
 
 class LocalBackend:
@@ -37,8 +38,17 @@ class LocalBackend:
 
 
 class _RemoteSession(SendLimit, WebSocketClientProtocol):
+    def onConnect(self, response):
+        backend = self.factory.task.backend
+        refusal = runner_refusal(response.headers, self.websocket_key, backend.token)
+        if refusal is not None:
+            self.factory.task.failed(f"{backend.name}: {refusal}")  # onOpen then drops the connection
+
     def onOpen(self):
         task = self.factory.task
+        if task.done:
+            self.dropConnection(abort=True)
+            return
         self.frames = Reassembler(task.backend.max_message)
         for filename, data in task.files.items():
             self.send("add", {"filename": filename, "main": filename == task.main}, data)
@@ -156,9 +166,18 @@ class RemoteBackend:
     log = Logger()
 
     def __init__(
-        self, url: str, reactor, retry_seconds: float = 30.0, max_image: int = 32 << 20, max_upload: int = 4 << 20
+        self,
+        url: str,
+        reactor,
+        retry_seconds: float = 30.0,
+        max_image: int = 32 << 20,
+        max_upload: int = 4 << 20,
+        token: bytes | None = None,
+        ca_file: str | None = None,
     ):
         self.url = url
+        self.token = token  # sent to the runner (asy/token.py)
+        self.tls = runner_tls(url, ca_file)  # None for ws://
         self.name = url
         self.reactor = reactor
         self.retry_seconds = retry_seconds
@@ -178,7 +197,7 @@ class RemoteBackend:
 
     def start(self, files, main, options, sink):
         task = RemoteTask(self, files, main, options, sink)
-        factory = WebSocketClientFactory(self.url, reactor=self.reactor)
+        factory = WebSocketClientFactory(self.url, reactor=self.reactor, headers=bearer(self.token))
         factory.protocol = _RemoteSession
         factory.task = task
         factory.max_send = self.max_send
@@ -186,5 +205,5 @@ class RemoteBackend:
             openHandshakeTimeout=10, maxMessagePayloadSize=self.max_message, maxFramePayloadSize=self.max_message
         )
         factory.clientConnectionFailed = lambda connector, reason: task.failed(reason.getErrorMessage())
-        task.connector = connectWS(factory)
+        task.connector = connectWS(factory, self.tls)
         return task

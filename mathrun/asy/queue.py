@@ -1,6 +1,9 @@
 """The policy of the Asymptote queue: which task runs when, where, and for
 how long.  The pure :mod:`.scheduler` decides; this module carries out its
-actions on back ends and clients, and keeps clients' estimates fresh.
+actions on back ends and clients, and keeps clients' estimates fresh.  It
+also owns the uploads (:mod:`.intake`) and the render cache
+(:mod:`.render_cache`): a request rendered recently is answered from there,
+without a back end.
 """
 
 from __future__ import annotations
@@ -13,8 +16,15 @@ from twisted.logger import Logger
 from . import scheduler as sched
 from .cache import FileCache
 from .estimate import Replay
+from .intake import Intake, Request
 from .protocol import RunOptions
+from .render_cache import Recorder, RenderCache, render_key
 from .runner import output_limit_message
+
+# Clients this near the front hear their new place in the queue at once
+# (further back, only with a new estimate): one start then sends at most
+# this many messages, however long the queue.
+POSITIONS_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,10 @@ class QueueConfig:
     max_files: int = 64
     cache_bytes: int = 64 << 20
     cache_seconds: float = 600.0
+    # The render cache: entries, bytes, seconds kept (0 entries: off).
+    render_cache_entries: int = 256
+    render_cache_bytes: int = 64 << 20
+    render_cache_seconds: float = 600.0
     slow_limit: int | None = None  # default: a third of the back ends, at least 1
     medium_limit: int | None = None  # default: two thirds of the back ends, at least slow
     # Seconds between two replays of the queue for estimates: the changes of
@@ -44,11 +58,14 @@ class _Relay:
     """The sink of one running task: forwards to the client, tells the queue
     when the task ends."""
 
-    def __init__(self, queue, task):
-        self.queue, self.task = queue, task
+    def __init__(self, queue, task, key: str | None):
+        self.queue, self.task, self.key = queue, task, key
         self.image_bytes = 0
+        self.recorder = Recorder(queue.renders.max_entry) if key is not None else None
 
     def output(self, stream, data):
+        if self.recorder is not None:
+            self.recorder.add("output", stream, data)
         self.task.client.output(stream, data)
 
     def result(self, fmt, data):
@@ -62,10 +79,17 @@ class _Relay:
             self.queue.log.warn(
                 "asy task: images of {n} B, over the image limit of {limit} B", n=self.image_bytes, limit=limit
             )
+            self.recorder = None
             return client.complete(False, output_limit_message(limit), 0)
+        if self.recorder is not None:
+            self.recorder.add("result", fmt, data)
         client.result(fmt, data)
 
     def complete(self, success, error, time_ms):
+        if success and self.recorder is not None:
+            render = self.recorder.render(time_ms)
+            if render is not None:
+                self.queue.renders.put(self.key, render)
         self.queue._ended(self.task)
         if not self.task.client.finished:
             self.task.client.complete(success, error, time_ms)
@@ -78,14 +102,24 @@ class AsyQueue:
         self.backends = list(backends)
         self.reactor = reactor
         self.config = config or QueueConfig()
-        self.cache = FileCache(self.config.cache_bytes, self.config.cache_seconds, reactor.seconds)
+        self.files = FileCache(self.config.cache_bytes, self.config.cache_seconds, reactor.seconds)
+        self.renders = RenderCache(
+            self.config.render_cache_entries,
+            self.config.render_cache_bytes,
+            self.config.render_cache_seconds,
+            reactor.seconds,
+        )
+        self.started = 0  # tasks started on a back end (a cached answer starts none)
         self.scheduler = sched.Scheduler(
             default_limits(len(self.backends), self.config), reactor.seconds, rng or random.Random()
         )
         self.tasks: dict[object, sched.Task] = {}  # client -> task
+        self.requests: dict[sched.Task, tuple[Request, str | None]] = {}  # until it starts
         self.handles: dict[sched.Task, object] = {}
         self.slots: dict[sched.Task, int] = {}
         self.sent_estimates: dict[sched.Task, int] = {}
+        self.sent_positions: dict[sched.Task, int] = {}
+        self._position = 0  # of the client being sent its estimate
         self._timers = {}
         self._estimate_call = None
         self._last_estimate = float("-inf")
@@ -94,14 +128,36 @@ class AsyQueue:
         self._stale = False  # the queue changed since that replay began
 
     # -- from clients -----------------------------------------------------------
-    def submit(self, client) -> None:
-        options: RunOptions = client.options
+    def intake(self) -> Intake:
+        """A new client's files and options, until its ``run``."""
+        return Intake(self.files, self.config.max_files, self.config.max_upload)
+
+    def run(self, client, intake: Intake) -> bool:
+        """The client's ``run``: True when its task is submitted (or answered),
+        False when it was asked for files again (``client.missing``)."""
+        taken = intake.take()
+        if isinstance(taken, list):
+            client.missing(taken)
+            return False
+        self.submit(client, taken)
+        return True
+
+    def submit(self, client, request: Request) -> None:
+        """Queue the task, or answer it from the render cache."""
+        options: RunOptions = request.options
         try:
             kind = sched.task_class_for(options.timeout, options.interactive)
         except ValueError as e:
             return client.denied(str(e))
+        key = None
+        if not options.interactive and self.renders.enabled:
+            key = render_key(request.hashes, request.main, options)
+            render = self.renders.get(key)
+            if render is not None:
+                return self._answer_cached(client, render)
         task = sched.Task(kind, client=client)
         self.tasks[client] = task
+        self.requests[task] = (request, key)
         self._apply(self.scheduler.submit(task))
         self._apply(self.scheduler.cycle())
         self._update_estimates()
@@ -119,7 +175,9 @@ class AsyQueue:
             return
         handle = self.handles.pop(task, None)
         self.slots.pop(task, None)
+        self.requests.pop(task, None)
         self.sent_estimates.pop(task, None)
+        self.sent_positions.pop(task, None)
         self.scheduler.cancel(task)
         if handle is not None:
             handle.abort("aborted: the client left")
@@ -135,6 +193,17 @@ class AsyQueue:
             self._estimate_call.cancel()
         self._estimate_call = self._replay = self._sending = None
 
+    @staticmethod
+    def _answer_cached(client, render) -> None:
+        """What the run sent when it was rendered, as it sent it."""
+        client.passed()
+        for kind, name, data in render.events:
+            if kind == "output":
+                client.output(name, data)
+            else:
+                client.result(name, data)
+        client.complete(True, None, render.time_ms, cached=True)
+
     # -- carrying out the scheduler's decisions ---------------------------------
     def _apply(self, actions) -> None:
         for action in actions or ():
@@ -148,18 +217,22 @@ class AsyQueue:
                 self._halt(action.task)
             elif isinstance(action, sched.Deny):
                 self.tasks.pop(action.task.client, None)
+                self.requests.pop(action.task, None)
                 action.task.client.denied(action.reason)
 
     def _start(self, task, slot: int, timeout_ms: int | None) -> None:
         client = task.client
         self.sent_estimates.pop(task, None)
+        self.sent_positions.pop(task, None)
+        request, key = self.requests.pop(task)
         backend = self.backends[slot]
-        options = client.options
+        options = request.options
         if timeout_ms is not None:
             options = RunOptions(**{**options.__dict__, "timeout": timeout_ms})
         client.passed()
         self.slots[task] = slot
-        self.handles[task] = backend.start(client.fileset.files, client.fileset.main, options, _Relay(self, task))
+        self.started += 1
+        self.handles[task] = backend.start(request.files, request.main, options, _Relay(self, task, key))
         self.log.info(
             "asy task started on {backend} ({kind}, {t} ms)", backend=backend.name, kind=task.kind.name, t=timeout_ms
         )
@@ -217,6 +290,7 @@ class AsyQueue:
                 self._estimate_call = self.reactor.callLater(0, self._send_estimates)
                 return
             self._sending = iter(self._replay.waits.items())
+            self._position = 0
         if not self._send_some(self.config.estimate_slice):
             self._estimate_call = self.reactor.callLater(0, self._send_estimates)
             return
@@ -230,10 +304,13 @@ class AsyQueue:
         for task, estimate in self._sending:
             if task not in queue:
                 continue  # started or gone while the replay ran
+            self._position += 1
             previous = self.sent_estimates.get(task)
-            if previous is None or sched.changed_materially(previous, estimate):
+            moved = self._position <= POSITIONS_SHOWN and self.sent_positions.get(task) != self._position
+            if previous is None or moved or sched.changed_materially(previous, estimate):
                 self.sent_estimates[task] = estimate
-                task.client.queued(estimate)
+                self.sent_positions[task] = self._position
+                task.client.queued(estimate, self._position)
                 most -= 1
                 if most == 0:
                     return False

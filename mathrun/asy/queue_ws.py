@@ -1,9 +1,9 @@
 """The Asymptote queue front end: WebSocket at "/asy" on the shared site.
 
-The protocol checks and collects a client's files (verifying each SHA-256,
-restoring recent ones from the cache, asking for re-upload of what it lost)
-and options, then hands the task to the :class:`~.queue.AsyQueue`, which
-decides when and where it runs; the protocol relays what comes back.
+The protocol parses and frames: it hands each ``add`` and ``options`` to
+the client's :class:`~.intake.Intake` and ``run`` to the
+:class:`~.queue.AsyQueue` (the policy: hashes, restores, the render cache,
+when and where the task runs), and sends what comes back.
 """
 
 from __future__ import annotations
@@ -11,24 +11,19 @@ from __future__ import annotations
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.logger import Logger
 
-from .cache import sha256_hex
-from .protocol import FileSet, ProtocolError, Reassembler, RunOptions, parse_add, parse_options
+from .protocol import ProtocolError, Reassembler, parse_add
 from .runner_ws import SendLimit, send_frames
 
 # Not a class attribute "log": on an Autobahn protocol that would replace
 # Autobahn's own logger, which drops its per-frame debug events.
 _log = Logger()
 
-QUEUE_TIMEOUTS = (3000, 10000, 30000, None)
-
 
 class QueueProtocol(SendLimit, WebSocketServerProtocol):
     def onOpen(self):
         queue = self.factory.queue
         self.frames = Reassembler(queue.config.max_upload)
-        self.fileset = FileSet(queue.config.max_files, queue.config.max_upload)
-        self.options = RunOptions()
-        self.missing: list[dict] = []
+        self.intake = queue.intake()
         self.submitted = False
         self.finished = False
 
@@ -36,11 +31,16 @@ class QueueProtocol(SendLimit, WebSocketServerProtocol):
     def send(self, verb, body=None, payload: bytes | None = None):
         send_frames(self, verb, body, payload)
 
-    def queued(self, estimate_ms: int | None):
+    def queued(self, estimate_ms: int | None, position: int | None = None):
         body = {"passed": False}
         if estimate_ms is not None:
             body["estimate"] = int(estimate_ms)
+        if position is not None:
+            body["position"] = position
         self.send("queue", body)
+
+    def missing(self, files: list[dict]):
+        self.send("missing", files)
 
     def passed(self):
         self.send("queue", {"passed": True})
@@ -51,11 +51,13 @@ class QueueProtocol(SendLimit, WebSocketServerProtocol):
     def result(self, fmt, data):
         self.send("result", {"format": fmt}, data)
 
-    def complete(self, success, error, time_ms):
+    def complete(self, success, error, time_ms, cached: bool = False):
         self.finished = True
         body = {"success": success, "time": time_ms}
         if error:
             body["error"] = error
+        if cached:
+            body["cached"] = True
         self.send("complete", body)
         self.sendClose(1000)
 
@@ -87,29 +89,11 @@ class QueueProtocol(SendLimit, WebSocketServerProtocol):
                 return queue.input(self, message.payload)
             raise ProtocolError(f"unexpected {message.verb!r} message after run")
         if message.verb == "add":
-            entry = parse_add(message.body, require_hash=True)
-            if entry.restore:
-                data = queue.cache.get(entry.hash)
-                if data is None:
-                    self.missing.append({"filename": entry.filename, "hash": entry.hash})
-                    return
-            else:
-                data = message.payload
-                if sha256_hex(data) != entry.hash:
-                    raise ProtocolError(f"hash of {entry.filename} does not match its contents")
-                queue.cache.put(entry.hash, data)
-            self.fileset.add(entry, data)
+            self.intake.add(parse_add(message.body, require_hash=True), message.payload)
         elif message.verb == "options":
-            self.options = parse_options(message.body, self.options, QUEUE_TIMEOUTS)
+            self.intake.set_options(message.body)
         elif message.verb == "run":
-            if self.missing:
-                missing, self.missing = self.missing, []
-                self.send("missing", missing)
-                return
-            if not self.options.interactive and self.fileset.main is None:
-                raise ProtocolError("no main file: add one with main: true")
-            self.submitted = True
-            queue.submit(self)
+            self.submitted = queue.run(self, self.intake)
         else:
             raise ProtocolError(f"unexpected {message.verb!r} message")
 

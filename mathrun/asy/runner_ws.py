@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from .protocol import ProtocolError, Reassembler, encode, parse_add, parse_options, parse_timeout_update
 from .runner import AsyRun, RunnerConfig
+from .token import accept, check_runner_request
 
 # Not a class attribute "log": on an Autobahn protocol that would replace
 # Autobahn's own logger, which drops its per-frame debug events.
@@ -84,10 +85,11 @@ class FrameSink:
 
 class RunnerProtocol(SendLimit, WebSocketServerProtocol):
     def onConnect(self, request):
+        check_runner_request(request.headers, self.factory.token)  # before it may take the one connection
         if self.factory.busy is not None:
             raise ConnectionDeny(503, "runner busy: it serves one connection at a time")
         self.factory.busy = self
-        return None
+        return accept(request.headers, self.factory.token)  # with a token, the runner proves it holds it too
 
     def onOpen(self):
         self.frames = Reassembler(self.factory.config.max_upload)
@@ -135,10 +137,11 @@ class RunnerProtocol(SendLimit, WebSocketServerProtocol):
 class RunnerFactory(WebSocketServerFactory):
     protocol = RunnerProtocol
 
-    def __init__(self, sandbox, config: RunnerConfig | None = None, url=None, origins=("*",)):
+    def __init__(self, sandbox, config: RunnerConfig | None = None, url=None, origins=("*",), token=None):
         super().__init__(url)
         self.sandbox = sandbox
         self.config = config or RunnerConfig()
+        self.token = token  # bytes a queue must present (asy/token.py), None for none
         self.busy = None
         limit_websocket(
             self,

@@ -36,10 +36,12 @@ class AsyDenied(ClientError):
 
 @dataclass(frozen=True)
 class Progress:
-    """A ``queue`` message: waiting (with the expected wait) or started."""
+    """A ``queue`` message: waiting (with the expected wait and the place in
+    the queue, when the server says them) or started."""
 
     passed: bool
     estimate_ms: int | None = None
+    position: int | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ class _Render:
         if verb in WITH_PAYLOAD:
             self.pending = (verb, body)
         elif verb == "queue":
-            event = Progress(bool(body.get("passed")), body.get("estimate"))
+            event = Progress(bool(body.get("passed")), body.get("estimate"), body.get("position"))
             self.result.progress.append(event)
             if self.on_progress is not None:
                 self.on_progress(event)

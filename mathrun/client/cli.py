@@ -175,10 +175,12 @@ async def run_asy(reactor, args, console: Console) -> int:
             return
         if event.passed:
             console.say("running")
-        elif event.estimate_ms is not None:
-            console.say(f"queued, expected wait {event.estimate_ms / 1000:.1f} s")
+            return
+        place = f" (position {event.position})" if event.position is not None else ""
+        if event.estimate_ms is not None:
+            console.say(f"queued{place}, expected wait {event.estimate_ms / 1000:.1f} s")
         else:
-            console.say("queued")
+            console.say(f"queued{place}")
 
     result = await AsyClient(reactor, args.url).render(files, main, fmt, args.timeout, progress, restore=args.restore)
     console.write_bytes(console.stdout, result.stdout)

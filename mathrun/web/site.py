@@ -1,14 +1,18 @@
-"""The root of the HTTP site: /health, /metrics, and the front ends' paths."""
+"""The root of the HTTP site: /health, /metrics, the front ends' paths, and
+the page (``/``, its files under ``/static/``; see docs/web.md)."""
 
 from __future__ import annotations
 
 import functools
 import io
 import json
+import os
 
 from prometheus_client.twisted import MetricsResource
 from twisted.internet import defer
-from twisted.web import http, pages, resource, server
+from twisted.web import http, pages, resource, server, static
+
+from .. import paths
 
 # Twisted parses each request's Content-Type with the email package (about a
 # third of a millisecond); the same few values come again and again.
@@ -118,8 +122,40 @@ class BoundedRequest(server.Request):
         self.channel.loseConnection()
 
 
+# The page talks to its own server only; asy's SVG is put inline (scripts
+# removed), a PDF shown from a blob: URL, CodeMirror adds style elements.
+PAGE_POLICY = (
+    b"default-src 'self'; connect-src 'self' blob:; img-src 'self' blob: data:; object-src 'self' blob:; "
+    b"frame-src 'self' blob:; style-src 'self' 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+)
+
+
+def default_static_dir() -> str:
+    """The checkout's ``web/static`` (the bundle made there by the set-up
+    step), or an installed wheel's copy of it (mathrun/paths.py)."""
+    return os.path.join(paths.source_root(), "web", "static")
+
+
+class StaticFiles(static.File):
+    """The page's files: revalidated on each load (no hashed names), never a
+    directory listing."""
+
+    def directoryListing(self):
+        return pages.notFound()
+
+    def render_GET(self, request):
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        return super().render_GET(request)
+
+
 class Root(resource.Resource):
-    """``/``: says what is served here."""
+    """``/``: the page when there is one (``static_dir/index.html``), else a
+    line saying what is served here."""
+
+    def __init__(self, static_dir: str | None = None):
+        super().__init__()
+        self.index = os.path.join(static_dir, "index.html") if static_dir else None
 
     def getChild(self, path, request):
         if path == b"":
@@ -127,6 +163,14 @@ class Root(resource.Resource):
         return pages.notFound()
 
     def render_GET(self, request):
+        if self.index is not None and os.path.isfile(self.index):
+            with open(self.index, "rb") as f:
+                page = f.read()
+            request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+            request.setHeader(b"Cache-Control", b"no-cache")
+            request.setHeader(b"Content-Security-Policy", PAGE_POLICY)
+            request.setHeader(b"X-Content-Type-Options", b"nosniff")
+            return page
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         paths = sorted(p.decode() for p in self.children)
         return ("mathrun: " + " ".join("/" + p for p in paths) + "\n").encode()
@@ -143,11 +187,15 @@ class Site(server.Site):
             super().log(request)
 
 
-def build_site(sandbox, registry, front_ends=(), max_body: int = BoundedRequest.max_body, reports=None) -> server.Site:
+def build_site(
+    sandbox, registry, front_ends=(), max_body: int = BoundedRequest.max_body, reports=None, static_dir=None
+) -> server.Site:
     """The site: health, metrics, plus ``(path, resource)`` of each front end;
     request bodies of at most ``max_body`` bytes; ``reports`` (name ->
-    callable) add front ends' states to /health."""
-    root = Root()
+    callable) add front ends' states to /health; the page from ``static_dir``."""
+    root = Root(static_dir)
+    if static_dir:
+        root.putChild(b"static", StaticFiles(static_dir))
     root.putChild(b"health", HealthResource(sandbox, reports))
     root.putChild(b"metrics", MetricsResource(registry=registry))
     for path, child in front_ends:
