@@ -37,6 +37,7 @@ bench: setup
 # The package as a wheel in dist/ (ext/, lisp/ and scripts/ inside it, as
 # package data; see docs/deployment.md).
 wheel: setup
+	rm -rf build
 	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
 
 clean:
