@@ -4,7 +4,7 @@ PY := .venv/bin/python
 TWISTD := .venv/bin/twistd
 ARGS ?=
 
-.PHONY: setup setup-test run test test-unprivileged lint bench clean
+.PHONY: setup setup-test run test test-unprivileged lint bench wheel clean
 
 setup:
 	@scripts/setup.sh
@@ -34,6 +34,12 @@ bench: setup
 	$(PY) bench/sandbox_bench.py
 	$(PY) bench/maxima_bench.py
 
+# The package as a wheel in dist/ (ext/, lisp/ and scripts/ inside it, as
+# package data; see docs/deployment.md).
+wheel: setup
+	rm -rf build
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+
 clean:
 	$(MAKE) -C ext clean
-	rm -rf .venv .build .pytest_cache .hypothesis
+	rm -rf .venv .build .pytest_cache .hypothesis build dist

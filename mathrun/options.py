@@ -16,6 +16,7 @@ from twisted.python import usage
 
 from . import __version__
 from .maxima.config import DEFAULT_CORE
+from .sandbox.sandbox import DEFAULT_JAIL
 
 
 def _positive_int(value):
@@ -175,6 +176,14 @@ class Options(AuthOptionMixin, usage.Options):
         ],
         ["asy-render-cache-mb", None, 64.0, "Bytes of those renders together, in MiB.", float],
         ["asy-render-cache-seconds", None, 600.0, "Seconds a render is kept after it ran.", float],
+        # -- installed package: where the built C helpers are --------------
+        [
+            "jail",
+            None,
+            DEFAULT_JAIL,
+            "The built jail helper mathrun-jail; mathrun-spawn and libmathrun-fork.so are taken from its "
+            "directory (default: the checkout's ext/, or an installed package's mathrun-setup state directory).",
+        ],
     ]
 
     # -- Access (issue 13): --auth (AuthOptionMixin), runner tokens, TLS trust, per-client limits.

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from twisted.application import service, strports
 from twisted.logger import Logger
 
+from . import paths
 from .metrics import SandboxMetrics
 from .sandbox import Limits, Sandbox, SandboxConfig
 from .sandbox.limits import MiB
@@ -45,6 +46,8 @@ def sandbox_config(options) -> SandboxConfig:
         privileged=False if options["unprivileged"] else None,
         network=bool(options["job-network"]),
         use_cgroups=not options["no-cgroups"],
+        jail=options["jail"],
+        spawn_server=paths.helper(paths.SPAWN, options["jail"]),
         limits=Limits(
             cpu_seconds=options["cpu-limit"],
             wall_seconds=options["wall-limit"],
@@ -182,6 +185,7 @@ def maxima_config(options):
         stack=stack,
         **extra,
         core=options["maxima-core"],
+        fork_library=paths.helper(paths.FORK_LIBRARY, options["jail"]),
         ready=options["maxima-ready"],
         max_timeout_ms=options["maxima-max-timeout"],
         heap_mib=options["maxima-heap"],

@@ -7,7 +7,19 @@
 # Idempotent: each step is skipped when already done, so a second run takes
 # a few seconds.  With --test, also what the tests need.  Run as root on Debian 12 (without root, only the Python
 # environment and the C helpers are made, for unprivileged mode).
+# With --no-venv (mathrun-setup, for an installed package, runs it so from
+# its state directory), no Python environment: the package is installed.
 set -euo pipefail
+
+TEST=false
+VENV=true
+for arg in "$@"; do
+    case $arg in
+        --test) TEST=true ;;
+        --no-venv) VENV=false ;;
+        *) echo "usage: $0 [--test] [--no-venv]" >&2; exit 2 ;;
+    esac
+done
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -22,25 +34,29 @@ APT_PACKAGES=(
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-# What only the tests need: the page's tests drive a real headless Chromium.
-TEST_APT_PACKAGES=(chromium chromium-driver)
+# What only the tests need: the page's tests drive a real headless Chromium;
+# the scale-out test puts HAProxy in front of three nodes.
+TEST_APT_PACKAGES=(chromium chromium-driver haproxy)
 
 if [ "$(id -u)" = 0 ]; then
     install_missing "${APT_PACKAGES[@]}"
-    if [ "${1:-}" = --test ]; then
+    if $TEST; then
         install_missing "${TEST_APT_PACKAGES[@]}"
     fi
     # The page's bundler: Debian's node and npm, only where none is installed
-    # (a machine may have its own node, e.g. from nodesource, with npm in it).
-    if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    # (a machine may have its own node, e.g. from nodesource, with npm in it);
+    # not for an installed package, which carries the bundle.
+    if [ -f web/package.json ] && { ! command -v node >/dev/null || ! command -v npm >/dev/null; }; then
         install_missing nodejs npm
     fi
 fi
 
-# The Python environment: rebuilt only when requirements.txt changes.
+# The Python environment: rebuilt only when requirements.txt or the
+# packaging changes.
 stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
-if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+want=none
+$VENV && want=$(cat requirements.txt setup.cfg setup.py pyproject.toml | sha256sum | cut -d' ' -f1)
+if $VENV && { [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; }; then
     step "making the Python environment in .venv/"
     /usr/bin/python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
@@ -55,9 +71,11 @@ make -s -C ext
 
 # The page (web/): CodeMirror and esbuild from npm, bundled into
 # web/static/app.js.  Rebuilt only when the lock file or a source changed.
+# (An installed package has no web/ sources: its wheel carries the bundle.)
 web_stamp=web/.build-stamp
-web_want=$(cat web/package.json web/package-lock.json web/src/*.js | sha256sum | cut -d' ' -f1)
-if [ ! -f web/static/app.js ] || [ "$(cat "$web_stamp" 2>/dev/null)" != "$web_want" ]; then
+web_want=none
+[ -f web/package.json ] && web_want=$(cat web/package.json web/package-lock.json web/src/*.js | sha256sum | cut -d' ' -f1)
+if [ -f web/package.json ] && { [ ! -f web/static/app.js ] || [ "$(cat "$web_stamp" 2>/dev/null)" != "$web_want" ]; }; then
     if command -v npm >/dev/null; then
         step "bundling the page (web/static/app.js)"
         (cd web && npm ci --no-audit --no-fund --loglevel=error >/dev/null && npm run -s build >/dev/null)
@@ -83,8 +101,10 @@ if [ "$(id -u)" = 0 ]; then
     add_user_set "$USER_PREFIX" "$JOB_USERS"
     # `make test` runs on its own users, so that it never disturbs a server
     # on this host (MATHRUN_TEST_PREFIX picks another set, one per parallel run).
-    if [ "${1:-}" = --test ]; then
+    if $TEST; then
         add_user_set "${MATHRUN_TEST_PREFIX:-mathrun-test}" "$JOB_USERS"
+        # The scale-out test's three nodes (tests/test_scale_out.py), a few each.
+        for node in a b c; do add_user_set "${MATHRUN_TEST_PREFIX:-mathrun-test}-$node" 4; done
     fi
     install -d -m 0755 /run/mathrun
     # Must match MAXIMA_HOME in mathrun/maxima/config.py.

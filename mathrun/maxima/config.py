@@ -6,15 +6,14 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
+from .. import paths
 from ..sandbox.limits import Limits
 
 MiB = 1 << 20
 # Where the set-up step builds Maxima on SBCL and saves the mother core: out
 # of the checkout, so that every clone on a machine shares one build.
 MAXIMA_HOME = "/opt/mathrun/maxima"
-MOTHER_LISP = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lisp", "mathrun-mother.lisp")
-)
+MOTHER_LISP = paths.mother_lisp()
 
 
 def base_core_path(home: str = MAXIMA_HOME) -> str:
@@ -30,9 +29,7 @@ def base_core_path(home: str = MAXIMA_HOME) -> str:
 
 
 DEFAULT_CORE = base_core_path()
-FORK_LIBRARY = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "ext", "libmathrun-fork.so")
-)
+FORK_LIBRARY = paths.helper(paths.FORK_LIBRARY)
 
 
 def default_core_cache() -> str:

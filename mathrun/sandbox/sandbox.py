@@ -25,6 +25,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python import failure
 
+from .. import paths
 from . import cgroups as cgroups_mod
 from .job import Job
 from .limits import Limits
@@ -34,9 +35,8 @@ from .spawner import SpawnServer
 from .userns import userns_refusal
 from .workspace import Workspace, unmount
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_JAIL = os.path.normpath(os.path.join(_HERE, "..", "..", "ext", "mathrun-jail"))
-DEFAULT_SPAWN = os.path.normpath(os.path.join(_HERE, "..", "..", "ext", "mathrun-spawn"))
+DEFAULT_JAIL = paths.helper(paths.JAIL)
+DEFAULT_SPAWN = paths.helper(paths.SPAWN)
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 RUN_DIR = "/run/mathrun"
 

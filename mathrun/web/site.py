@@ -12,6 +12,8 @@ from prometheus_client.twisted import MetricsResource
 from twisted.internet import defer
 from twisted.web import http, pages, resource, server, static
 
+from .. import paths
+
 # Twisted parses each request's Content-Type with the email package (about a
 # third of a millisecond); the same few values come again and again.
 if not hasattr(http._parseContentType, "cache_info"):
@@ -129,8 +131,9 @@ PAGE_POLICY = (
 
 
 def default_static_dir() -> str:
-    """The checkout's ``web/static`` (the bundle made there by the set-up step)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "web", "static")
+    """The checkout's ``web/static`` (the bundle made there by the set-up
+    step), or an installed wheel's copy of it (mathrun/paths.py)."""
+    return os.path.join(paths.source_root(), "web", "static")
 
 
 class StaticFiles(static.File):
