@@ -102,20 +102,34 @@ def runner_refusal(response_headers: dict, key: bytes, token: bytes | None) -> s
     return None
 
 
+def load_ca(ca_file: str):
+    """The certificate (a self-signed server's, or a CA's) in the PEM file
+    ``ca_file``; raises OSError or pyOpenSSL's error for a bad file."""
+    from twisted.internet import ssl
+
+    with open(ca_file, "rb") as f:
+        return ssl.Certificate.loadPEM(f.read())
+
+
+def client_tls(hostname: str, authority=None):
+    """Certificate- and name-checking TLS options for a connection to
+    ``hostname``, trusting ``authority`` (from :func:`load_ca`) when given,
+    else the system's CAs.  Shared by the queue and ``mathrun.client``."""
+    from twisted.internet import ssl
+
+    if authority is None:
+        return ssl.optionsForClientTLS(hostname)
+    return ssl.optionsForClientTLS(hostname, trustRoot=authority)
+
+
 def runner_tls(url: str, ca_file: str | None = None):
-    """Certificate-checking TLS options for a ``wss://`` runner (trusting
-    ``ca_file`` when given, e.g. a self-signed runner's certificate, else the
-    system's CAs); None for ``ws://``.  Imported only here, so that a server
-    without TLS never loads pyOpenSSL."""
+    """TLS options for a ``wss://`` runner (trusting ``ca_file`` when given,
+    e.g. a self-signed runner's certificate, else the system's CAs); None for
+    ``ws://``.  Imported only here, so that a server without TLS never loads
+    pyOpenSSL."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     if parts.scheme != "wss":
         return None
-    from twisted.internet import ssl
-
-    if ca_file is None:
-        return ssl.optionsForClientTLS(parts.hostname)
-    with open(ca_file, "rb") as f:
-        authority = ssl.Certificate.loadPEM(f.read())
-    return ssl.optionsForClientTLS(parts.hostname, trustRoot=authority)
+    return client_tls(parts.hostname, None if ca_file is None else load_ca(ca_file))

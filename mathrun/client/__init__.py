@@ -9,7 +9,7 @@ Each takes the reactor; nothing is global::
 """
 
 from .asy import MAX_MESSAGE, TIMEOUT_CLASSES, AsyClient, AsyDenied, AsyResult, Location, Progress
-from .common import DEFAULT_URL, ClientError, ConnectionFailed, endpoint
+from .common import DEFAULT_URL, AuthRequired, ClientError, ConnectionFailed, endpoint, split_url
 from .health import Health, health
 from .maxima import (
     MaximaAnswer,
@@ -28,6 +28,7 @@ __all__ = [
     "AsyClient",
     "AsyDenied",
     "AsyResult",
+    "AuthRequired",
     "ClientError",
     "ConnectionFailed",
     "Health",
@@ -41,5 +42,6 @@ __all__ = [
     "Progress",
     "endpoint",
     "health",
+    "split_url",
     "strip_prompts",
 ]

@@ -12,12 +12,21 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet import defer
 
-from .common import ClientError, ConnectionFailed, default_url, endpoint
+from .common import (
+    AuthRequired,
+    ClientError,
+    ConnectionFailed,
+    Credentials,
+    basic_header,
+    client_credentials,
+    default_url,
+    endpoint,
+    ws_tls,
+)
 
 # The queue's task classes, by the timeout (ms) a task asks for.
 TIMEOUT_CLASSES = {"fast": 3000, "medium": 10000, "slow": 30000, "default": None}
@@ -91,13 +100,15 @@ class _Session(WebSocketClientProtocol):
         self.factory.render.frame(payload, isBinary)
 
     def onClose(self, wasClean, code, reason):
-        self.factory.render.closed(code, reason)
+        # Before the upgrade, the HTTP status the server answered (401: credentials).
+        status = (getattr(self, "http_status_line", None) or "").split()[1:2]
+        self.factory.render.closed(code, reason, status[0] if status else None)
 
 
 class _Render:
-    def __init__(self, files, main, options, progress, restore):
+    def __init__(self, files, main, options, progress, restore, authenticated=False):
         self.files, self.main, self.options, self.on_progress = files, main, options, progress
-        self.restore = restore
+        self.restore, self.authenticated = restore, authenticated
         self.problem = None
         self.result = AsyResult()
         self.done = defer.Deferred()
@@ -173,10 +184,12 @@ class _Render:
         self.problem = why
         self.session.dropConnection(abort=True)
 
-    def closed(self, code, reason):
+    def closed(self, code, reason, http_status=None):
         if self.done.called:
             return
-        if self.completed is not None:
+        if http_status == "401":
+            self.done.errback(AuthRequired(self.authenticated))
+        elif self.completed is not None:
             body, r = self.completed, self.result
             r.success, r.error, r.time_ms = bool(body.get("success")), body.get("error"), body.get("time")
             self.done.callback(r)
@@ -188,11 +201,16 @@ class _Render:
 
 
 class AsyClient:
-    """Renders Asymptote files through a mathrun queue at ``url``."""
+    """Renders Asymptote files through a mathrun queue at ``url``;
+    ``credentials`` (else the URL's ``user:pass@``) go with the upgrade
+    request as HTTP basic auth, ``ca_file`` is trusted for ``wss://``."""
 
-    def __init__(self, reactor, url: str | None = None, max_message: int = MAX_MESSAGE, wait: float = 300):
+    def __init__(self, reactor, url: str | None = None, max_message: int = MAX_MESSAGE, wait: float = 300,
+                 credentials: Credentials | None = None, ca_file: str | None = None):  # fmt: skip
         self.reactor = reactor
-        self.url = endpoint(url or default_url(), "/asy", websocket=True)
+        url, self.credentials = client_credentials(url or default_url(), credentials)
+        self.url = endpoint(url, "/asy", websocket=True)
+        self.ca_file = ca_file
         self.max_message = max_message
         self.wait = wait  # seconds for the whole render, queue included: for a server that hangs
 
@@ -210,8 +228,8 @@ class AsyClient:
         options = {"format": format, "stderr": "separate" if separate_stderr else "stdout"}
         if TIMEOUT_CLASSES[timeout] is not None:
             options["timeout"] = TIMEOUT_CLASSES[timeout]
-        render = _Render(dict(files), main, options, progress, restore)
-        factory = WebSocketClientFactory(self.url, reactor=self.reactor)
+        render = _Render(dict(files), main, options, progress, restore, self.credentials is not None)
+        factory = WebSocketClientFactory(self.url, reactor=self.reactor, headers=basic_header(self.credentials))
         factory.protocol, factory.render = _Session, render
         factory.setProtocolOptions(
             maxMessagePayloadSize=self.max_message, maxFramePayloadSize=self.max_message,
@@ -221,20 +239,10 @@ class AsyClient:
             render.done.called
             or render.done.errback(ConnectionFailed(f"cannot reach {self.url}: {reason.getErrorMessage()}"))
         )
-        connector = connectWS(factory, _tls(self.url), timeout=10)
+        connector = connectWS(factory, ws_tls(self.url, self.ca_file), timeout=10)
         try:
             return await render.done.addTimeout(self.wait, self.reactor)
         except defer.TimeoutError as e:
             raise ConnectionFailed(f"no result from {self.url} within {self.wait:g} s") from e
         finally:
             connector.disconnect()
-
-
-def _tls(url: str):
-    """Certificate-checking TLS options for ``wss``, None for ``ws``."""
-    parts = urlsplit(url)
-    if parts.scheme != "wss":
-        return None
-    from twisted.internet.ssl import optionsForClientTLS
-
-    return optionsForClientTLS(parts.hostname)

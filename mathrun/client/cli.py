@@ -12,28 +12,43 @@ Exit status (also in docs/client.md):
     limit; asy's output or memory limit, a failed back end)
 6   busy: no Maxima child free in time (503; Retry-After is printed)
 7   no answer: the server cannot be reached or the connection broke
+8   credentials: the server wants them (401) or refused those sent
 ==  =========================================================================
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 
 from twisted.internet import defer, task
 
 from .asy import TIMEOUT_CLASSES, AsyClient, AsyDenied, AsyResult
-from .common import ClientError, ConnectionFailed, default_url, endpoint
+from .common import (
+    AuthRequired,
+    ClientError,
+    ConnectionFailed,
+    Credentials,
+    check_credentials,
+    default_url,
+    endpoint,
+    split_url,
+)
 from .health import Health, health
 from .maxima import MaximaAnswer, MaximaBusy, MaximaClient, MaximaError, MaximaRefused, MaximaServerError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TIMEOUT, EXIT_REFUSED, EXIT_SERVER, EXIT_BUSY, EXIT_CONNECTION = range(8)
+EXIT_AUTH = 8
 FORMATS = ("svg", "pdf", "png")
 EPILOG = """exit status: 0 done; 1 the job failed (asy's error) or the server is unhealthy;
 2 bad usage; 3 time limit (Maxima's 416, asy's); 4 refused (Maxima's 400/413,
 asy denied); 5 the server could not finish (Maxima's 500, asy's output or
-memory limit); 6 busy (Maxima's 503); 7 no answer (cannot connect)."""
+memory limit); 6 busy (Maxima's 503); 7 no answer (cannot connect);
+8 credentials wanted or refused (401).
+credentials: --user USER (password from $MATHRUN_PASSWORD, else asked on the
+terminal), or https://user:pass@host in the URL, or $MATHRUN_USER."""
 
 
 def exit_code(outcome) -> int:
@@ -52,7 +67,7 @@ def exit_code(outcome) -> int:
     if isinstance(outcome, Health):
         return EXIT_OK if outcome.ok else EXIT_FAILED
     for kind, code in ((MaximaRefused, EXIT_REFUSED), (AsyDenied, EXIT_REFUSED), (MaximaServerError, EXIT_SERVER),
-                       (MaximaBusy, EXIT_BUSY), (ConnectionFailed, EXIT_CONNECTION)):  # fmt: skip
+                       (MaximaBusy, EXIT_BUSY), (ConnectionFailed, EXIT_CONNECTION), (AuthRequired, EXIT_AUTH)):  # fmt: skip
         if isinstance(outcome, kind):
             return code
     return EXIT_SERVER if isinstance(outcome, MaximaError) else EXIT_FAILED
@@ -66,15 +81,14 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
-    url_help = f"the server's base URL (default: $MATHRUN_URL or {default_url()})"
     m = sub.add_parser("maxima", help="evaluate Maxima text, print the output, save plots")
-    m.add_argument("--url", default=None, help=url_help)
+    server_options(m)
     m.add_argument("--timeout", type=int, default=10000, metavar="MS", help="time limit in ms (default 10000)")
     m.add_argument("--raw", action="store_true", help="print the answer as sent (prompts and labels)")
     m.add_argument("-d", "--dir", default=".", help="where plot files go (default: here)")
     m.add_argument("expr", metavar="EXPR|-", help="Maxima text, or - to read it from standard input")
     a = sub.add_parser("asy", help="render Asymptote files through the queue")
-    a.add_argument("--url", default=None, help=url_help)
+    server_options(a)
     a.add_argument("-f", "--format", choices=FORMATS, help="image format (default: from -o, else svg)")
     a.add_argument("-o", "--output", metavar="OUT", help="the image file (default: MAIN.FORMAT here)")
     a.add_argument("--timeout", choices=list(TIMEOUT_CLASSES), default="default", help="the task class")
@@ -82,17 +96,29 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("-q", "--quiet", action="store_true", help="no progress on standard error")
     a.add_argument("files", nargs="+", metavar="FILE", help="the main file first (- reads it from standard input)")
     h = sub.add_parser("health", help="the server's health (exit 0 when ok)")
-    h.add_argument("--url", default=None, help=url_help)
+    server_options(h)
     h.add_argument("--deep", action="store_true", help="also run a job in the server's sandbox")
     h.add_argument("--json", action="store_true", help="print the server's JSON report")
     return p
 
 
-class Console:
-    """Where a command writes: text streams, standard input, the directory."""
+def server_options(p: argparse.ArgumentParser) -> None:
+    """Which server, as whom, trusting which certificate: every command's."""
+    p.add_argument(
+        "--url", default=None, help=f"the server's base URL (default: $MATHRUN_URL or {split_url(default_url())[0]})"
+    )
+    p.add_argument("--user", default=None, help="HTTP basic auth as USER (password: $MATHRUN_PASSWORD or asked)")
+    p.add_argument("--ca", default=None, metavar="FILE", help="trust this PEM certificate for https/wss (self-signed)")
 
-    def __init__(self, stdout=None, stderr=None, stdin=None):
+
+class Console:
+    """Where a command writes: text streams, standard input, the directory;
+    the environment and the terminal's password prompt (credentials)."""
+
+    def __init__(self, stdout=None, stderr=None, stdin=None, environ=None, ask=None):
         self.stdout, self.stderr, self.stdin = stdout or sys.stdout, stderr or sys.stderr, stdin or sys.stdin
+        self.environ = os.environ if environ is None else environ
+        self.ask = ask or getpass.getpass
 
     def say(self, text: str) -> None:
         self.stderr.write(f"mathrun: {text}\n")
@@ -114,14 +140,16 @@ async def run(reactor, argv, console: Console | None = None) -> int:
     try:
         try:
             endpoint(args.url or default_url(), "/")
+            args.credentials = credentials_of(args, console)
         except ValueError as e:
             raise UsageError(str(e)) from e
+        check_ca(args.ca)
         return await command(reactor, args, console)
     except UsageError as e:
         console.say(str(e))
         return EXIT_USAGE
     except ClientError as e:
-        console.say(f"{args.command}: {message_of(e)}")
+        console.say(f"{args.command}: {message_of(e, getattr(args, 'credentials', None))}")
         return exit_code(e)
 
 
@@ -129,7 +157,44 @@ class UsageError(Exception):
     pass
 
 
-def message_of(e: ClientError) -> str:
+def credentials_of(args, console: Console) -> Credentials | None:
+    """(user, password) from --user, the URL's user:pass@ or $MATHRUN_USER;
+    the password from the URL (its own user's), $MATHRUN_PASSWORD, or the
+    terminal.  None: no credentials."""
+    _, url_user, url_password = split_url(args.url or default_url())
+    user = args.user or url_user or console.environ.get("MATHRUN_USER") or None
+    if user is None:
+        if url_password:
+            raise UsageError("a password without a user name in the URL")
+        return None
+    if user == url_user and url_password is not None:
+        password = url_password
+    elif "MATHRUN_PASSWORD" in console.environ:
+        password = console.environ["MATHRUN_PASSWORD"]
+    elif console.stdin.isatty():
+        password = console.ask(f"mathrun: password for {user}: ")
+    else:
+        raise UsageError(f"no password for {user}: set $MATHRUN_PASSWORD, put user:pass@ in the URL, or use a terminal")
+    return check_credentials((user, password))
+
+
+def check_ca(path: str | None) -> None:
+    """A --ca file that cannot be used is bad usage, found before connecting."""
+    if path is None:
+        return
+    from mathrun.asy.token import load_ca
+
+    try:
+        load_ca(path)
+    except OSError as e:
+        raise UsageError(f"cannot read --ca {path}: {e.strerror}") from e
+    except Exception as e:  # pyOpenSSL's error for a file that holds no certificate
+        raise UsageError(f"--ca {path} holds no PEM certificate") from e
+
+
+def message_of(e: ClientError, credentials: Credentials | None = None) -> str:
+    if isinstance(e, AuthRequired) and e.sent and credentials:
+        return f"{e} (user {credentials[0]})"
     if isinstance(e, MaximaError):
         text = e.message.splitlines()[0] if e.message else str(e.status)
         text = text if text.startswith(str(e.status)) else f"{e.status}: {text}"
@@ -141,7 +206,8 @@ async def run_maxima(reactor, args, console: Console) -> int:
     text = console.stdin.read() if args.expr == "-" else args.expr
     if args.timeout <= 0:
         raise UsageError("--timeout must be a positive number of ms")
-    answer = await MaximaClient(reactor, args.url).evaluate(text, args.timeout)
+    client = MaximaClient(reactor, args.url, credentials=args.credentials, ca_file=args.ca)
+    answer = await client.evaluate(text, args.timeout)
     console.stdout.write(answer.body if args.raw else answer.output)
     console.stdout.flush()
     for name, data in answer.plots.items():
@@ -182,7 +248,8 @@ async def run_asy(reactor, args, console: Console) -> int:
         else:
             console.say(f"queued{place}")
 
-    result = await AsyClient(reactor, args.url).render(files, main, fmt, args.timeout, progress, restore=args.restore)
+    client = AsyClient(reactor, args.url, credentials=args.credentials, ca_file=args.ca)
+    result = await client.render(files, main, fmt, args.timeout, progress, restore=args.restore)
     console.write_bytes(console.stdout, result.stdout)
     console.write_bytes(console.stderr, result.stderr)
     if result.success:
@@ -223,7 +290,7 @@ def output_format(path: str | None) -> str | None:
 
 
 async def run_health(reactor, args, console: Console) -> int:
-    report = await health(reactor, args.url, deep=args.deep)
+    report = await health(reactor, args.url, deep=args.deep, credentials=args.credentials, ca_file=args.ca)
     if args.json:
         import json
 

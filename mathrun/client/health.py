@@ -6,12 +6,21 @@ import json
 from dataclasses import dataclass
 
 import treq
-from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet import error as neterror
-from twisted.web.client import Agent, ResponseFailed
+from twisted.web.client import RequestTransmissionFailed, ResponseFailed
 
-from .common import ClientError, ConnectionFailed, default_url, endpoint
+from .common import (
+    AuthRequired,
+    ClientError,
+    ConnectionFailed,
+    Credentials,
+    basic_header,
+    client_credentials,
+    default_url,
+    endpoint,
+    http_agent,
+)
 from .maxima import describe
 
 
@@ -39,18 +48,25 @@ class Health:
         return "; ".join(parts)
 
 
-async def health(reactor, url: str | None = None, deep: bool = False, http=None, wait: float = 30) -> Health:
-    """The server's health; ``deep`` also runs a job in its sandbox."""
-    http = http if http is not None else HTTPClient(Agent(reactor))
+async def health(reactor, url: str | None = None, deep: bool = False, http=None, wait: float = 30,
+                 credentials: Credentials | None = None, ca_file: str | None = None) -> Health:  # fmt: skip
+    """The server's health; ``deep`` also runs a job in its sandbox.
+    ``credentials`` (else the URL's ``user:pass@``) for a server with
+    ``--auth-health``; ``ca_file`` for a self-signed https server."""
+    http = http if http is not None else http_agent(reactor, ca_file)
     content = getattr(http, "content", treq.content)
-    target = endpoint(url or default_url(), "/health")
+    url, credentials = client_credentials(url or default_url(), credentials)
+    target = endpoint(url, "/health")
     try:
-        response = await http.get(target, params={"deep": "1"} if deep else None, timeout=wait, reactor=reactor)
+        response = await http.get(target, params={"deep": "1"} if deep else None, headers=basic_header(credentials),
+                                  timeout=wait, reactor=reactor)  # fmt: skip
         data = await content(response)
     except defer.CancelledError as e:
         raise ConnectionFailed(f"no answer from {target} within {wait:g} s") from e
-    except (neterror.ConnectError, neterror.DNSLookupError, ResponseFailed) as e:
+    except (neterror.ConnectError, neterror.DNSLookupError, ResponseFailed, RequestTransmissionFailed) as e:
         raise ConnectionFailed(f"cannot reach {target}: {describe(e)}") from e
+    if response.code == 401:
+        raise AuthRequired(credentials is not None)
     try:
         report = json.loads(data)
     except ValueError as e:

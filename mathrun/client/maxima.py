@@ -13,12 +13,21 @@ import zipfile
 from dataclasses import dataclass, field
 
 import treq
-from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.internet import error as neterror
-from twisted.web.client import Agent, ResponseFailed
+from twisted.web.client import RequestTransmissionFailed, ResponseFailed
 
-from .common import ClientError, ConnectionFailed, default_url, endpoint
+from .common import (
+    AuthRequired,
+    ClientError,
+    ConnectionFailed,
+    Credentials,
+    basic_header,
+    client_credentials,
+    default_url,
+    endpoint,
+    http_agent,
+)
 
 PROMPTS = re.compile(r"(?:\(%i\d+\) ?)+")
 LABEL = re.compile(r"^\(%o\d+\) ")
@@ -128,12 +137,16 @@ class MaximaClient:
     """Evaluates Maxima text on a mathrun (or goemaxima) server.
 
     ``http`` is a treq-like client (``treq.testing.StubTreq`` in tests);
-    by default an HTTP client on ``reactor``'s own Agent."""
+    by default an HTTP client on ``reactor``'s own Agent, whose https trusts
+    ``ca_file`` when given.  ``credentials`` (user, password), else the
+    URL's ``user:pass@``, go with each request as HTTP basic auth."""
 
-    def __init__(self, reactor, url: str | None = None, http=None, version: str | None = None):
-        self.url = endpoint(url or default_url(), "/maxima")
+    def __init__(self, reactor, url: str | None = None, http=None, version: str | None = None,
+                 credentials: Credentials | None = None, ca_file: str | None = None):  # fmt: skip
+        url, self.credentials = client_credentials(url or default_url(), credentials)
+        self.url = endpoint(url, "/maxima")
         self.reactor = reactor
-        self.http = http if http is not None else HTTPClient(Agent(reactor))
+        self.http = http if http is not None else http_agent(reactor, ca_file)
         self._content = getattr(self.http, "content", treq.content)
         self.version = version
 
@@ -147,12 +160,15 @@ class MaximaClient:
         # The server's own timer ends the job; this bound is for a server that hangs.
         wait = timeout_ms / 1000 + 60
         try:
-            response = await self.http.post(self.url, data=fields, timeout=wait, reactor=self.reactor)
+            response = await self.http.post(self.url, data=fields, headers=basic_header(self.credentials),
+                                            timeout=wait, reactor=self.reactor)  # fmt: skip
             data = await self._content(response)
         except defer.CancelledError as e:
             raise ConnectionFailed(f"no answer from {self.url} within {wait:g} s") from e
-        except (neterror.ConnectError, neterror.DNSLookupError, ResponseFailed) as e:
+        except (neterror.ConnectError, neterror.DNSLookupError, ResponseFailed, RequestTransmissionFailed) as e:
             raise ConnectionFailed(f"cannot reach {self.url}: {describe(e)}") from e
+        if response.code == 401:
+            raise AuthRequired(self.credentials is not None)
         return answer_from(response.code, response.headers, data)
 
 
@@ -175,6 +191,6 @@ def answer_from(code: int, headers, data: bytes) -> MaximaAnswer:
 
 def describe(e: Exception) -> str:
     """A one-line reason for a failed connection."""
-    if isinstance(e, ResponseFailed):
+    if isinstance(e, (ResponseFailed, RequestTransmissionFailed)):  # why the request or the answer failed
         return "; ".join(r.getErrorMessage() for r in e.reasons) or "the connection broke"
     return str(e).strip() or type(e).__name__
