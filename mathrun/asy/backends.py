@@ -10,12 +10,17 @@ from __future__ import annotations
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from ..interfaces import IAsyBackend, IAsyHandle
 from .protocol import FileEntry, ProtocolError, Reassembler, RunOptions, encode
 from .runner import AsyRun, RunnerConfig, output_limit_message
 from .runner_ws import FRAME_SLACK, SendLimit
 
+_log = Logger()
 
+
+@implementer(IAsyBackend)
 class LocalBackend:
     """An AsyRun in this process, in the shared sandbox."""
 
@@ -32,7 +37,7 @@ class LocalBackend:
         for filename, data in files.items():
             run.add(FileEntry(filename, filename == main), data)
         run.options = options
-        run.start()
+        run.start().addErrback(lambda f: _log.failure("asy local back end {name}: run failed", f, name=self.name))
         return run
 
 
@@ -78,6 +83,7 @@ class _RemoteSession(SendLimit, WebSocketClientProtocol):
         self.factory.task.closed(reason or f"connection closed ({code})")
 
 
+@implementer(IAsyHandle)
 class RemoteTask:
     """One task on a remote runner: relays its messages to the sink."""
 
@@ -149,6 +155,7 @@ class RemoteTask:
         self.failed(f"{self.backend.name}: {why}")
 
 
+@implementer(IAsyBackend)
 class RemoteBackend:
     """A runner back end at ``url``; taken out of rotation when it fails and
     offered again after ``retry_seconds``."""

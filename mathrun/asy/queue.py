@@ -9,7 +9,9 @@ import random
 from dataclasses import dataclass
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from ..interfaces import IRunSink
 from . import scheduler as sched
 from .cache import FileCache
 from .estimate import Replay
@@ -40,6 +42,7 @@ def default_limits(backends: int, config: QueueConfig) -> sched.Limits:
     return sched.Limits(slow=min(slow, backends), medium=min(max(medium, slow), backends), fast=backends)
 
 
+@implementer(IRunSink)
 class _Relay:
     """The sink of one running task: forwards to the client, tells the queue
     when the task ends."""

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from ..interfaces import IAsyHandle
 from ..sandbox import Limits, Status
 from ..sandbox.workspace import FileTooLarge
 from .protocol import FileEntry, FileSet, ProtocolError, RunOptions
@@ -68,6 +70,7 @@ def asy_environment() -> dict:
     }
 
 
+@implementer(IAsyHandle)
 class AsyRun:
     """Files, options and at most one execution of asy.
 
@@ -171,7 +174,7 @@ class AsyRun:
             result = await self.job.done
             self._finish(result, lease)
         except Exception as e:
-            self.log.failure("asy run failed", e)
+            self.log.failure("asy run failed")  # the Failure of the exception being handled
             if not self.finished:
                 self._complete(False, f"Internal error: {e}")
         finally:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from ..interfaces import IRunSink
 from .protocol import ProtocolError, Reassembler, encode, parse_add, parse_options, parse_timeout_update
 from .runner import AsyRun, RunnerConfig
 
@@ -62,6 +64,7 @@ def send_frames(ws, verb, body=None, payload: bytes | None = None) -> None:
         ws.sendMessage(payload, isBinary=True)
 
 
+@implementer(IRunSink)
 class FrameSink:
     """Turns a run's events into the runner protocol's frames."""
 
@@ -118,7 +121,7 @@ class RunnerProtocol(SendLimit, WebSocketServerProtocol):
         elif message.verb == "options":
             run.lower_timeout(parse_timeout_update(message.body))
         elif message.verb == "run" and not run.started:
-            run.start()
+            run.start().addErrback(lambda f: _log.failure("asy runner: run failed", f))
         elif message.verb == "input" and run.started:
             run.write_input(message.payload)
         else:
