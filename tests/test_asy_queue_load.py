@@ -21,8 +21,8 @@ from mathrun.asy.runner_ws import limit_websocket
 from mathrun.asy.scheduler import changed_materially
 
 from .asyclient import connect, messages
+from .fakes import FakeBackend
 from .helpers import async_test, make_sandbox, within
-from .test_asy_queue_ws import FakeBackend
 
 TIMEOUTS = (None, 3000, 10000, 30000)
 

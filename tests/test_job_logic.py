@@ -3,10 +3,8 @@ started the process (the jail helper or the Maxima mother)."""
 
 from __future__ import annotations
 
-from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mathrun.maxima.child import Child
@@ -15,26 +13,7 @@ from mathrun.sandbox import Limits, Status
 from mathrun.sandbox.sandbox import Lease, Sandbox, SandboxConfig
 from mathrun.sandbox.spawner import IJobEvents, IJobStarter
 
-
-@implementer(IJobStarter)
-class FakeStarter:
-    """A starter that keeps the job's output itself, as a Maxima child does."""
-
-    def __init__(self):
-        self.kills, self.events = [], None
-
-    def start(self):
-        pass
-
-    def spawn(self, argv, env, options, events, output_fd=None, stdin=True):
-        self.events = events
-        return 7
-
-    def kill(self, job_id):
-        self.kills.append(job_id)
-
-    def stop(self):
-        return defer.succeed(None)
+from .fakes import FakeStarter
 
 
 class FakeWorkspace:

@@ -18,6 +18,8 @@ from mathrun.maxima.mother import ForkFailed, Mother, MotherProtocol, MotherUnav
 from mathrun.maxima.pool import MaximaPool, PoolBusy
 from mathrun.sandbox.result import JobResult, Status
 
+from .fakes import FakeProcessTransport, ProcessReactor
+
 
 def unquote(literal: str) -> str:
     """Maxima's reading of a string literal (backslash escapes the next char)."""
@@ -45,34 +47,6 @@ class StringLiteralTests(unittest.SynchronousTestCase):
         self.assertEqual(quiet, ':lisp (mathrun-mother:serve "/l.so" "/n" nil)\n')
 
 
-class FakeTransport:
-    def __init__(self):
-        self.written = b""
-        self.stdin_closed = False
-        self.signals = []
-
-    def write(self, data):
-        self.written += data
-
-    def closeStdin(self):
-        self.stdin_closed = True
-
-    def signalProcess(self, name):
-        self.signals.append(name)
-
-
-class ProcessReactor(MemoryReactorClock):
-    def __init__(self):
-        super().__init__()
-        self.spawned = []
-
-    def spawnProcess(self, proto, executable, args, env=None, **kw):
-        transport = FakeTransport()
-        proto.makeConnection(transport)
-        self.spawned.append((proto, executable, args, env))
-        return transport
-
-
 def ended(proto, code=1):
     proto.processEnded(Failure(error.ProcessTerminated(exitCode=code)))
 
@@ -81,7 +55,7 @@ class MotherProtocolTests(unittest.SynchronousTestCase):
     def setUp(self):
         self.ends = []
         self.proto = MotherProtocol(self.ends.append)
-        self.proto.makeConnection(FakeTransport())
+        self.proto.makeConnection(FakeProcessTransport())
 
     def ready(self):
         self.proto.outReceived(b"loading stackmaxima...\nmathrun-mother ready 4242\n")
@@ -93,7 +67,7 @@ class MotherProtocolTests(unittest.SynchronousTestCase):
     @given(st.lists(st.integers(min_value=1, max_value=40), max_size=30))
     def test_any_chunking_gives_the_same_answers(self, cuts):
         proto = MotherProtocol(lambda reason: None)
-        proto.makeConnection(FakeTransport())
+        proto.makeConnection(FakeProcessTransport())
         stream = b"banner\nmathrun-mother ready 7\nforked 1 100\nfailed 2 open inpipe: No such file\nforked 3 300\n"
         waiting = {t: proto.pending.setdefault(t, defer.Deferred()) for t in ("1", "2", "3")}
         position = 0
