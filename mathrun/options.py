@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import sys
 
 from twisted.python import usage
 
@@ -155,13 +156,23 @@ class Options(usage.Options):
         print(f"mathrun {__version__}")
         raise SystemExit(0)
 
-    def parseOptions(self, options=None):
-        import sys
+    def opt_unset(self, name):
+        """Back to the default for option NAME, whatever the configuration
+        file set (how a flag set in the file is turned off)."""
+        name = name.removeprefix("--")
+        if name not in self.defaults or name == "config":
+            raise usage.UsageError(f"--unset: no option {name!r}")
+        self[name] = self.defaults[name]
 
+    def parseOptions(self, options=None):
+        """The file named by ``--config`` (found by usage's own parser, so
+        ``-cFILE`` and ``--config=FILE`` work too) sets its options first;
+        the command line is then parsed over them."""
         argv = sys.argv[1:] if options is None else list(options)
-        path = _config_path(argv)
-        if path:
-            self.load_config(path)
+        scout = _ConfigScout()
+        scout.parseOptions(argv)
+        if scout["config"]:
+            self.load_config(scout["config"])
         super().parseOptions(argv)
 
     def load_config(self, path: str) -> None:
@@ -179,7 +190,7 @@ class Options(usage.Options):
                     self[key] = parser.getboolean("mathrun", key)
                 except ValueError:
                     raise usage.UsageError(f"{path}: {key} must be true or false, not {value!r}") from None
-            elif key in params:
+            elif key in params and key != "config":
                 coerce = params[key][4] if len(params[key]) > 4 else None
                 try:
                     self[key] = coerce(value) if coerce else value
@@ -189,12 +200,14 @@ class Options(usage.Options):
                 raise usage.UsageError(f"{path}: unknown option {key!r}")
 
 
-def _config_path(argv: list[str]):
-    for i, arg in enumerate(argv):
-        if arg in ("--config", "-c") and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg.startswith("-c") and not arg.startswith("--") and len(arg) > 2:
-            return arg[2:]
-    return None
+class _ConfigScout(Options):
+    """The same options, parsed only to learn which file ``--config`` names."""
+
+    def parseOptions(self, options=None):
+        usage.Options.parseOptions(self, options)
+
+    def opt_help(self):
+        """Left to the real parse."""
+
+    def opt_version(self):
+        """Left to the real parse."""
