@@ -347,6 +347,7 @@ class FakeMother:
     def __init__(self):
         self.on_ready = []
         self.ready = False
+        self.error = self.pid = None
         self.forks = []
         self.killed = 0
         self.restarts = 0

@@ -46,7 +46,9 @@ class SiteTests(unittest.TestCase):
         self.assertEqual(code, 200)
         self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])
         state = json.loads(body)
-        self.assertEqual((state["status"], state["job_users"]), ("ok", {"busy": 0, "free": 2, "waiting": 0}))
+        self.assertEqual(
+            (state["status"], state["job_users"]), ("ok", {"busy": 0, "free": 2, "waiting": 0, "quarantined": 0})
+        )
 
     @async_test
     async def test_deep_health_runs_a_job_and_metrics_count_it(self):

@@ -352,9 +352,8 @@ class ServiceTests(unittest.TestCase):
         reactor = MemoryReactorClock()
         socket_path = os.path.join(directory, "run", "why3.sock")
         output = os.path.join(directory, "run", "why3-output")
-        service = Why3Service(
-            FakeSandbox(), socket_path, Why3Config(output_dir=output), reactor, jobs=3, time_format="%.6f"
-        )
+        config = Why3Config(output_dir=output, jobs=3, time_format="%.6f")
+        service = Why3Service(FakeSandbox(), socket_path, config, reactor)
         service.startService()
         ((path, factory, backlog, mode, _wantPID),) = reactor.unixServers
         self.assertEqual((path, factory, mode), (socket_path, service.server, 0o666))

@@ -94,6 +94,20 @@ class MaximaPool:
         while self._releasing:
             await defer.DeferredList(list(self._releasing))
 
+    def snapshot(self) -> dict:
+        """The pool's state for /health and the gauges, read in one place."""
+        mother = self.mother
+        return {
+            "mother": "ready" if mother.ready else ("failed" if mother.error else "starting"),
+            "mother_pid": mother.pid,
+            "restarts": mother.restarts,
+            "ready": len(self.ready),
+            "busy": len(self.busy),
+            "spawning": self.spawning,
+            "waiting": len(self.waiters),
+            "error": mother.error,
+        }
+
     # -- requests -------------------------------------------------------------
     async def evaluate(self, text: bytes, timeout: float) -> JobResult:
         """Run ``text`` in a ready child (waiting for one if need be)."""

@@ -68,7 +68,6 @@ class SandboxConfig:
             workspace_bytes=1 << 30,
         )
     )
-    max_waiting: int | None = None
     # False only for a server with nothing to share: unprivileged, with a
     # job root of its own (the standalone Why3 server, started per session).
     server_lock: bool = True
@@ -308,7 +307,7 @@ class Sandbox:
             users = self._start_unprivileged()
         if self.config.network:
             self.warnings.append("jobs may use the network (--job-network)")
-        self.pool = SlotPool(users, max_waiting=self.config.max_waiting)
+        self.pool = SlotPool(users)
         if self.starter is None:
             self.starter = SpawnServer(self.reactor, self.config.spawn_server)
         self.starter.start()

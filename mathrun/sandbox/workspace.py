@@ -149,11 +149,6 @@ class Workspace:
             os.close(dirfd)
         return _read_regular(fd, name, limit)
 
-    def list_files(self) -> list[str]:
-        """Regular files at the top of the work directory, sorted."""
-        with os.scandir(self.path) as entries:
-            return sorted(e.name for e in entries if e.is_file(follow_symlinks=False))
-
 
 def read_files(directory: str, max_files: int, max_bytes: int) -> list[tuple[str, bytes]]:
     """The regular files a job left in ``directory`` (a path no job can

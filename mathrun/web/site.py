@@ -47,7 +47,14 @@ class HealthResource(resource.Resource):
         refusal = self.sandbox.refusal
         body = {
             "status": "refusing jobs" if refusal else "ok" if pool is not None else "starting",
-            "job_users": {"busy": pool.busy, "free": pool.free, "waiting": pool.waiting} if pool else None,
+            "job_users": {
+                "busy": pool.busy,
+                "free": pool.free,
+                "waiting": pool.waiting,
+                "quarantined": pool.quarantined,
+            }
+            if pool
+            else None,
             "privileged": self.sandbox.privileged,
             "warnings": self.sandbox.warnings,
         }
