@@ -12,7 +12,116 @@ from zope.interface import Attribute, Interface
 
 from .sandbox.spawner import IJobEvents, IJobStarter
 
-__all__ = ["IAsyBackend", "IAsyHandle", "IFrontEnd", "IJobEvents", "IJobStarter", "IRunSink"]
+__all__ = [
+    "IAsyBackend",
+    "IAsyHandle",
+    "IFrontEnd",
+    "IJob",
+    "IJobEvents",
+    "IJobStarter",
+    "ILease",
+    "IMaximaPool",
+    "IMother",
+    "IQueueClient",
+    "IRunSink",
+    "ISandbox",
+]
+
+
+class ISandbox(Interface):
+    """What a front end asks of the sandbox: a lease on a job user."""
+
+    config = Attribute("The SandboxConfig (its ``limits`` are the defaults, ``jobs`` the users).")
+    privileged = Attribute("True when jobs run as job users (the server is root).")
+    refusal = Attribute("Why jobs are refused (unprivileged without user namespaces), or None.")
+
+    def acquire(workspace_bytes=None):
+        """A Deferred firing with an ILease once a job user is free."""
+
+
+class ILease(Interface):
+    """A job user and its fresh workspace, until ``release``."""
+
+    workspace = Attribute("The job's Workspace (``path``; staging and reading files).")
+
+    def spawn(argv, limits=None, env=None, on_output=None, frontend="jobs", stdin=None, output_fd=None):
+        """Start one job in the workspace as the job user; returns an IJob."""
+
+    def release():
+        """Kill what is left, unmount, hand the user back; a Deferred."""
+
+
+class IJob(Interface):
+    """One process of any front end, kept to its limits by the server."""
+
+    done = Attribute("A Deferred firing with the JobResult.")
+
+    def write(data):
+        """Bytes to the job's stdin."""
+
+    def close_stdin():
+        """End of the job's input."""
+
+    def stop(cause):
+        """Kill the job; ``cause`` (a Status) is its verdict."""
+
+
+class IMaximaPool(Interface):
+    """Ready Maxima children of one library version."""
+
+    def evaluate(text, timeout):
+        """Run ``text`` (bytes) in a ready child; a coroutine giving a JobResult."""
+
+
+class IMother(Interface):
+    """The Maxima mother process, kept running (restarted with backoff)."""
+
+    ready = Attribute("True while it serves forks.")
+    restarts = Attribute("How often it was restarted.")
+    error = Attribute("Why it cannot start, or None.")
+    pid = Attribute("Its pid while it runs, else None.")
+    on_ready = Attribute("Callables called each time a mother is ready.")
+
+    def start():
+        """Start it (and keep restarting it)."""
+
+    def stop():
+        """Close the channel, stop restarting; a Deferred."""
+
+    def kill():
+        """Kill the running mother (it is then restarted)."""
+
+    def hurry(on):
+        """Fork at normal priority while requests wait (``on``), or not."""
+
+    def fork(fields):
+        """Ask for a child; a Deferred firing with its pid."""
+
+
+class IQueueClient(Interface):
+    """A client of the Asymptote queue, as the queue speaks to it."""
+
+    options = Attribute("The client's RunOptions.")
+    fileset = Attribute("Its FileSet (``files``, ``main``).")
+    finished = Attribute("True once it heard complete or denied.")
+
+    def queued(estimate_ms):
+        """Still waiting; the estimate (ms) or None."""
+
+    def passed():
+        """Its task starts now."""
+
+    def output(stream, data):
+        """What the task wrote."""
+
+    def result(fmt, data):
+        """An image."""
+
+    def complete(success, error, time_ms):
+        """The task ended."""
+
+    def denied(error):
+        """The task was refused."""
 
 
 class IRunSink(Interface):

@@ -10,6 +10,7 @@ import random
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from mathrun.asy import queue as queue_module
 from mathrun.asy.backends import LocalBackend
@@ -19,6 +20,7 @@ from mathrun.asy.queue_ws import QueueFactory
 from mathrun.asy.runner import RunnerConfig
 from mathrun.asy.runner_ws import limit_websocket
 from mathrun.asy.scheduler import changed_materially
+from mathrun.interfaces import IQueueClient
 
 from .asyclient import connect, messages
 from .fakes import FakeBackend
@@ -27,6 +29,7 @@ from .helpers import async_test, make_sandbox, within
 TIMEOUTS = (None, 3000, 10000, 30000)
 
 
+@implementer(IQueueClient)
 class FakeClient:
     """What the queue needs of a client: options, files, and the replies."""
 
@@ -41,6 +44,9 @@ class FakeClient:
 
     def passed(self):
         self.passed_at = len(self.estimates)
+
+    def output(self, stream, data):
+        pass
 
     def result(self, fmt, data):
         pass

@@ -11,7 +11,9 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web import server
 from twisted.web.test.requesthelper import DummyRequest
+from zope.interface import implementer
 
+from mathrun.interfaces import IMaximaPool, IMother, ISandbox
 from mathrun.maxima.config import MaximaConfig
 from mathrun.maxima.http import MaximaResource
 from mathrun.maxima.mother import ForkFailed, Mother, MotherProtocol, MotherUnavailable, maxima_string, preamble
@@ -171,6 +173,7 @@ class MotherTests(unittest.SynchronousTestCase):
         self.assertEqual(len(self.reactor.spawned), 1)
 
 
+@implementer(IMaximaPool)
 class FakePool:
     def __init__(self, result=None, failure=None):
         self.calls = []
@@ -284,8 +287,11 @@ class FakeLease:
         return defer.succeed(None)
 
 
+@implementer(ISandbox)
 class FakeSandbox:
     """Job users from a real SlotPool; leases without workspaces."""
+
+    privileged = True
 
     def __init__(self, jobs):
         from mathrun.sandbox.pool import SlotPool
@@ -343,6 +349,7 @@ class FakeChild:
         pass
 
 
+@implementer(IMother)
 class FakeMother:
     def __init__(self):
         self.on_ready = []
