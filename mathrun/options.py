@@ -45,6 +45,8 @@ DEFAULT_RUN_DIR = "/run/mathrun"
 
 
 class Options(usage.Options):
+    """The options of ``twistd mathrun``, from the command line over an ini file."""
+
     synopsis = "[options]"
     longdesc = (
         "mathrun serves Maxima, Asymptote and Why3 to network clients, running every job "

@@ -23,6 +23,8 @@ QUEUE_TIMEOUTS = (3000, 10000, 30000, None)
 
 
 class QueueProtocol(SendLimit, WebSocketServerProtocol):
+    """One client of /asy: its frames to messages, its replies to frames."""
+
     def onOpen(self):
         queue = self.factory.queue
         self.frames = Reassembler(queue.config.max_upload)
@@ -120,6 +122,8 @@ class QueueProtocol(SendLimit, WebSocketServerProtocol):
 
 
 class QueueFactory(WebSocketServerFactory):
+    """The /asy WebSocket factory: hands every connection the one queue."""
+
     protocol = QueueProtocol
 
     def __init__(self, queue, url=None):

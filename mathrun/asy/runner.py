@@ -83,19 +83,23 @@ class AsyRun:
 
     # -- set-up ---------------------------------------------------------------
     def add(self, entry: FileEntry, data: bytes) -> None:
+        """A file for the run (only before it starts)."""
         if self.started:
             raise ProtocolError("add after run")
         self.fileset.add(entry, data)
 
     @property
     def files(self) -> dict[str, bytes]:
+        """The files added, by name."""
         return self.fileset.files
 
     @property
     def main(self) -> str | None:
+        """The main file's name, if one was marked."""
         return self.fileset.main
 
     def timeout_ms(self) -> int:
+        """The run's time: the client's, capped by the operator's maximum."""
         if self.options.interactive and self.options.timeout is None:
             return self.config.interactive_timeout_ms
         return min(self.options.timeout or self.config.default_timeout_ms, self.config.max_timeout_ms)
@@ -122,6 +126,7 @@ class AsyRun:
             self.job.lower_wall_limit(max(0.0, total / 1000 - elapsed))
 
     def write_input(self, data: bytes) -> None:
+        """Bytes to an interactive run's stdin."""
         if not self.options.interactive:
             raise ProtocolError("input is for interactive runs")
         if self.job is not None and not self.finished:

@@ -23,6 +23,11 @@ _log = Logger()
 
 # Room for a text frame (at most MAX_TEXT_FRAME) on top of the largest payload.
 FRAME_SLACK = 64 << 10
+HANDSHAKE_SECONDS = 10  # to open a connection (a client that never finishes it holds a socket)
+CLOSE_SECONDS = 5
+PING_SECONDS = 30  # a ping every 30 s, and a peer silent 30 s more is gone (lost tabs, dead NAT)
+# The runner serves one connection; a second may connect only to be refused with 503.
+RUNNER_CONNECTIONS = 2
 
 
 def limit_websocket(factory, max_message: int, origins, max_connections: int | None, max_send: int | None = None):
@@ -33,12 +38,12 @@ def limit_websocket(factory, max_message: int, origins, max_connections: int | N
     factory.setProtocolOptions(
         maxFramePayloadSize=max_message,
         maxMessagePayloadSize=max_message,
-        openHandshakeTimeout=10,
-        closeHandshakeTimeout=5,
+        openHandshakeTimeout=HANDSHAKE_SECONDS,
+        closeHandshakeTimeout=CLOSE_SECONDS,
         allowedOrigins=list(origins),
         maxConnections=max_connections,
-        autoPingInterval=30,
-        autoPingTimeout=30,
+        autoPingInterval=PING_SECONDS,
+        autoPingTimeout=PING_SECONDS,
     )
 
 
@@ -72,12 +77,15 @@ class FrameSink:
         self.protocol = protocol
 
     def output(self, stream, data):
+        """Text the run wrote, as an ``output`` message."""
         self.protocol.send("output", {"stream": stream}, data)
 
     def result(self, fmt, data):
+        """An image, as a ``result`` message."""
         self.protocol.send("result", {"format": fmt}, data)
 
     def complete(self, success, error, time_ms):
+        """The end, as a ``complete`` message; then the connection closes."""
         body = {"success": success, "time": time_ms}
         if error:
             body["error"] = error
@@ -86,6 +94,8 @@ class FrameSink:
 
 
 class RunnerProtocol(SendLimit, WebSocketServerProtocol):
+    """One connection of the runner back end: frames to an AsyRun and back."""
+
     def onConnect(self, request):
         if self.factory.busy is not None:
             raise ConnectionDeny(503, "runner busy: it serves one connection at a time")
@@ -97,6 +107,7 @@ class RunnerProtocol(SendLimit, WebSocketServerProtocol):
         self.run = AsyRun(self.factory.sandbox, FrameSink(self), self.factory.config)
 
     def send(self, verb, body=None, payload: bytes | None = None):
+        """One message to the client (dropped once the connection closes)."""
         send_frames(self, verb, body, payload)
 
     def onMessage(self, data, isBinary):
@@ -113,6 +124,7 @@ class RunnerProtocol(SendLimit, WebSocketServerProtocol):
                 self.sendClose(1000)
 
     def handle(self, message):
+        """A whole message: set-up before ``run``, then only input and timeouts."""
         run = self.run
         if message.verb == "add" and not run.started:
             run.add(parse_add(message.body), message.payload)
@@ -136,6 +148,9 @@ class RunnerProtocol(SendLimit, WebSocketServerProtocol):
 
 
 class RunnerFactory(WebSocketServerFactory):
+    """The runner back end's policy: one connection at a time, message size
+    limits, allowed origins, the runner settings."""
+
     protocol = RunnerProtocol
 
     def __init__(self, sandbox, config: RunnerConfig | None = None, url=None, origins=("*",)):
@@ -147,6 +162,6 @@ class RunnerFactory(WebSocketServerFactory):
             self,
             self.config.max_upload + FRAME_SLACK,
             origins,
-            max_connections=2,
+            max_connections=RUNNER_CONNECTIONS,
             max_send=self.config.max_image + FRAME_SLACK,
         )

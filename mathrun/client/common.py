@@ -11,6 +11,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def default_url() -> str:
+    """The server's URL: the environment's, else this host's default port."""
     return os.environ.get("MATHRUN_URL") or DEFAULT_URL
 
 

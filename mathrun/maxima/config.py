@@ -46,6 +46,9 @@ def default_core_cache() -> str:
 
 @dataclass
 class MaximaConfig:
+    """What an operator can set for the Maxima front end; ``options.py``
+    takes its defaults from here, ``limits()`` makes a child's sandbox limits."""
+
     core: str = DEFAULT_CORE
     sbcl: str = "sbcl"
     fork_library: str = FORK_LIBRARY

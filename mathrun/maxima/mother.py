@@ -141,9 +141,11 @@ class Mother:
 
     @property
     def ready(self) -> bool:
+        """The mother serves forks now."""
         return self._proto is not None and self._proto._is_ready
 
     def start(self) -> None:
+        """Start the mother process (and keep restarting it)."""
         self._running = True
         self._spawn()
 

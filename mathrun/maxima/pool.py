@@ -35,6 +35,9 @@ class PoolBusy(Exception):
 
 
 class MaximaPool:
+    """The ready children of one library version, the requests waiting for
+    one, and the refill that forks replacements off the request's path."""
+
     log = Logger()
     retry_delay = 0.5  # after a failed fork, before the next try
 
@@ -75,10 +78,12 @@ class MaximaPool:
 
     # -- service ------------------------------------------------------------
     def start(self) -> None:
+        """Start the mother; children are forked once it is ready."""
         self._running = True
         self.mother.start()
 
     async def stop(self) -> None:
+        """Refuse the waiting requests, stop the mother, end every child."""
         self._running = False
         if self._retry is not None and self._retry.active():
             self._retry.cancel()

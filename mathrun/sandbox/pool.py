@@ -17,6 +17,8 @@ from twisted.internet import defer
 
 @dataclass(frozen=True)
 class JobUser:
+    """A job user: its name and ids, from the user database."""
+
     name: str
     uid: int
     gid: int
@@ -54,14 +56,17 @@ class SlotPool:
 
     @property
     def free(self) -> int:
+        """Slots ready to hand out."""
         return len(self._free)
 
     @property
     def busy(self) -> int:
+        """Slots handed out (until their cleanup ends)."""
         return len(self._busy)
 
     @property
     def waiting(self) -> int:
+        """Acquirers waiting for a slot."""
         return len(self._waiting)
 
     def acquire(self) -> defer.Deferred:

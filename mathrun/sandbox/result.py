@@ -16,6 +16,8 @@ from .limits import Limits
 
 
 class Status(enum.Enum):
+    """How a job ended, as the metrics and the front ends tell it."""
+
     OK = "ok"
     NONZERO_EXIT = "nonzero exit"
     SIGNALLED = "signalled"
@@ -51,6 +53,7 @@ class JobResult:
 
     @property
     def ok(self) -> bool:
+        """The job exited 0 within its limits."""
         return self.status is Status.OK
 
     def describe(self) -> str:
@@ -66,6 +69,7 @@ class JobResult:
 
 
 def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9: for the job log line."""
     try:
         return signal.Signals(number).name
     except ValueError:

@@ -34,6 +34,7 @@ def _check(result: int, what: str) -> None:
 
 
 def mount_tmpfs(path: str, size: int, inodes: int, uid: int, gid: int) -> None:
+    """A size-limited tmpfs owned by the job user: the workspace's limit is the kernel's."""
     options = f"size={size},nr_inodes={inodes},mode=0700,uid={uid},gid={gid}".encode()
     _check(
         _libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, options),
@@ -42,10 +43,13 @@ def mount_tmpfs(path: str, size: int, inodes: int, uid: int, gid: int) -> None:
 
 
 def unmount(path: str) -> None:
+    """Detach a workspace's tmpfs (lazily: a job's leftovers may still hold it)."""
     _check(_libc.umount2(os.fsencode(path), _MNT_DETACH), f"unmount {path}")
 
 
 class FileTooLarge(Exception):
+    """A file to read is over the caller's limit: refused whole, never cut."""
+
     pass
 
 
@@ -86,6 +90,7 @@ class Workspace:
 
     @property
     def mounted(self) -> bool:
+        """The workspace is its own tmpfs (privileged mode)."""
         return self._mounted
 
     def unmounted(self) -> None:
@@ -93,6 +98,7 @@ class Workspace:
         self._mounted = False
 
     def unmount_if_mounted(self) -> None:
+        """Detach the tmpfs unless the reaper has done so already."""
         if self._mounted:
             unmount(self.root)
             self._mounted = False
