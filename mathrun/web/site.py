@@ -129,15 +129,17 @@ class BoundedRequest(server.Request):
         False for a multipart body that is not one."""
         ctype = self.requestHeaders.getRawHeaders(b"content-type", [b""])[0]
         kind = ctype.split(b";", 1)[0].strip().lower()
-        if kind == FORM:
-            self.args.update(parse_qs(self.content.read(), 1))
-        elif kind == MULTIPART:
-            fields = multipart_fields(ctype, self.content.read())
-            if fields is None:
-                return False
-            self.args.update(fields)
+        body = self.content.read() if kind in (FORM, MULTIPART) else b""
         self.content.seek(0)
-        return True
+        if not body:
+            return True  # as Twisted: an empty body has no fields
+        if kind == FORM:
+            self.args.update(parse_qs(body, 1))
+            return True
+        fields = multipart_fields(ctype, body)
+        if fields is not None:
+            self.args.update(fields)
+        return fields is not None
 
     def _refuse(self, size: int) -> None:
         """The 413, through the request's own response methods; the channel
