@@ -169,6 +169,8 @@ class IFrontEnd(IService):
     that owns its resource or port, reports its state once for both /health
     and its gauges, and registers its metrics."""
 
+    paths = Attribute("Where the site mounts its ``resource`` (none: it listens on a port of its own).")
+
     def snapshot():
         """A JSON-able dict of the front end's state; ``failing`` (a reason)
         when it cannot serve, which turns /health not-ok."""

@@ -166,10 +166,7 @@ def make_service(options, reactor=None) -> service.MultiService:
     for front_end in front_ends(options, sandbox, reactor):
         front_end.setServiceParent(top)
         front_end.register_metrics(registry)
-        if front_end.name == "maxima":
-            resources += [("maxima", front_end.resource), ("goemaxima", front_end.resource)]
-        elif front_end.name == "asy":
-            resources.append(("asy", front_end.resource))
+        resources += [(path, front_end.resource) for path in front_end.paths]
     if not options["no-why3"]:
         log.info("Why3 VC server on {path}", path=options["why3-socket"])
     if options["asy-runner"]:

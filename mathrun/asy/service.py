@@ -40,6 +40,7 @@ class AsyService(service.Service):
     stop, the queue stops retrying its back ends."""
 
     name = "asy"
+    paths = ("asy",)
 
     def __init__(self, sandbox, config: AsyConfig, reactor, backends=None):
         self.config = config

@@ -44,7 +44,7 @@ def default_core_cache() -> str:
     return os.path.join(base, "mathrun", "maxima-cores")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MaximaConfig:
     """What an operator can set for the Maxima front end; ``options.py``
     takes its defaults from here, ``limits()`` makes a child's sandbox limits."""

@@ -24,6 +24,7 @@ class MaximaService(service.Service):
     ``register_metrics``."""
 
     name = "maxima"
+    paths = ("maxima", "goemaxima")
 
     def __init__(self, sandbox, config: MaximaConfig, reactor):
         self.sandbox = sandbox

@@ -26,6 +26,7 @@ class Why3Service(service.Service):
     start, stops the server and the port at stop."""
 
     name = "why3"
+    paths = ()  # its own unix socket
 
     def __init__(self, sandbox, socket_path: str, config: Why3Config | None = None, reactor=None):
         if reactor is None:
