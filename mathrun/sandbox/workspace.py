@@ -25,6 +25,11 @@ import stat
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _MS_NOSUID, _MS_NODEV = 2, 4
 _MNT_DETACH = 2
+DEFAULT_SIZE = 64 << 20
+# Inodes of a workspace: one per 16 KiB, at least 1024 (a job cannot exhaust
+# them with empty files before its bytes run out).
+BYTES_PER_INODE = 16 << 10
+MIN_INODES = 1024
 
 
 def _check(result: int, what: str) -> None:
@@ -81,8 +86,8 @@ class Workspace:
         if os.path.ismount(self.root):
             raise OSError(errno.EBUSY, f"{self.root} is still mounted")
         os.makedirs(self.root, 0o700, exist_ok=True)
-        size = self.size or 64 * 1024 * 1024
-        mount_tmpfs(self.root, size, max(1024, size // 16384), self.owner.uid, self.owner.gid)
+        size = self.size or DEFAULT_SIZE
+        mount_tmpfs(self.root, size, max(MIN_INODES, size // BYTES_PER_INODE), self.owner.uid, self.owner.gid)
         self._mounted = True
         for sub in (self.path, self.tmp):
             os.mkdir(sub, 0o700)
