@@ -20,6 +20,7 @@ __all__ = [
     "IJobEvents",
     "IJobStarter",
     "ILease",
+    "IMaximaChild",
     "IMaximaPool",
     "IMother",
     "IQueueClient",
@@ -71,6 +72,38 @@ class IMaximaPool(Interface):
 
     def evaluate(text, timeout):
         """Run ``text`` (bytes) in a ready child; a coroutine giving a JobResult."""
+
+
+class IMaximaChild(Interface):
+    """One forked Maxima child, as the pool drives it: forked into a lease,
+    ready on its pipes, one evaluation, then closed."""
+
+    lease = Attribute("The lease (job user, workspace) it was forked into.")
+    state = Attribute('"spawning", "ready", "running" or "done".')
+    ready = Attribute("A Deferred firing with the child once it waits for input.")
+    on_death = Attribute("Called if a ready child dies while it waits, or None.")
+    job = Attribute("The Job of its evaluation, once it runs.")
+
+    def prepare():
+        """Limits and directories before the fork."""
+
+    def fork_fields():
+        """The fields of the mother's ``fork`` request for this child."""
+
+    def forked(pid):
+        """The mother forked it: it has a pid now."""
+
+    def hurry():
+        """Leave the fork's nice level: a request waits for it."""
+
+    def evaluate(text, timeout):
+        """Feed ``text``; a Deferred firing with its JobResult."""
+
+    def close():
+        """Close its pipes."""
+
+    def kill():
+        """Kill it."""
 
 
 class IMother(Interface):

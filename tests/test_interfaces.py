@@ -21,12 +21,14 @@ from mathrun.interfaces import (
     IJob,
     IJobStarter,
     ILease,
+    IMaximaChild,
     IMaximaPool,
     IMother,
     IQueueClient,
     IRunSink,
     ISandbox,
 )
+from mathrun.maxima.child import Child
 from mathrun.maxima.config import MaximaConfig
 from mathrun.maxima.mother import Mother
 from mathrun.maxima.pool import MaximaPool
@@ -36,8 +38,9 @@ from mathrun.why3.service import Why3Service
 
 from . import fakes
 from .test_asy_queue_load import FakeClient
-from .test_maxima_logic import FakeMother, FakePool
+from .test_maxima_logic import FakeChild, FakeMother, FakePool
 from .test_maxima_logic import FakeSandbox as MaximaFakeSandbox
+from .test_spawner import FakeStarter as SpawnerFakeStarter
 from .test_why3_protocol import FakeLease, FakeSandbox
 
 
@@ -66,6 +69,10 @@ class FakesTests(unittest.SynchronousTestCase):
     def test_maxima_fakes(self):
         verifyObject(IMaximaPool, FakePool())
         verifyObject(IMother, FakeMother())
+        verifyObject(IMaximaChild, FakeChild(MemoryReactorClock(), None, MaximaConfig()))
+
+    def test_the_spawner_tests_starter(self):
+        verifyObject(IJobStarter, SpawnerFakeStarter())
 
 
 class RealPartsTests(unittest.SynchronousTestCase):
@@ -90,6 +97,7 @@ class RealPartsTests(unittest.SynchronousTestCase):
         verifyClass(IJob, Job, tentative=True)
         verifyClass(IMaximaPool, MaximaPool, tentative=True)
         verifyClass(IMother, Mother, tentative=True)
+        verifyClass(IMaximaChild, Child, tentative=True)
         verifyClass(IQueueClient, QueueProtocol, tentative=True)
 
     def test_front_end_services(self):

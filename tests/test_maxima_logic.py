@@ -13,7 +13,7 @@ from twisted.web import server
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
-from mathrun.interfaces import IMaximaPool, IMother, ISandbox
+from mathrun.interfaces import IMaximaChild, IMaximaPool, IMother, ISandbox
 from mathrun.maxima.config import MaximaConfig
 from mathrun.maxima.http import MaximaResource
 from mathrun.maxima.mother import ForkFailed, Mother, MotherProtocol, MotherUnavailable, maxima_string, preamble
@@ -305,6 +305,7 @@ class FakeSandbox:
         return self.pool.acquire().addCallback(lambda user: FakeLease(self, user))
 
 
+@implementer(IMaximaChild)
 class FakeChild:
     """A child whose readiness and evaluation the test decides."""
 
