@@ -1,4 +1,10 @@
-"""Prometheus metrics, kept in one registry per server (tests build their own)."""
+"""Prometheus metrics, kept in one registry per server (tests build their own).
+
+The sandbox's metrics count and time every job of every front end (Maxima's
+included: its children are Jobs too); each front end adds its own through
+its service's ``register_metrics``, gauges reading the same ``snapshot()``
+that /health shows.
+"""
 
 from __future__ import annotations
 
@@ -9,61 +15,91 @@ from .sandbox import Status
 
 FRONTENDS = ("maxima", "asy", "why3", "jobs")  # "jobs": the sandbox's own (the deep health probe)
 JOB_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+MAXIMA_RESULTS = ("success", "timeout", "error", "busy", "bad_request", "too_large")
 
 
 class SandboxMetrics:
-    """Counts and times every sandbox job, and shows the job-user pool."""
+    """Counts and times every sandbox job by front end, and shows the
+    job-user pool (quarantined users included: a shrinking pool is a
+    failing cleanup)."""
 
     def __init__(self, registry: CollectorRegistry, sandbox):
         self.jobs = Counter(
             "mathrun_jobs", "Sandbox jobs by front end and how they ended.", ["frontend", "status"], registry=registry
         )
-        for frontend in FRONTENDS:
-            for status in Status:
-                self.jobs.labels(frontend, status.value)
         self.wall = Histogram(
-            "mathrun_job_wall_seconds", "Wall time of sandbox jobs.", buckets=JOB_SECONDS, registry=registry
+            "mathrun_job_wall_seconds",
+            "Wall time of sandbox jobs, by front end.",
+            ["frontend"],
+            buckets=JOB_SECONDS,
+            registry=registry,
         )
         self.cpu = Histogram(
-            "mathrun_job_cpu_seconds", "CPU time of sandbox jobs.", buckets=JOB_SECONDS, registry=registry
+            "mathrun_job_cpu_seconds",
+            "CPU time of sandbox jobs, by front end.",
+            ["frontend"],
+            buckets=JOB_SECONDS,
+            registry=registry,
         )
+        for frontend in FRONTENDS:
+            self.wall.labels(frontend)
+            self.cpu.labels(frontend)
+            for status in Status:
+                self.jobs.labels(frontend, status.value)
         users = Gauge("mathrun_job_users", "Job users by state.", ["state"], registry=registry)
-        users.labels("busy").set_function(lambda: sandbox.pool.busy if sandbox.pool else 0)
-        users.labels("free").set_function(lambda: sandbox.pool.free if sandbox.pool else 0)
-        users.labels("waiting").set_function(lambda: sandbox.pool.waiting if sandbox.pool else 0)
+        for state in ("busy", "free", "waiting", "quarantined"):
+            users.labels(state).set_function(lambda state=state: getattr(sandbox.pool, state) if sandbox.pool else 0)
         sandbox.observers.append(self.observe)
 
     def observe(self, result, frontend: str = "jobs") -> None:
+        """A finished job (the sandbox calls every observer with each)."""
         self.jobs.labels(frontend, result.status.value).inc()
-        self.wall.observe(result.wall)
-        self.cpu.observe(result.user_cpu + result.system_cpu)
+        self.wall.labels(frontend).observe(result.wall)
+        self.cpu.labels(frontend).observe(result.user_cpu + result.system_cpu)
 
 
 class MaximaMetrics:
     """goemaxima's metrics, in seconds: response, spawn and queue-wait times,
-    responses by result, and the children by state."""
+    responses by result, and the children by state (read from ``snapshot``,
+    the Maxima service's, when scraped).  Made before a registry exists (the
+    pools time into it from the start); ``register`` adds it to one."""
 
-    def __init__(self, registry: CollectorRegistry, pools):
+    def __init__(self, snapshot):
         def seconds(name, what):
-            return Histogram(name, what, buckets=JOB_SECONDS, registry=registry)
+            return Histogram(name, what, buckets=JOB_SECONDS, registry=None)
 
         self.response = seconds("mathrun_maxima_response_seconds", "Time to answer a Maxima request.")
         self.spawn = seconds("mathrun_maxima_spawn_seconds", "Fork of a Maxima child until it is ready.")
         self.queue_wait = seconds(
             "mathrun_maxima_queue_wait_seconds", "Time a request waited for a ready Maxima child."
         )
-        self.responses = Counter(
-            "mathrun_maxima_responses", "Maxima responses by result.", ["result"], registry=registry
-        )
-        for result in ("success", "timeout", "error", "busy", "bad_request", "too_large"):
+        self.responses = Counter("mathrun_maxima_responses", "Maxima responses by result.", ["result"], registry=None)
+        for result in MAXIMA_RESULTS:
             self.responses.labels(result)
-        children = Gauge("mathrun_maxima_children", "Maxima children by state.", ["state"], registry=registry)
-        children.labels("ready").set_function(lambda: sum(len(p.ready) for p in pools))
-        children.labels("busy").set_function(lambda: sum(len(p.busy) for p in pools))
-        children.labels("spawning").set_function(lambda: sum(p.spawning for p in pools))
-        children.labels("waiting_requests").set_function(lambda: sum(len(p.waiters) for p in pools))
-        restarts = Gauge("mathrun_maxima_mother_restarts", "Restarts of the Maxima mothers.", registry=registry)
-        restarts.set_function(lambda: sum(p.mother.restarts for p in pools))
+        self.children = Gauge("mathrun_maxima_children", "Maxima children by state.", ["state"], registry=None)
+
+        def total(key):
+            return lambda: sum(s[key] for s in _pools(snapshot()))
+
+        for state, key in (
+            ("ready", "ready"),
+            ("busy", "busy"),
+            ("spawning", "spawning"),
+            ("waiting_requests", "waiting"),
+        ):
+            self.children.labels(state).set_function(total(key))
+        self.restarts = Gauge("mathrun_maxima_mother_restarts", "Restarts of the Maxima mothers.", registry=None)
+        self.restarts.set_function(total("restarts"))
+
+    def register(self, registry: CollectorRegistry) -> None:
+        """Add every metric to ``registry`` (once)."""
+        for metric in (self.response, self.spawn, self.queue_wait, self.responses, self.children, self.restarts):
+            registry.register(metric)
+
+
+def _pools(snapshot: dict) -> list[dict]:
+    """The per-version entries of the Maxima snapshot (not ``failing``)."""
+    return [state for version, state in snapshot.items() if version != "failing"]
 
 
 class AsyQueueMetrics:

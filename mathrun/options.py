@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import configparser
 import os
+import sys
 
 from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.strcred import AuthOptionMixin
 from twisted.python import usage
 
 from . import __version__
-from .maxima.config import DEFAULT_CORE
+from .asy.config import DEFAULT_ORIGINS, AsyConfig, RunnerConfig
+from .maxima.config import DEFAULT_CORE, MaximaConfig
+from .sandbox import SandboxConfig
+from .sandbox.limits import Limits, MiB
 from .sandbox.sandbox import DEFAULT_JAIL
+
+# The defaults are the configuration classes' own, stated there once.
+_ASY, _MAXIMA, _LIMITS, _SANDBOX = AsyConfig(), MaximaConfig(), Limits(), SandboxConfig()
+WHY3_JOBS = 2  # twistd's Why3 server runs two provers at once (the standalone server one, as why3server)
 
 
 def _positive_int(value):
@@ -51,6 +59,8 @@ DEFAULT_RUN_DIR = "/run/mathrun"
 
 
 class Options(AuthOptionMixin, usage.Options):
+    """The options of ``twistd mathrun``, from the command line over an ini file."""
+
     synopsis = "[options]"
     longdesc = (
         "mathrun serves Maxima, Asymptote and Why3 to network clients, running every job "
@@ -77,7 +87,7 @@ class Options(AuthOptionMixin, usage.Options):
         ["config", "c", None, "Read options from this ini file ([mathrun] section)."],
         ["http", None, "tcp:8080:interface=127.0.0.1", "Endpoint of the HTTP site (a Twisted endpoint string)."],
         ["why3-socket", None, os.path.join(DEFAULT_RUN_DIR, "why3.sock"), "Unix socket of Why3's VC server."],
-        ["why3-jobs", None, 2, "Provers run at once by the Why3 server (its -j).", _positive_int],
+        ["why3-jobs", None, WHY3_JOBS, "Provers run at once by the Why3 server (its -j).", _positive_int],
         [
             "asy-backends",
             None,
@@ -95,22 +105,40 @@ class Options(AuthOptionMixin, usage.Options):
         [
             "asy-origins",
             None,
-            "http://localhost:*,http://127.0.0.1:*,https://localhost:*",
+            ",".join(DEFAULT_ORIGINS),
             "Comma-separated origins allowed to open /asy from a browser (patterns with *; '*' for any).",
         ],
-        ["asy-max-connections", None, 2048, "Open /asy connections at most.", _positive_int],
+        ["asy-max-connections", None, _ASY.max_connections, "Open /asy connections at most.", _positive_int],
         [
             "asy-max-image",
             None,
-            32.0,
+            RunnerConfig.max_image / MiB,
             "Images of one Asymptote run together, in MiB, on every hop (runner, back end, queue, browser).",
             _positive_float,
         ],
         ["maxima-core", None, DEFAULT_CORE, "The Maxima mother core (made by the set-up step)."],
-        ["maxima-ready", None, 3, "Forked Maxima children kept ready for requests.", _positive_int],
-        ["maxima-max-timeout", None, 30000, "Longest Maxima timeout a request may ask for, in ms.", _positive_int],
-        ["maxima-heap", None, 1024, "The Maxima mother's heap (SBCL --dynamic-space-size), in MiB.", _positive_int],
-        ["maxima-memory", None, 1536, "Memory of one Maxima job (with gnuplot), in MiB (cgroups).", _positive_int],
+        ["maxima-ready", None, _MAXIMA.ready, "Forked Maxima children kept ready for requests.", _positive_int],
+        [
+            "maxima-max-timeout",
+            None,
+            _MAXIMA.max_timeout_ms,
+            "Longest Maxima timeout a request may ask for, in ms.",
+            _positive_int,
+        ],
+        [
+            "maxima-heap",
+            None,
+            _MAXIMA.heap_mib,
+            "The Maxima mother's heap (SBCL --dynamic-space-size), in MiB.",
+            _positive_int,
+        ],
+        [
+            "maxima-memory",
+            None,
+            _MAXIMA.memory_bytes // MiB,
+            "Memory of one Maxima job (with gnuplot), in MiB (cgroups).",
+            _positive_int,
+        ],
         [
             "maxima-libraries",
             None,
@@ -134,32 +162,68 @@ class Options(AuthOptionMixin, usage.Options):
             "Directory of the saved mother cores with the libraries loaded (default: beside the base core "
             "as root, else ~/.cache/mathrun/maxima-cores).",
         ],
-        ["maxima-queue-wait", None, 10.0, "Seconds a Maxima request may wait for a child.", _positive_float],
-        ["maxima-max-waiting", None, 256, "Maxima requests that may wait at once (then 503).", _positive_int],
-        ["maxima-max-input", None, 1024, "Largest Maxima input, in KiB (then 413).", _positive_int],
-        ["maxima-output-limit", None, 4.0, "Output of one Maxima job, in MiB.", _positive_float],
-        ["jobs", "j", 8, "Job users (mathrun-1 .. mathrun-N) shared by all front ends.", _positive_int],
-        ["user-prefix", None, "mathrun", "Job users are named PREFIX-1 .. PREFIX-N."],
-        ["helper-user", None, "mathrun", "Unprivileged user that owns no process (used to kill jobs)."],
+        [
+            "maxima-queue-wait",
+            None,
+            _MAXIMA.queue_wait,
+            "Seconds a Maxima request may wait for a child.",
+            _positive_float,
+        ],
+        [
+            "maxima-max-waiting",
+            None,
+            _MAXIMA.max_waiting,
+            "Maxima requests that may wait at once (then 503).",
+            _positive_int,
+        ],
+        [
+            "maxima-max-input",
+            None,
+            _MAXIMA.max_input_bytes // 1024,
+            "Largest Maxima input, in KiB (then 413).",
+            _positive_int,
+        ],
+        ["maxima-output-limit", None, _MAXIMA.output_bytes / MiB, "Output of one Maxima job, in MiB.", _positive_float],
+        ["jobs", "j", _SANDBOX.jobs, "Job users (mathrun-1 .. mathrun-N) shared by all front ends.", _positive_int],
+        ["user-prefix", None, _SANDBOX.user_prefix, "Job users are named PREFIX-1 .. PREFIX-N."],
+        ["helper-user", None, _SANDBOX.helper_user, "Unprivileged user that owns no process (used to kill jobs)."],
         ["job-root", None, None, "Directory of the per-job workspaces (default /run/mathrun/jobs)."],
         [
             "cpu-limit",
             None,
-            10.0,
+            _LIMITS.cpu_seconds,
             "CPU seconds of a job whose front end sets no limit (the health probe).",
             _positive_float,
         ],
-        ["wall-limit", None, 20.0, "Wall-clock seconds of a job whose front end sets no limit.", _positive_float],
-        ["memory-limit", None, 512.0, "Memory of a job whose front end sets no limit, in MiB.", _positive_float],
+        [
+            "wall-limit",
+            None,
+            _LIMITS.wall_seconds,
+            "Wall-clock seconds of a job whose front end sets no limit.",
+            _positive_float,
+        ],
+        [
+            "memory-limit",
+            None,
+            _LIMITS.memory_bytes / MiB,
+            "Memory of a job whose front end sets no limit, in MiB.",
+            _positive_float,
+        ],
         [
             "output-limit",
             None,
-            16.0,
+            _LIMITS.output_bytes / MiB,
             "Output (stdout+stderr) of a job whose front end sets no limit, in MiB.",
             _positive_float,
         ],
-        ["workspace-limit", None, 128.0, "Size of a job's workspace (and its /tmp), in MiB.", _positive_float],
-        ["processes-limit", None, 64, "Processes a job may run at once.", _positive_int],
+        [
+            "workspace-limit",
+            None,
+            _LIMITS.workspace_bytes / MiB,
+            "Size of a job's workspace (and its /tmp), in MiB.",
+            _positive_float,
+        ],
+        ["processes-limit", None, _LIMITS.processes, "Processes a job may run at once.", _positive_int],
         # -- the web page and the Asymptote render cache (issue 12) --
         [
             "web-static",
@@ -224,13 +288,23 @@ class Options(AuthOptionMixin, usage.Options):
         print(f"mathrun {__version__}")
         raise SystemExit(0)
 
-    def parseOptions(self, options=None):
-        import sys
+    def opt_unset(self, name):
+        """Back to the default for option NAME, whatever the configuration
+        file set (how a flag set in the file is turned off)."""
+        name = name.removeprefix("--")
+        if name not in self.defaults or name == "config":
+            raise usage.UsageError(f"--unset: no option {name!r}")
+        self[name] = self.defaults[name]
 
+    def parseOptions(self, options=None):
+        """The file named by ``--config`` (found by usage's own parser, so
+        ``-cFILE`` and ``--config=FILE`` work too) sets its options first;
+        the command line is then parsed over them."""
         argv = sys.argv[1:] if options is None else list(options)
-        path = _config_path(argv)
-        if path:
-            self.load_config(path)
+        scout = _ConfigScout()
+        scout.parseOptions(argv)
+        if scout["config"]:
+            self.load_config(scout["config"])
         super().parseOptions(argv)
 
     def load_config(self, path: str) -> None:
@@ -250,7 +324,7 @@ class Options(AuthOptionMixin, usage.Options):
                     self[key] = parser.getboolean("mathrun", key)
                 except ValueError:
                     raise usage.UsageError(f"{path}: {key} must be true or false, not {value!r}") from None
-            elif key in params:
+            elif key in params and key != "config":
                 coerce = params[key][4] if len(params[key]) > 4 else None
                 try:
                     self[key] = coerce(value) if coerce else value
@@ -260,12 +334,22 @@ class Options(AuthOptionMixin, usage.Options):
                 raise usage.UsageError(f"{path}: unknown option {key!r}")
 
 
-def _config_path(argv: list[str]):
-    for i, arg in enumerate(argv):
-        if arg in ("--config", "-c") and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg.startswith("-c") and not arg.startswith("--") and len(arg) > 2:
-            return arg[2:]
-    return None
+class _ConfigScout(Options):
+    """The same options, parsed only to learn which file ``--config`` names."""
+
+    def parseOptions(self, options=None):
+        usage.Options.parseOptions(self, options)
+
+    def opt_help(self):
+        """Left to the real parse."""
+
+    def opt_version(self):
+        """Left to the real parse."""
+
+    def opt_auth(self, description):
+        """Left to the real parse (a checker is made once)."""
+
+    def opt_help_auth(self):
+        """Left to the real parse."""
+
+    opt_auth_help = opt_help_auth

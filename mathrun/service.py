@@ -6,17 +6,26 @@ a child service that can be switched off by an option.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry
 from twisted.application import service, strports
 from twisted.logger import Logger
 
 from . import paths
+from .asy.config import AsyConfig, RunnerConfig
+from .interfaces import IFrontEnd
 from .metrics import SandboxMetrics
 from .sandbox import Limits, Sandbox, SandboxConfig
 from .sandbox.limits import MiB
 from .web.auth import protect_site
-from .web.perclient import limit_asy, limit_maxima
+from .web.perclient import limit_maxima
 from .web.site import build_site
+from .why3.config import Why3Config
+from .why3.service import Why3Service
+
+URLENCODED_GROWTH = 3  # "%XX" for a byte
+FORM_SLACK = 64 << 10  # the other fields of a Maxima request
 
 
 class SandboxService(service.Service):
@@ -38,6 +47,7 @@ class SandboxService(service.Service):
 
 
 def sandbox_config(options) -> SandboxConfig:
+    """The sandbox's settings: job users, where, and the default limits."""
     return SandboxConfig(
         jobs=options["jobs"],
         user_prefix=options["user-prefix"],
@@ -72,58 +82,26 @@ def with_backlog(endpoint: str) -> str:
 
 
 def _split(value) -> list[str]:
+    """The items of a comma-separated option."""
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
-def asy_front_end(options, sandbox, reactor, registry=None):
-    """The /asy queue resource: local runners, or the given back ends."""
-    from autobahn.twisted.resource import WebSocketResource
-
-    from .asy.backends import LocalBackend, RemoteBackend
-    from .asy.queue import AsyQueue, QueueConfig
-    from .asy.queue_ws import QueueFactory
-    from .asy.runner_ws import FRAME_SLACK, limit_websocket
-
-    runner_config = asy_runner_config(options)
-    urls = _split(options["asy-backends"])
-    if urls:
-        token, ca = runner_token(options), options["asy-backends-ca"]
-        backends = [
-            RemoteBackend(
-                url,
-                reactor,
-                max_image=runner_config.max_image,
-                max_upload=runner_config.max_upload,
-                token=token,
-                ca_file=ca,
-            )
-            for url in urls
-        ]
-    else:
-        backends = [LocalBackend(sandbox, runner_config, f"local-{n}") for n in range(1, options["asy-local"] + 1)]
-    queue_config = QueueConfig(
-        max_upload=runner_config.max_upload,
-        max_image=runner_config.max_image,
-        max_files=runner_config.max_files,
+def asy_config(options) -> AsyConfig:
+    """The Asymptote front end's settings: one image limit for every hop."""
+    runner = RunnerConfig.for_images(int(options["asy-max-image"] * MiB))
+    return AsyConfig(
+        runner=runner,
+        backends=tuple(_split(options["asy-backends"])),
+        local=options["asy-local"],
+        origins=tuple(_split(options["asy-origins"])),
+        max_connections=options["asy-max-connections"],
+        per_client=options["asy-per-client"],
+        token=runner_token(options),
+        backends_ca=options["asy-backends-ca"],
         render_cache_entries=options["asy-render-cache"],
         render_cache_bytes=int(options["asy-render-cache-mb"] * MiB),
         render_cache_seconds=options["asy-render-cache-seconds"],
     )
-    queue = AsyQueue(backends, reactor, queue_config)
-    if registry is not None:
-        from .metrics import AsyQueueMetrics
-
-        AsyQueueMetrics(registry, queue)
-    factory = QueueFactory(queue)
-    limit_websocket(
-        factory,
-        queue_config.max_upload + FRAME_SLACK,
-        _split(options["asy-origins"]),
-        options["asy-max-connections"],
-        max_send=queue_config.max_image + FRAME_SLACK,
-    )
-    limit_asy(factory, options["asy-per-client"])
-    return ("asy", WebSocketResource(factory))
 
 
 def runner_token(options):
@@ -139,33 +117,15 @@ def runner_token(options):
         raise SystemExit(f"mathrun: {e}") from None
 
 
-def asy_runner_config(options):
-    """One image limit for every hop.  The workspace must hold the image and
-    asy's intermediate files (EPS, PDF: a raster image's are several times
-    its SVG)."""
-    from .asy.runner import RunnerConfig
-
-    max_image = int(options["asy-max-image"] * MiB)
-    return RunnerConfig(max_image=max_image, workspace_bytes=max(RunnerConfig.workspace_bytes, 4 * max_image))
-
-
-def asy_runner(options, sandbox) -> service.Service:
-    """This host as an Asymptote back end (WebSocket at /), on its own endpoint."""
-    from .asy.runner_ws import RunnerFactory
-
-    token = runner_token(options)
-    if token is None:
-        Logger(namespace="mathrun").warn(
-            "asy runner on {endpoint} without --asy-runner-token-file: any queue that reaches it may use it",
-            endpoint=options["asy-runner"],
-        )
-    factory = RunnerFactory(sandbox, asy_runner_config(options), token=token)
-    runner = strports.service(options["asy-runner"], factory)
-    runner.setName("asy-runner")
-    return runner
+def why3_config(options) -> Why3Config:
+    """The VC server's settings; its output files go beside its socket."""
+    output_dir = os.path.join(os.path.dirname(os.path.abspath(options["why3-socket"])), "why3-output")
+    return Why3Config(jobs=options["why3-jobs"], output_dir=output_dir)
 
 
 def maxima_config(options):
+    """The Maxima front end's settings; library entries VERSION=FILE and
+    STACK's [VERSION=]DIR make one mother per version."""
     from .maxima.config import MaximaConfig
 
     libraries, versions = [], {}
@@ -200,7 +160,27 @@ def maxima_config(options):
     )
 
 
+def front_ends(options, sandbox, reactor) -> list:
+    """The front-end services the options ask for (each an IFrontEnd)."""
+    services = []
+    if not options["no-why3"]:
+        services.append(Why3Service(sandbox, options["why3-socket"], why3_config(options), reactor))
+    if not options["no-maxima"] and not options["no-http"]:
+        from .maxima.service import MaximaService
+
+        maxima = MaximaService(sandbox, maxima_config(options), reactor)
+        maxima.resource = limit_maxima(maxima.resource, options["maxima-per-client"])
+        services.append(maxima)
+    if not options["no-asy"] and not options["no-http"]:
+        from .asy.service import AsyService
+
+        services.append(AsyService(sandbox, asy_config(options), reactor))
+    return services
+
+
 def make_service(options, reactor=None) -> service.MultiService:
+    """The service tree: the sandbox first, then each front end, the
+    Asymptote runner back end and the site (see docs/architecture.md)."""
     if reactor is None:
         from twisted.internet import reactor
     log = Logger(namespace="mathrun")
@@ -209,42 +189,29 @@ def make_service(options, reactor=None) -> service.MultiService:
     SandboxService(sandbox).setServiceParent(top)
     registry = CollectorRegistry()
     SandboxMetrics(registry, sandbox)
-
+    resources = []
+    for front_end in front_ends(options, sandbox, reactor):
+        front_end.setServiceParent(top)
+        front_end.register_metrics(registry)
+        resources += [(path, front_end.resource) for path in front_end.paths]
     if not options["no-why3"]:
-        import os
-
-        from .why3.server import Why3Config
-        from .why3.service import Why3Service
-
-        output_dir = os.path.join(os.path.dirname(os.path.abspath(options["why3-socket"])), "why3-output")
-        why3 = Why3Service(
-            sandbox, options["why3-socket"], Why3Config(jobs=options["why3-jobs"], output_dir=output_dir), reactor
-        )
-        why3.setServiceParent(top)
         log.info("Why3 VC server on {path}", path=options["why3-socket"])
-
-    front_ends = []
-    reports = {}
-    # Bodies: a Maxima input urlencoded (at most 3 bytes a byte), and room
-    # for the other fields.
-    max_body = 3 * options["maxima-max-input"] * 1024 + 65536
-    if not options["no-maxima"] and not options["no-http"]:
-        from .maxima.service import MaximaService
-
-        maxima = MaximaService(sandbox, maxima_config(options), reactor, registry)
-        maxima.setServiceParent(top)
-        limited = limit_maxima(maxima.resource, options["maxima-per-client"])
-        front_ends += [("maxima", limited), ("goemaxima", limited)]
-        reports["maxima"] = maxima.report
-    if not options["no-asy"]:
-        front_ends.append(asy_front_end(options, sandbox, reactor, registry))
     if options["asy-runner"]:
-        asy_runner(options, sandbox).setServiceParent(top)
+        from .asy.service import runner_service
+
+        config = asy_config(options)
+        if config.token is None:
+            log.warn(
+                "asy runner on {endpoint} without --asy-runner-token-file: any queue that reaches it may use it",
+                endpoint=options["asy-runner"],
+            )
+        runner_service(options["asy-runner"], sandbox, config.runner, config.token).setServiceParent(top)
     if not options["no-http"]:
         from .web.site import default_static_dir
 
+        reports = {s.name: s.snapshot for s in top if IFrontEnd.providedBy(s)}
         static_dir = options["web-static"] or default_static_dir()
-        site = build_site(sandbox, registry, front_ends, max_body, reports, static_dir)
+        site = build_site(sandbox, registry, resources, max_body(options), reports, static_dir)
         if protect_site(site, options):
             opened = ", ".join(sorted("/" + p.decode() for p in site.resource.open_paths)) or "none"
             log.info("HTTP site behind basic auth (open: {paths})", paths=opened)
@@ -253,3 +220,9 @@ def make_service(options, reactor=None) -> service.MultiService:
         http.setServiceParent(top)
         log.info("HTTP site on {endpoint}", endpoint=options["http"])
     return top
+
+
+def max_body(options) -> int:
+    """Request bodies: a Maxima input urlencoded (at most 3 bytes a byte),
+    and room for the other fields."""
+    return URLENCODED_GROWTH * options["maxima-max-input"] * 1024 + FORM_SLACK

@@ -13,7 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from mathrun.asy.scheduler import FAST, MEDIUM, SLOW, Limits, Scheduler, Task, TaskClass, TaskQueue
+from mathrun.asy.scheduler import FAST, MEDIUM, SLOW, ClassLimits, Scheduler, Task, TaskClass, TaskQueue
 
 from .asy_oracle import ListQueue, oracle_estimates
 
@@ -38,7 +38,7 @@ class EstimateMachine(RuleBasedStateMachine):
     )
     @precondition(lambda self: self.s is None)
     def setup(self, slow, extra_medium, extra_fast, seed):
-        limits = Limits(slow, slow + extra_medium, slow + extra_medium + extra_fast)
+        limits = ClassLimits(slow, slow + extra_medium, slow + extra_medium + extra_fast)
         self.s = Scheduler(limits, self.clock.seconds, random.Random(seed))
 
     @rule(kind=st.sampled_from(list(TaskClass)))
@@ -115,7 +115,7 @@ class WorkPerEvent(unittest.TestCase):
         """With 1000 tasks queued, one event costs one replay of at most a few
         steps per queued and running task (the replay per task: ~n^2/2)."""
         clock = Clock()
-        s = Scheduler(Limits(1, 1, 2), clock.seconds, random.Random(1))
+        s = Scheduler(ClassLimits(1, 1, 2), clock.seconds, random.Random(1))
         for i in range(1002):
             s.submit(Task(QUEUED[i % 4]))
         s.cycle()

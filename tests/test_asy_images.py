@@ -16,7 +16,8 @@ from mathrun.asy.queue import AsyQueue, QueueConfig
 from mathrun.asy.queue_ws import QueueFactory
 from mathrun.asy.runner import RunnerConfig
 from mathrun.asy.runner_ws import FRAME_SLACK, RunnerFactory, limit_websocket
-from mathrun.service import asy_runner_config
+from mathrun.options import Options
+from mathrun.service import asy_config
 
 from .asyclient import connect, messages
 from .helpers import async_test, make_sandbox, within
@@ -78,7 +79,9 @@ class ImageTests(unittest.TestCase):
 
     @async_test(timeout=200)
     async def test_larger_than_the_old_frame_limit_arrives_whole(self):
-        config = asy_runner_config({"asy-max-image": 32.0})  # the default, as the server makes it
+        options = Options()
+        options.parseOptions([])
+        config = asy_config(options).runner  # the default, as the server makes it
         local = self.queue_url([LocalBackend(self.sandbox, config)], config.max_image)
         self.assert_whole_svg(*await self.render(local, noise_image(2300)))
         remote = self.queue_url([RemoteBackend(self.runner_url(config), reactor)], config.max_image)

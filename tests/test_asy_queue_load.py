@@ -10,6 +10,7 @@ import random
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
+from zope.interface import implementer
 
 from mathrun.asy import queue as queue_module
 from mathrun.asy.backends import LocalBackend
@@ -21,14 +22,16 @@ from mathrun.asy.queue_ws import QueueFactory
 from mathrun.asy.runner import RunnerConfig
 from mathrun.asy.runner_ws import limit_websocket
 from mathrun.asy.scheduler import changed_materially
+from mathrun.interfaces import IQueueClient
 
 from .asyclient import connect, messages
+from .fakes import FakeBackend
 from .helpers import async_test, make_sandbox, within
-from .test_asy_queue_ws import FakeBackend
 
 TIMEOUTS = (None, 3000, 10000, 30000)
 
 
+@implementer(IQueueClient)
 class FakeClient:
     """What the queue needs of a client: options, files, and the replies."""
 
@@ -45,6 +48,12 @@ class FakeClient:
 
     def passed(self):
         self.passed_at = len(self.estimates)
+
+    def missing(self, files):
+        raise AssertionError(f"submitted with every file, yet asked for {files}")
+
+    def output(self, stream, data):
+        pass
 
     def result(self, fmt, data):
         pass

@@ -17,44 +17,10 @@ from mathrun.asy.runner import RunnerConfig
 from mathrun.asy.runner_ws import RunnerFactory, limit_websocket
 
 from .asyclient import connect, messages
+from .fakes import FakeBackend
 from .helpers import async_test, make_sandbox, within
 
 CIRCLE = b"size(50); draw(unitcircle);"
-
-
-class FakeBackend:
-    """Records what it is asked to run; the test finishes tasks by hand."""
-
-    def __init__(self, name="fake"):
-        self.name = name
-        self.runs = []
-
-    def available(self):
-        return True
-
-    def start(self, files, main, options, sink):
-        run = FakeRun(files, main, options, sink)
-        self.runs.append(run)
-        return run
-
-
-class FakeRun:
-    def __init__(self, files, main, options, sink):
-        self.files, self.main, self.options, self.sink = files, main, options, sink
-        self.timeouts, self.inputs, self.aborted = [], [], None
-
-    def lower_timeout(self, ms):
-        self.timeouts.append(ms)
-
-    def write_input(self, data):
-        self.inputs.append(data)
-
-    def abort(self, reason):
-        self.aborted = reason
-
-    def finish(self):
-        self.sink.result(self.options.format, b"<svg/>")
-        self.sink.complete(True, None, 5)
 
 
 class QueueProtocolTests(unittest.TestCase):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from mathrun.asy.runner import RunnerConfig
+from mathrun.asy.config import RUN_LIMITS, RunnerConfig
 from mathrun.asy.runner_ws import RunnerFactory
 
 from .asyclient import connect, messages
@@ -18,7 +20,9 @@ PICTURE = b'size(100); draw(unitcircle); label("$\\\\int_0^1 x\\\\,dx$", (0,0));
 class RunnerTests(unittest.TestCase):
     def setUp(self):
         self.sandbox = make_sandbox(self, jobs=2)
-        self.factory = RunnerFactory(self.sandbox, RunnerConfig(default_timeout_ms=20_000, output_limit=100_000))
+        self.factory = RunnerFactory(
+            self.sandbox, RunnerConfig(default_timeout_ms=20_000, limits=replace(RUN_LIMITS, output_bytes=100_000))
+        )
         port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.url = f"ws://127.0.0.1:{port.getHost().port}/"

@@ -15,10 +15,10 @@ from mathrun.asy.scheduler import (
     FAST,
     MEDIUM,
     SLOW,
+    ClassLimits,
     Deny,
     Downgrade,
     Halt,
-    Limits,
     Scheduler,
     Start,
     Task,
@@ -33,7 +33,7 @@ D, F, M, S, INTER = TaskClass.DEFAULT, TaskClass.FAST, TaskClass.MEDIUM, TaskCla
 class Scenario(unittest.TestCase):
     def make(self, slow=1, medium=2, fast=3):
         self.clock = Clock()
-        self.s = Scheduler(Limits(slow, medium, fast), self.clock.seconds, random.Random(7))
+        self.s = Scheduler(ClassLimits(slow, medium, fast), self.clock.seconds, random.Random(7))
         return self.s
 
     def add(self, kind):
@@ -53,8 +53,8 @@ class Scenario(unittest.TestCase):
         self.assertEqual([task_class_for(t, False) for t in (3000, 10000, 30000, None)], [F, M, S, D])
         self.assertEqual(task_class_for(None, True), INTER)
         self.assertRaises(ValueError, task_class_for, 5000, False)
-        self.assertRaises(ValueError, Limits, 2, 1, 3)
-        self.assertRaises(ValueError, Limits, 0, 1, 1)
+        self.assertRaises(ValueError, ClassLimits, 2, 1, 3)
+        self.assertRaises(ValueError, ClassLimits, 0, 1, 1)
 
     def test_default_gets_largest_timeout_allowed(self):
         self.make(slow=1, medium=2, fast=3)
@@ -207,7 +207,7 @@ class QueueMachine(RuleBasedStateMachine):
     )
     @precondition(lambda self: self.s is None)
     def setup(self, slow, extra_medium, extra_fast, seed):
-        self.limits = Limits(slow, slow + extra_medium, slow + extra_medium + extra_fast)
+        self.limits = ClassLimits(slow, slow + extra_medium, slow + extra_medium + extra_fast)
         self.s = Scheduler(self.limits, self.clock.seconds, random.Random(seed))
 
     def apply(self, actions):

@@ -1,40 +1,20 @@
-"""The sandbox's Job on fakes: one object for every front end, whatever
+"""The sandbox's Job and Lease on fakes: one object for every front end, whatever
 started the process (the jail helper or the Maxima mother)."""
 
 from __future__ import annotations
 
-from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mathrun.maxima.child import Child
 from mathrun.maxima.config import MaximaConfig
 from mathrun.sandbox import Limits, Status
+from mathrun.sandbox.pool import JobUser, SlotPool
 from mathrun.sandbox.sandbox import Lease, Sandbox, SandboxConfig
 from mathrun.sandbox.spawner import IJobEvents, IJobStarter
 
-
-@implementer(IJobStarter)
-class FakeStarter:
-    """A starter that keeps the job's output itself, as a Maxima child does."""
-
-    def __init__(self):
-        self.kills, self.events = [], None
-
-    def start(self):
-        pass
-
-    def spawn(self, argv, env, options, events, output_fd=None, stdin=True):
-        self.events = events
-        return 7
-
-    def kill(self, job_id):
-        self.kills.append(job_id)
-
-    def stop(self):
-        return defer.succeed(None)
+from .fakes import FakeStarter, ProcessReactor
 
 
 class FakeWorkspace:
@@ -112,3 +92,66 @@ class JobTests(unittest.SynchronousTestCase):
         self.assertEqual(result.status, Status.INTERNAL_ERROR)
         self.assertIn("the supervisor vanished", result.describe())
         self.assertTrue(self.lease.external_processes)
+
+
+class CleanWorkspace:
+    """A workspace that records its removal (no tmpfs of its own)."""
+
+    root = path = "/nonexistent"
+    privileged = True
+    mounted = False
+
+    def __init__(self):
+        self.removed = False
+
+    def remove(self):
+        self.removed = True
+
+
+class LeaseReleaseTests(unittest.SynchronousTestCase):
+    """Lease.release on fakes (a ProcessReactor for the reaper): the job is
+    stopped, what it left is reaped, and only then is the user free."""
+
+    def setUp(self):
+        self.reactor = ProcessReactor()
+        self.sandbox = Sandbox(SandboxConfig(privileged=True), reactor=self.reactor)
+        self.user = JobUser("u-1", 1001, 1001)
+        self.sandbox.helper = JobUser("helper", 999, 999)
+        self.sandbox.pool = SlotPool([self.user])
+        self.successResultOf(self.sandbox.pool.acquire())
+        self.workspace = CleanWorkspace()
+        self.lease = Lease(self.sandbox, self.user, self.workspace, cgroup=None)
+        self.sandbox.leases.add(self.lease)
+        self.starter = FakeStarter()
+
+    def reaper(self):
+        ((proto, executable, args, _env),) = self.reactor.spawned
+        self.assertEqual(args[1], "reaper")
+        return proto
+
+    def test_a_clean_job_frees_the_user_without_the_reaper(self):
+        job = self.lease.adopt(self.starter, Limits())
+        job.exited(b"status=exited code=0 remaining=0")
+        self.successResultOf(self.lease.release())
+        self.assertEqual((self.workspace.removed, self.sandbox.pool.free, self.reactor.spawned), (True, 1, []))
+
+    def test_a_running_job_is_stopped_then_its_leftovers_reaped_then_the_user_freed(self):
+        job = self.lease.adopt(self.starter, Limits())
+        released = self.lease.release()
+        self.assertEqual(self.starter.kills, [FakeStarter.job_id])
+        job.lost("the starter died")  # nothing says the job's processes are gone
+        reaper = self.reaper()
+        self.assertEqual(reaper.transport.written, b"1001\n")
+        self.assertNoResult(released)
+        self.assertEqual((self.workspace.removed, self.sandbox.pool.free), (False, 0))
+        reaper.outReceived(b"ok 1001\n")
+        self.successResultOf(released)
+        self.assertEqual((self.workspace.removed, self.sandbox.pool.free), (True, 1))
+
+    def test_a_failed_reap_quarantines_the_user(self):
+        job = self.lease.adopt(self.starter, Limits())
+        job.lost("the starter died")
+        released = self.lease.release()
+        self.reaper().outReceived(b"failed 1001 processes survived\n")
+        self.failureResultOf(released, RuntimeError)
+        self.assertEqual((self.sandbox.pool.quarantined, self.sandbox.pool.free, self.workspace.removed), (1, 0, False))

@@ -9,6 +9,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from mathrun.sandbox import Limits, Status
+from mathrun.sandbox.workspace import read_files
 
 from .helpers import PYTHON, async_test, make_sandbox
 
@@ -30,7 +31,7 @@ class JobTests(unittest.TestCase):
             job = lease.spawn(["sh", "-c", "read a b < in/data.txt; echo $((a*b)) > out.txt; mkdir sub"])
             self.assertEqual((await job.done).status, Status.OK)
             self.assertEqual(lease.workspace.read_file("out.txt", 100), b"6\n")
-            self.assertEqual(lease.workspace.list_files(), ["out.txt"])
+            self.assertEqual(read_files(lease.workspace.path, 10, 100), [("out.txt", b"6\n")])
             self.assertRaises(OSError, lease.workspace.read_file, "sub", 100)
             self.assertRaises(ValueError, lease.workspace.read_file, "../x", 100)
         finally:

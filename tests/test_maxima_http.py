@@ -54,12 +54,13 @@ class MaximaServer:
         self.registry = CollectorRegistry()
         SandboxMetrics(self.registry, self.sandbox)
         self.config = MaximaConfig(**config)
-        self.service = MaximaService(self.sandbox, self.config, reactor, self.registry)
+        self.service = MaximaService(self.sandbox, self.config, reactor)
+        self.service.register_metrics(self.registry)
         self.pool = next(iter(self.service.pools.values()))
         self.service.startService()
         testcase.addCleanup(lambda: within(self.service.stopService()))
         site = build_site(
-            self.sandbox, self.registry, [("maxima", self.service.resource)], reports={"maxima": self.service.report}
+            self.sandbox, self.registry, [("maxima", self.service.resource)], reports={"maxima": self.service.snapshot}
         )
         self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
         testcase.addCleanup(self.port.stopListening)

@@ -11,12 +11,16 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web import server
 from twisted.web.test.requesthelper import DummyRequest
+from zope.interface import implementer
 
+from mathrun.interfaces import IMaximaChild, IMaximaPool, IMother, ISandbox
 from mathrun.maxima.config import MaximaConfig
 from mathrun.maxima.http import MaximaResource
 from mathrun.maxima.mother import ForkFailed, Mother, MotherProtocol, MotherUnavailable, maxima_string, preamble
 from mathrun.maxima.pool import MaximaPool, PoolBusy
 from mathrun.sandbox.result import JobResult, Status
+
+from .fakes import FakeProcessTransport, ProcessReactor
 
 
 def unquote(literal: str) -> str:
@@ -45,34 +49,6 @@ class StringLiteralTests(unittest.SynchronousTestCase):
         self.assertEqual(quiet, ':lisp (mathrun-mother:serve "/l.so" "/n" nil)\n')
 
 
-class FakeTransport:
-    def __init__(self):
-        self.written = b""
-        self.stdin_closed = False
-        self.signals = []
-
-    def write(self, data):
-        self.written += data
-
-    def closeStdin(self):
-        self.stdin_closed = True
-
-    def signalProcess(self, name):
-        self.signals.append(name)
-
-
-class ProcessReactor(MemoryReactorClock):
-    def __init__(self):
-        super().__init__()
-        self.spawned = []
-
-    def spawnProcess(self, proto, executable, args, env=None, **kw):
-        transport = FakeTransport()
-        proto.makeConnection(transport)
-        self.spawned.append((proto, executable, args, env))
-        return transport
-
-
 def ended(proto, code=1):
     proto.processEnded(Failure(error.ProcessTerminated(exitCode=code)))
 
@@ -81,7 +57,7 @@ class MotherProtocolTests(unittest.SynchronousTestCase):
     def setUp(self):
         self.ends = []
         self.proto = MotherProtocol(self.ends.append)
-        self.proto.makeConnection(FakeTransport())
+        self.proto.makeConnection(FakeProcessTransport())
 
     def ready(self):
         self.proto.outReceived(b"loading stackmaxima...\nmathrun-mother ready 4242\n")
@@ -93,7 +69,7 @@ class MotherProtocolTests(unittest.SynchronousTestCase):
     @given(st.lists(st.integers(min_value=1, max_value=40), max_size=30))
     def test_any_chunking_gives_the_same_answers(self, cuts):
         proto = MotherProtocol(lambda reason: None)
-        proto.makeConnection(FakeTransport())
+        proto.makeConnection(FakeProcessTransport())
         stream = b"banner\nmathrun-mother ready 7\nforked 1 100\nfailed 2 open inpipe: No such file\nforked 3 300\n"
         waiting = {t: proto.pending.setdefault(t, defer.Deferred()) for t in ("1", "2", "3")}
         position = 0
@@ -197,6 +173,7 @@ class MotherTests(unittest.SynchronousTestCase):
         self.assertEqual(len(self.reactor.spawned), 1)
 
 
+@implementer(IMaximaPool)
 class FakePool:
     def __init__(self, result=None, failure=None):
         self.calls = []
@@ -310,8 +287,11 @@ class FakeLease:
         return defer.succeed(None)
 
 
+@implementer(ISandbox)
 class FakeSandbox:
     """Job users from a real SlotPool; leases without workspaces."""
+
+    privileged = True
 
     def __init__(self, jobs):
         from mathrun.sandbox.pool import SlotPool
@@ -325,6 +305,7 @@ class FakeSandbox:
         return self.pool.acquire().addCallback(lambda user: FakeLease(self, user))
 
 
+@implementer(IMaximaChild)
 class FakeChild:
     """A child whose readiness and evaluation the test decides."""
 
@@ -369,10 +350,12 @@ class FakeChild:
         pass
 
 
+@implementer(IMother)
 class FakeMother:
     def __init__(self):
         self.on_ready = []
         self.ready = False
+        self.error = self.pid = None
         self.forks = []
         self.killed = 0
         self.restarts = 0

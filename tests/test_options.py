@@ -40,6 +40,26 @@ class OptionsTests(unittest.TestCase):
         o.parseOptions([f"-c{path}"])
         self.assertEqual(o["http"], "tcp:9999")
 
+    def test_every_spelling_of_config_and_its_value_not_taken_for_it(self):
+        path = ini("[mathrun]\nhttp = tcp:9999\n")
+        self.addCleanup(os.unlink, path)
+        for argv in (["-c", path], [f"-c{path}"], [f"--config={path}"], ["--jobs", "2", "--config", path]):
+            o = Options()
+            o.parseOptions(argv)
+            self.assertEqual(o["http"], "tcp:9999", argv)
+        # "-c" inside another option's value is not a configuration file.
+        o = Options()
+        o.parseOptions(["--user-prefix", "-cfoo"])
+        self.assertEqual((o["user-prefix"], o["http"]), ("-cfoo", "tcp:8080:interface=127.0.0.1"))
+
+    def test_a_flag_set_in_the_file_is_turned_off_by_unset(self):
+        path = ini("[mathrun]\nno-why3 = true\njobs = 3\n")
+        self.addCleanup(os.unlink, path)
+        o = Options()
+        o.parseOptions(["--config", path, "--unset", "no-why3", "--unset=jobs"])
+        self.assertEqual((o["no-why3"], o["jobs"]), (0, 8))
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--unset", "bogus"])
+
     def test_bad_files(self):
         for text, message in [
             ("[other]\n", "no [mathrun] section"),

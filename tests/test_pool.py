@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from mathrun.sandbox.pool import PoolExhausted, SlotPool
+from mathrun.sandbox.pool import SlotPool
 
 
 class PoolTests(unittest.TestCase):
@@ -45,17 +45,11 @@ class PoolTests(unittest.TestCase):
         pool.release("a")
         self.assertEqual(self.successResultOf(stays), "a")
 
-    def test_bounded_waiting(self):
-        pool = SlotPool(["a"], max_waiting=1)
-        self.successResultOf(pool.acquire())
-        pool.acquire()
-        self.failureResultOf(pool.acquire(), PoolExhausted)
-
     def test_retired_slot_is_never_handed_out_again(self):
         pool = SlotPool(["a", "b"])
         a = self.successResultOf(pool.acquire())
         pool.retire(a)
-        self.assertEqual((pool.size, pool.busy, pool.free), (1, 0, 1))
+        self.assertEqual((pool.quarantined, pool.busy, pool.free), (1, 0, 1))
         self.assertEqual(self.successResultOf(pool.acquire()), "b")
         self.assertNoResult(pool.acquire())
 

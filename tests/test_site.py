@@ -9,6 +9,7 @@ import treq
 from prometheus_client import CollectorRegistry
 from twisted.internet import reactor, threads
 from twisted.trial import unittest
+from twisted.web import resource
 
 from mathrun.metrics import SandboxMetrics
 from mathrun.web.site import build_site
@@ -16,12 +17,22 @@ from mathrun.web.site import build_site
 from .helpers import async_test, make_sandbox, within
 
 
+class Echo(resource.Resource):
+    """Answers with the request's fields, as the site parsed them."""
+
+    isLeaf = True
+
+    def render_POST(self, request):
+        return json.dumps({k.decode(): [v.decode() for v in vs] for k, vs in sorted(request.args.items())}).encode()
+
+
 class SiteTests(unittest.TestCase):
     def setUp(self):
         self.sandbox = make_sandbox(self, jobs=2)
         registry = CollectorRegistry()
         SandboxMetrics(registry, self.sandbox)
-        port = reactor.listenTCP(0, build_site(self.sandbox, registry, max_body=1000), interface="127.0.0.1")
+        site = build_site(self.sandbox, registry, [("echo", Echo())], max_body=1000)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.url = f"http://127.0.0.1:{port.getHost().port}"
 
@@ -35,7 +46,9 @@ class SiteTests(unittest.TestCase):
         self.assertEqual(code, 200)
         self.assertEqual(headers.getRawHeaders("content-type"), ["application/json"])
         state = json.loads(body)
-        self.assertEqual((state["status"], state["job_users"]), ("ok", {"busy": 0, "free": 2, "waiting": 0}))
+        self.assertEqual(
+            (state["status"], state["job_users"]), ("ok", {"busy": 0, "free": 2, "waiting": 0, "quarantined": 0})
+        )
 
     @async_test
     async def test_deep_health_runs_a_job_and_metrics_count_it(self):
@@ -92,6 +105,22 @@ class SiteTests(unittest.TestCase):
             b"z" * 1000,
         )
         self.assertTrue(answer.startswith(b"HTTP/1.1 404 "), answer)
+
+    @async_test
+    async def test_form_bodies_are_parsed_as_twisted_would(self):
+        response = await within(
+            treq.post(self.url + "/echo?q=1", data={"input": "1+1;", "timeout": "10"}, persistent=False)
+        )
+        self.assertEqual(
+            json.loads(await within(treq.content(response))), {"input": ["1+1;"], "q": ["1"], "timeout": ["10"]}
+        )
+        response = await within(
+            treq.post(self.url + "/echo", files={"input": ("a.mac", b"x^2;")}, data={"t": "5"}, persistent=False)
+        )
+        self.assertEqual(json.loads(await within(treq.content(response))), {"input": ["x^2;"], "t": ["5"]})
+        bad = b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: multipart/form-data\r\n"
+        answer = await self.raw(bad + b"Content-Length: 5\r\n\r\n", b"hello")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer)
 
 
 class PageTests(unittest.TestCase):

@@ -31,7 +31,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class TwistdTests(unittest.TestCase):
+class TwistdServer(unittest.TestCase):
+    """A ``twistd mathrun`` process per test, in a directory of its own."""
+
     def setUp(self):
         self.dir = tempfile.mkdtemp(prefix="mathrun-twistd-")
         self.addCleanup(shutil.rmtree, self.dir, True)
@@ -70,6 +72,8 @@ class TwistdTests(unittest.TestCase):
             args += ["--job-root", os.path.join(self.dir, "jobs")]
         return args
 
+
+class TwistdTests(TwistdServer):
     def test_help_documents_every_option(self):
         out = subprocess.run([TWISTD, "mathrun", "--help"], capture_output=True, text=True, check=True).stdout
         from mathrun.options import Options

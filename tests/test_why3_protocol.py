@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
+from zope.interface import implementer
 
+from mathrun.interfaces import IJob, ILease, ISandbox
 from mathrun.sandbox import JobResult, Limits, SandboxConfig, Status
 from mathrun.why3 import protocol as wire
 from mathrun.why3.server import Why3Config, Why3Server
@@ -55,6 +57,7 @@ class ParseTests(unittest.TestCase):
         self.assertEqual(wire.finished("3", 0, 0.5, False, "/f", "%.6f"), b"F;3;0;0.500000;0;/f\n")
 
 
+@implementer(IJob)
 class FakeJob:
     def __init__(self, argv, limits, on_output, stdin=None, output_fd=None):
         self.argv, self.limits = argv, limits
@@ -87,12 +90,13 @@ class FakeWorkspace:
     path = "/nonexistent"
 
 
+@implementer(ILease)
 class FakeLease:
     def __init__(self, sandbox):
         self.sandbox = sandbox
         self.workspace = FakeWorkspace()
 
-    def spawn(self, argv, limits, on_output=None, frontend="jobs", stdin=None, output_fd=None):
+    def spawn(self, argv, limits=None, env=None, on_output=None, frontend="jobs", stdin=None, output_fd=None):
         job = FakeJob(argv, limits, on_output, stdin, output_fd)
         self.sandbox.jobs.append(job)
         return job
@@ -101,8 +105,10 @@ class FakeLease:
         return defer.succeed(None)
 
 
+@implementer(ISandbox)
 class FakeSandbox:
     privileged = False
+    refusal = None
 
     def __init__(self):
         self.config = SandboxConfig()
@@ -352,9 +358,8 @@ class ServiceTests(unittest.TestCase):
         reactor = MemoryReactorClock()
         socket_path = os.path.join(directory, "run", "why3.sock")
         output = os.path.join(directory, "run", "why3-output")
-        service = Why3Service(
-            FakeSandbox(), socket_path, Why3Config(output_dir=output), reactor, jobs=3, time_format="%.6f"
-        )
+        config = Why3Config(output_dir=output, jobs=3, time_format="%.6f")
+        service = Why3Service(FakeSandbox(), socket_path, config, reactor)
         service.startService()
         ((path, factory, backlog, mode, _wantPID),) = reactor.unixServers
         self.assertEqual((path, factory, mode), (socket_path, service.server, 0o666))

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from ..interfaces import IAsyBackend, IAsyHandle
+from .config import AsyConfig, RunnerConfig
 from .protocol import FileEntry, ProtocolError, Reassembler, RunOptions, encode
-from .runner import AsyRun, RunnerConfig, output_limit_message
-from .runner_ws import FRAME_SLACK, SendLimit
+from .runner import AsyRun, output_limit_message
+from .runner_ws import FRAME_SLACK, HANDSHAKE_SECONDS, SendLimit
 from .token import bearer, runner_refusal, runner_tls
 
+_log = Logger()
 
+
+@implementer(IAsyBackend)
 class LocalBackend:
     """An AsyRun in this process, in the shared sandbox."""
 
@@ -26,14 +32,16 @@ class LocalBackend:
         self.name = name
 
     def available(self) -> bool:
+        """A local runner is never out of rotation."""
         return True
 
     def start(self, files: dict, main: str | None, options: RunOptions, sink):
+        """Run the task in this process's sandbox; the AsyRun is the handle."""
         run = AsyRun(self.sandbox, sink, self.config)
         for filename, data in files.items():
             run.add(FileEntry(filename, filename == main), data)
         run.options = options
-        run.start()
+        run.start().addErrback(lambda f: _log.failure("asy local back end {name}: run failed", f, name=self.name))
         return run
 
 
@@ -67,6 +75,7 @@ class _RemoteSession(SendLimit, WebSocketClientProtocol):
         task.opened(self)
 
     def send(self, verb, body=None, payload=None):
+        """One message: its text frame, then its payload's binary frame."""
         self.sendMessage(encode(verb, body).encode(), isBinary=False)
         if payload is not None:
             self.sendMessage(payload, isBinary=True)
@@ -88,6 +97,7 @@ class _RemoteSession(SendLimit, WebSocketClientProtocol):
         self.factory.task.closed(reason or f"connection closed ({code})")
 
 
+@implementer(IAsyHandle)
 class RemoteTask:
     """One task on a remote runner: relays its messages to the sink."""
 
@@ -100,6 +110,7 @@ class RemoteTask:
         self.done = False
 
     def opened(self, session):
+        """The connection is up: send what the client sent meanwhile."""
         self.session = session
         for verb, body, payload in self.pending:
             session.send(verb, body, payload)
@@ -112,12 +123,15 @@ class RemoteTask:
             self.pending.append((verb, body, payload))
 
     def lower_timeout(self, timeout_ms: int) -> None:
+        """Relayed as the runner protocol's later ``options {timeout}``."""
         self._send("options", {"timeout": timeout_ms})
 
     def write_input(self, data: bytes) -> None:
+        """Relayed as an ``input`` message (queued until connected)."""
         self._send("input", None, data)
 
     def abort(self, reason: str = "aborted") -> None:
+        """Drop the connection: the runner kills the run when it goes."""
         self.done = True
         if self.session is not None:
             self.session.dropConnection(abort=True)
@@ -125,6 +139,7 @@ class RemoteTask:
             self.connector.disconnect()
 
     def message(self, message):
+        """A runner message, to the sink; nothing after ``complete``."""
         if self.done:
             return
         if message.verb == "output":
@@ -150,15 +165,18 @@ class RemoteTask:
             self.sink.complete(False, output_limit_message(limit), 0)
 
     def failed(self, why: str):
+        """The back end failed: out of rotation, and the task ends for the client."""
         if not self.done:
             self.done = True
             self.backend.mark_down(why)
             self.sink.complete(False, f"Back end failed: {why}", 0)
 
     def closed(self, why):
+        """The connection ended before ``complete``: a back-end failure."""
         self.failed(f"{self.backend.name}: {why}")
 
 
+@implementer(IAsyBackend)
 class RemoteBackend:
     """A runner back end at ``url``; taken out of rotation when it fails and
     offered again after ``retry_seconds``."""
@@ -169,9 +187,9 @@ class RemoteBackend:
         self,
         url: str,
         reactor,
-        retry_seconds: float = 30.0,
-        max_image: int = 32 << 20,
-        max_upload: int = 4 << 20,
+        retry_seconds: float = AsyConfig.backend_retry_seconds,
+        max_image: int = RunnerConfig.max_image,
+        max_upload: int = RunnerConfig.max_upload,
         token: bytes | None = None,
         ca_file: str | None = None,
     ):
@@ -187,22 +205,27 @@ class RemoteBackend:
         self.down_until = 0.0
 
     def available(self) -> bool:
+        """In rotation unless it failed less than ``retry_seconds`` ago."""
         return self.reactor.seconds() >= self.down_until
 
     def mark_down(self, why: str) -> None:
+        """Out of rotation for ``retry_seconds`` (the queue re-enables its slot then)."""
         self.down_until = self.reactor.seconds() + self.retry_seconds
         self.log.warn(
             "asy back end {url} out of rotation for {s:g} s: {why}", url=self.url, s=self.retry_seconds, why=why
         )
 
     def start(self, files, main, options, sink):
+        """Connect to the runner and stream the task to it; the RemoteTask is the handle."""
         task = RemoteTask(self, files, main, options, sink)
         factory = WebSocketClientFactory(self.url, reactor=self.reactor, headers=bearer(self.token))
         factory.protocol = _RemoteSession
         factory.task = task
         factory.max_send = self.max_send
         factory.setProtocolOptions(
-            openHandshakeTimeout=10, maxMessagePayloadSize=self.max_message, maxFramePayloadSize=self.max_message
+            openHandshakeTimeout=HANDSHAKE_SECONDS,
+            maxMessagePayloadSize=self.max_message,
+            maxFramePayloadSize=self.max_message,
         )
         factory.clientConnectionFailed = lambda connector, reason: task.failed(reason.getErrorMessage())
         task.connector = connectWS(factory, self.tls)

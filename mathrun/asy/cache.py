@@ -11,10 +11,14 @@ import hashlib
 
 
 def sha256_hex(data: bytes) -> str:
+    """The hex SHA-256 that names an uploaded file in the protocol and the cache."""
     return hashlib.sha256(data).hexdigest()
 
 
 class FileCache:
+    """Recently uploaded files by hash, bounded in bytes and age, so that a
+    client re-running a task need not upload its files again."""
+
     def __init__(self, max_bytes: int, ttl_seconds: float, clock):
         self.max_bytes = max_bytes
         self.ttl = ttl_seconds

@@ -25,12 +25,16 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class Message:
+    """One protocol message: a verb, its JSON body, and the payload of the
+    binary frame that follows it (for ``add``, ``input``, ``output``, ``result``)."""
+
     verb: str
     body: object = None
     payload: bytes | None = None
 
     @property
     def needs_payload(self) -> bool:
+        """Whether a binary frame must follow before the message is whole."""
         return self.verb in WITH_PAYLOAD and self.payload is None
 
 
@@ -51,11 +55,14 @@ def parse_text(text: str) -> Message:
 
 
 def encode(verb: str, body=None) -> str:
+    """The text frame of a message."""
     return verb if body is None else f"{verb} {json.dumps(body, separators=(',', ':'))}"
 
 
 @dataclass(frozen=True)
 class FileEntry:
+    """An ``add``: a file's name, whether it is the main file, and (queue) its hash."""
+
     filename: str
     main: bool
     hash: str | None = None
@@ -63,6 +70,7 @@ class FileEntry:
 
 
 def parse_add(body, require_hash: bool = False) -> FileEntry:
+    """The fields of an ``add`` message, checked (a name without directories)."""
     if not isinstance(body, dict):
         raise ProtocolError("add needs {filename, main}")
     name = body.get("filename")
@@ -83,6 +91,8 @@ def parse_add(body, require_hash: bool = False) -> FileEntry:
 
 @dataclass(frozen=True)
 class RunOptions:
+    """A run's ``options``, validated: what every hop passes on unchanged."""
+
     interactive: bool = False
     timeout: int | None = None  # ms; None: the server's default
     format: str = "svg"
@@ -147,6 +157,7 @@ class FileSet:
         self.main: str | None = None
 
     def add(self, entry: FileEntry, data: bytes) -> None:
+        """One file more, within the count and size limits."""
         if entry.filename not in self.files and len(self.files) >= self.max_files:
             raise ProtocolError(f"more than {self.max_files} files")
         total = sum(map(len, self.files.values())) - len(self.files.get(entry.filename, b"")) + len(data)
@@ -168,6 +179,8 @@ class Reassembler:
         self._pending: Message | None = None
 
     def feed(self, data: bytes, is_binary: bool) -> Message | None:
+        """One WebSocket message in; a whole protocol Message out, or None while
+        its payload frame is still due."""
         if is_binary:
             if self._pending is None:
                 raise ProtocolError("binary frame without a message before it")

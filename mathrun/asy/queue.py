@@ -12,7 +12,9 @@ import random
 from dataclasses import dataclass
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from ..interfaces import IRunSink
 from . import scheduler as sched
 from .cache import FileCache
 from .estimate import Replay
@@ -29,6 +31,8 @@ POSITIONS_SHOWN = 10
 
 @dataclass(frozen=True)
 class QueueConfig:
+    """The queue's own limits and timings (uploads, images, cache, class limits, estimates)."""
+
     max_upload: int = 4 << 20
     max_image: int = 32 << 20  # the images of one task together, as the runners' limit
     max_files: int = 64
@@ -48,12 +52,13 @@ class QueueConfig:
     estimate_slice: int = 200
 
 
-def default_limits(backends: int, config: QueueConfig) -> sched.Limits:
+def default_limits(backends: int, config: QueueConfig) -> sched.ClassLimits:
     slow = config.slow_limit or max(1, backends // 3)
     medium = config.medium_limit or max(slow, (2 * backends) // 3)
-    return sched.Limits(slow=min(slow, backends), medium=min(max(medium, slow), backends), fast=backends)
+    return sched.ClassLimits(slow=min(slow, backends), medium=min(max(medium, slow), backends), fast=backends)
 
 
+@implementer(IRunSink)
 class _Relay:
     """The sink of one running task: forwards to the client, tells the queue
     when the task ends."""
@@ -96,6 +101,8 @@ class _Relay:
 
 
 class AsyQueue:
+    """The queue's policy: tasks from clients, run on back ends as the scheduler says."""
+
     log = Logger()
 
     def __init__(self, backends, reactor, config: QueueConfig | None = None, rng=None):

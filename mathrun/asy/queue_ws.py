@@ -20,6 +20,8 @@ _log = Logger()
 
 
 class QueueProtocol(SendLimit, WebSocketServerProtocol):
+    """One client of /asy: its frames to messages, its replies to frames."""
+
     def onOpen(self):
         queue = self.factory.queue
         self.frames = Reassembler(queue.config.max_upload)
@@ -104,6 +106,8 @@ class QueueProtocol(SendLimit, WebSocketServerProtocol):
 
 
 class QueueFactory(WebSocketServerFactory):
+    """The /asy WebSocket factory: hands every connection the one queue."""
+
     protocol = QueueProtocol
 
     def __init__(self, queue, url=None):

@@ -11,32 +11,21 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from ..sandbox import Limits, Status
+from ..interfaces import IAsyHandle
+from ..sandbox import Status
 from ..sandbox.workspace import FileTooLarge
+from .config import RunnerConfig
 from .protocol import FileEntry, FileSet, ProtocolError, RunOptions
 
+__all__ = ["AsyRun", "RunnerConfig", "asy_command", "asy_environment", "output_limit_message"]
+
 OUTPUT_DIR = "out"
-
-
-@dataclass(frozen=True)
-class RunnerConfig:
-    """Operator settings of every run."""
-
-    asy: str = "asy"
-    default_timeout_ms: int = 30_000
-    max_timeout_ms: int = 60_000
-    interactive_timeout_ms: int = 600_000
-    output_limit: int = 1 << 20
-    max_files: int = 64
-    max_upload: int = 4 << 20
-    max_image: int = 32 << 20  # the images of one run together (--asy-max-image)
-    memory_bytes: int = 1 << 30
-    workspace_bytes: int = 64 << 20
 
 
 def output_limit_message(limit: int) -> str:
@@ -68,6 +57,7 @@ def asy_environment() -> dict:
     }
 
 
+@implementer(IAsyHandle)
 class AsyRun:
     """Files, options and at most one execution of asy.
 
@@ -93,19 +83,23 @@ class AsyRun:
 
     # -- set-up ---------------------------------------------------------------
     def add(self, entry: FileEntry, data: bytes) -> None:
+        """A file for the run (only before it starts)."""
         if self.started:
             raise ProtocolError("add after run")
         self.fileset.add(entry, data)
 
     @property
     def files(self) -> dict[str, bytes]:
+        """The files added, by name."""
         return self.fileset.files
 
     @property
     def main(self) -> str | None:
+        """The main file's name, if one was marked."""
         return self.fileset.main
 
     def timeout_ms(self) -> int:
+        """The run's time: the client's, capped by the operator's maximum."""
         if self.options.interactive and self.options.timeout is None:
             return self.config.interactive_timeout_ms
         return min(self.options.timeout or self.config.default_timeout_ms, self.config.max_timeout_ms)
@@ -132,6 +126,7 @@ class AsyRun:
             self.job.lower_wall_limit(max(0.0, total / 1000 - elapsed))
 
     def write_input(self, data: bytes) -> None:
+        """Bytes to an interactive run's stdin."""
         if not self.options.interactive:
             raise ProtocolError("input is for interactive runs")
         if self.job is not None and not self.finished:
@@ -147,21 +142,11 @@ class AsyRun:
         self._timeout_ms = min(self._timeout_ms or self.timeout_ms(), self.timeout_ms())
         lease = None
         try:
-            lease = await self.sandbox.acquire(self.config.workspace_bytes)
+            lease = await self.sandbox.acquire(self.config.limits.workspace_bytes)
             for name, data in self.files.items():
                 lease.workspace.write_file(name, data)
             lease.workspace.make_dir(OUTPUT_DIR)
-            limits = Limits(
-                cpu_seconds=self._timeout_ms / 1000,
-                wall_seconds=max(0.001, self._timeout_ms / 1000 - (self.clock() - self._t0)),
-                memory_bytes=self.config.memory_bytes,
-                output_bytes=self.config.output_limit,
-                workspace_bytes=self.config.workspace_bytes,
-                # An image over max_image must be written whole to be refused
-                # with the output-limit message, not killed by SIGXFSZ.
-                file_size_bytes=max(self.config.workspace_bytes, self.config.max_image + 1),
-                processes=32,
-            )
+            limits = self._limits()
             if self._aborted:
                 return self._complete(False, f"Execution {self._aborted}")
             argv = asy_command(self.config, self.options, None if self.options.interactive else self.main)
@@ -171,12 +156,24 @@ class AsyRun:
             result = await self.job.done
             self._finish(result, lease)
         except Exception as e:
-            self.log.failure("asy run failed", e)
+            self.log.failure("asy run failed")  # the Failure of the exception being handled
             if not self.finished:
                 self._complete(False, f"Internal error: {e}")
         finally:
             if lease is not None:
                 await lease.release()
+
+    def _limits(self):
+        """The operator's run limits, with this run's time; an image over
+        ``max_image`` must be written whole to be refused with the
+        output-limit message, not killed by SIGXFSZ."""
+        base = self.config.limits
+        return replace(
+            base,
+            cpu_seconds=self._timeout_ms / 1000,
+            wall_seconds=max(0.001, self._timeout_ms / 1000 - (self.clock() - self._t0)),
+            file_size_bytes=max(base.workspace_bytes, self.config.max_image + 1),
+        )
 
     def _output(self, stream: str, data: bytes) -> None:
         if self.options.stderr == "stdout":
@@ -189,9 +186,11 @@ class AsyRun:
         if result.status is Status.TIME_LIMIT:
             return self._complete(False, f"Execution aborted due to the time limit ({self._timeout_ms}ms)")
         if result.status is Status.OUTPUT_LIMIT:
-            return self._complete(False, output_limit_message(self.config.output_limit))
+            return self._complete(False, output_limit_message(self.config.limits.output_bytes))
         if result.status is Status.MEMORY_LIMIT:
-            return self._complete(False, f"Execution aborted due to the memory limit ({self.config.memory_bytes}B)")
+            return self._complete(
+                False, f"Execution aborted due to the memory limit ({self.config.limits.memory_bytes}B)"
+            )
         if result.status is Status.SIGNALLED:
             return self._complete(False, f"Execution failed with code {128 + result.signal}")
         if result.status is Status.NONZERO_EXIT:

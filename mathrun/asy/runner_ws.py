@@ -10,7 +10,9 @@ from __future__ import annotations
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from ..interfaces import IRunSink
 from .protocol import ProtocolError, Reassembler, encode, parse_add, parse_options, parse_timeout_update
 from .runner import AsyRun, RunnerConfig
 from .token import accept, check_runner_request
@@ -22,6 +24,11 @@ _log = Logger()
 
 # Room for a text frame (at most MAX_TEXT_FRAME) on top of the largest payload.
 FRAME_SLACK = 64 << 10
+HANDSHAKE_SECONDS = 10  # to open a connection (a client that never finishes it holds a socket)
+CLOSE_SECONDS = 5
+PING_SECONDS = 30  # a ping every 30 s, and a peer silent 30 s more is gone (lost tabs, dead NAT)
+# The runner serves one connection; a second may connect only to be refused with 503.
+RUNNER_CONNECTIONS = 2
 
 
 def limit_websocket(factory, max_message: int, origins, max_connections: int | None, max_send: int | None = None):
@@ -32,12 +39,12 @@ def limit_websocket(factory, max_message: int, origins, max_connections: int | N
     factory.setProtocolOptions(
         maxFramePayloadSize=max_message,
         maxMessagePayloadSize=max_message,
-        openHandshakeTimeout=10,
-        closeHandshakeTimeout=5,
+        openHandshakeTimeout=HANDSHAKE_SECONDS,
+        closeHandshakeTimeout=CLOSE_SECONDS,
         allowedOrigins=list(origins),
         maxConnections=max_connections,
-        autoPingInterval=30,
-        autoPingTimeout=30,
+        autoPingInterval=PING_SECONDS,
+        autoPingTimeout=PING_SECONDS,
     )
 
 
@@ -63,6 +70,7 @@ def send_frames(ws, verb, body=None, payload: bytes | None = None) -> None:
         ws.sendMessage(payload, isBinary=True)
 
 
+@implementer(IRunSink)
 class FrameSink:
     """Turns a run's events into the runner protocol's frames."""
 
@@ -70,12 +78,15 @@ class FrameSink:
         self.protocol = protocol
 
     def output(self, stream, data):
+        """Text the run wrote, as an ``output`` message."""
         self.protocol.send("output", {"stream": stream}, data)
 
     def result(self, fmt, data):
+        """An image, as a ``result`` message."""
         self.protocol.send("result", {"format": fmt}, data)
 
     def complete(self, success, error, time_ms):
+        """The end, as a ``complete`` message; then the connection closes."""
         body = {"success": success, "time": time_ms}
         if error:
             body["error"] = error
@@ -84,6 +95,8 @@ class FrameSink:
 
 
 class RunnerProtocol(SendLimit, WebSocketServerProtocol):
+    """One connection of the runner back end: frames to an AsyRun and back."""
+
     def onConnect(self, request):
         check_runner_request(request.headers, self.factory.token)  # before it may take the one connection
         if self.factory.busy is not None:
@@ -96,6 +109,7 @@ class RunnerProtocol(SendLimit, WebSocketServerProtocol):
         self.run = AsyRun(self.factory.sandbox, FrameSink(self), self.factory.config)
 
     def send(self, verb, body=None, payload: bytes | None = None):
+        """One message to the client (dropped once the connection closes)."""
         send_frames(self, verb, body, payload)
 
     def onMessage(self, data, isBinary):
@@ -112,6 +126,7 @@ class RunnerProtocol(SendLimit, WebSocketServerProtocol):
                 self.sendClose(1000)
 
     def handle(self, message):
+        """A whole message: set-up before ``run``, then only input and timeouts."""
         run = self.run
         if message.verb == "add" and not run.started:
             run.add(parse_add(message.body), message.payload)
@@ -120,7 +135,7 @@ class RunnerProtocol(SendLimit, WebSocketServerProtocol):
         elif message.verb == "options":
             run.lower_timeout(parse_timeout_update(message.body))
         elif message.verb == "run" and not run.started:
-            run.start()
+            run.start().addErrback(lambda f: _log.failure("asy runner: run failed", f))
         elif message.verb == "input" and run.started:
             run.write_input(message.payload)
         else:
@@ -135,6 +150,9 @@ class RunnerProtocol(SendLimit, WebSocketServerProtocol):
 
 
 class RunnerFactory(WebSocketServerFactory):
+    """The runner back end's policy: one connection at a time, message size
+    limits, allowed origins, the runner settings."""
+
     protocol = RunnerProtocol
 
     def __init__(self, sandbox, config: RunnerConfig | None = None, url=None, origins=("*",), token=None):
@@ -147,6 +165,6 @@ class RunnerFactory(WebSocketServerFactory):
             self,
             self.config.max_upload + FRAME_SLACK,
             origins,
-            max_connections=2,
+            max_connections=RUNNER_CONNECTIONS,
             max_send=self.config.max_image + FRAME_SLACK,
         )

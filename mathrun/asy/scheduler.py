@@ -24,6 +24,8 @@ FAST, MEDIUM, SLOW = 3000, 10000, 30000
 
 
 class TaskClass(enum.Enum):
+    """The queue classes: the three timeouts, a default task, an interactive session."""
+
     FAST = FAST
     MEDIUM = MEDIUM
     SLOW = SLOW
@@ -44,7 +46,10 @@ def task_class_for(timeout_ms, interactive: bool) -> TaskClass:
 
 
 @dataclass(frozen=True)
-class Limits:
+class ClassLimits:
+    """How many back ends tasks of at least the slow / medium timeout may hold,
+    and all tasks together: so that slow tasks never starve fast ones."""
+
     slow: int
     medium: int
     fast: int
@@ -80,6 +85,8 @@ class Task:
 
 @dataclass(frozen=True)
 class Start:
+    """Run ``task`` on back end ``slot`` with that timeout."""
+
     task: Task
     slot: int
     timeout_ms: int | None
@@ -87,17 +94,23 @@ class Start:
 
 @dataclass(frozen=True)
 class Downgrade:
+    """Lower a running default task's timeout to free a class."""
+
     task: Task
     timeout_ms: int
 
 
 @dataclass(frozen=True)
 class Halt:
+    """Stop an interactive session to free its back end."""
+
     task: Task
 
 
 @dataclass(frozen=True)
 class Deny:
+    """Refuse a task, with the client's reason."""
+
     task: Task
     reason: str
 
@@ -119,11 +132,13 @@ class TaskQueue:
             self.append(task)
 
     def append(self, task) -> None:
+        """A task at the end of its class's FIFO."""
         self._seq[task] = self._next
         self._fifos[task.queue_timeout].append((self._next, task))
         self._next += 1
 
     def remove(self, task) -> None:
+        """A task leaves the queue (started or cancelled)."""
         fifo = self._fifos[task.queue_timeout]
         entry = (self._seq.pop(task), task)
         if fifo[0] == entry:
@@ -153,7 +168,7 @@ class _State:
     """Queue, running tasks and free slots; the cycle works on this, so that
     the estimator can run the very same algorithm on a copy."""
 
-    def __init__(self, limits: Limits, slots):
+    def __init__(self, limits: ClassLimits, slots):
         self.limits = limits
         self.queue = TaskQueue()
         self.running: dict[Task, int] = {}
@@ -251,7 +266,7 @@ def run_cycles(state: _State, now: float, choose) -> list:
 class Scheduler:
     """The queue of one front end over ``limits.fast`` back-end slots."""
 
-    def __init__(self, limits: Limits, clock, rng, prior_ms: dict | None = None):
+    def __init__(self, limits: ClassLimits, clock, rng, prior_ms: dict | None = None):
         self.limits = limits
         self.clock = clock
         self.rng = rng
@@ -265,10 +280,12 @@ class Scheduler:
 
     @property
     def queue(self) -> list[Task]:
+        """The waiting tasks, in order (a copy)."""
         return list(self.state.queue)
 
     @property
     def running(self) -> dict[Task, int]:
+        """The running tasks and their back ends (a copy)."""
         return dict(self.state.running)
 
     def submit(self, task: Task) -> list:
@@ -290,6 +307,7 @@ class Scheduler:
         return actions
 
     def cycle(self) -> list:
+        """Start what may start now; the actions to carry out."""
         return run_cycles(self.state, self.clock(), self.rng.choice)
 
     def finished(self, task: Task) -> None:
@@ -320,6 +338,7 @@ class Scheduler:
             self.state.free.remove(slot)
 
     def enable(self, slot: int) -> None:
+        """A back end is back in rotation."""
         if slot in self.disabled:
             self.disabled.discard(slot)
             if slot not in self.state.running.values():
@@ -327,6 +346,7 @@ class Scheduler:
 
     # -- estimates ------------------------------------------------------------
     def expected_ms(self, task: Task) -> float:
+        """How long a task of this class is expected to run (the estimates' unit)."""
         key = task.timeout_ms if task.kind is not TaskClass.INTERACTIVE else None
         mean = self.mean_ms[key]
         return mean if key is None else min(mean, key)

@@ -55,6 +55,8 @@ class Progress:
 
 @dataclass(frozen=True)
 class Location:
+    """Where asy reported an error (file, line, column)."""
+
     file: str
     line: int
     column: int
@@ -66,6 +68,8 @@ class Location:
 
 @dataclass
 class AsyResult:
+    """What a run gave: success, error, images, output, as the server sent them."""
+
     success: bool = False
     error: str | None = None
     time_ms: int | None = None
@@ -77,10 +81,12 @@ class AsyResult:
 
     @property
     def image(self) -> bytes | None:
+        """The first image, if any."""
         return self.images[0][1] if self.images else None
 
     @property
     def output(self) -> str:
+        """The run's text output, decoded."""
         return (self.stdout + self.stderr).decode("utf-8", "replace")
 
     @property
@@ -117,6 +123,7 @@ class _Render:
         self.reuploaded = False
 
     def opened(self, session):
+        """Connected: upload (or restore) the files, set the options, run."""
         self.session = session
         for name, data in self.files.items():
             self.add(name, data, restore=self.restore)
@@ -124,12 +131,14 @@ class _Render:
         self.send("run")
 
     def send(self, verb, body=None, payload=None):
+        """One protocol message to the server."""
         text = verb if body is None else f"{verb} {json.dumps(body)}"
         self.session.sendMessage(text.encode(), isBinary=False)
         if payload is not None:
             self.session.sendMessage(payload, isBinary=True)
 
     def add(self, name, data, restore):
+        """One file, by hash only when the server may have it cached."""
         body = {"filename": name, "main": name == self.main, "hash": hashlib.sha256(data).hexdigest()}
         if restore:
             self.send("add", {**body, "restore": True})
@@ -138,6 +147,7 @@ class _Render:
             self.result.uploaded.append(name)
 
     def frame(self, payload: bytes, binary: bool):
+        """A frame from the server, into the result as messages complete."""
         if binary:
             if self.pending is None:
                 return self.fail("a binary frame that follows no message")
@@ -181,10 +191,12 @@ class _Render:
         self.send("run")
 
     def fail(self, why):
+        """The render ends with a ClientError."""
         self.problem = why
         self.session.dropConnection(abort=True)
 
     def closed(self, code, reason, http_status=None):
+        """The connection closed: the result, or why there is none."""
         if self.done.called:
             return
         if http_status == "401":

@@ -74,6 +74,7 @@ def exit_code(outcome) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    """The ``mathrun`` command's arguments: one subcommand per front end."""
     p = argparse.ArgumentParser(
         prog="mathrun",
         description="Use a mathrun server: Maxima, Asymptote, health.",
@@ -121,10 +122,12 @@ class Console:
         self.ask = ask or getpass.getpass
 
     def say(self, text: str) -> None:
+        """A line for the user, on stderr (stdout is the result's)."""
         self.stderr.write(f"mathrun: {text}\n")
         self.stderr.flush()
 
     def write_bytes(self, stream, data: bytes) -> None:
+        """Raw output (an image, Maxima's text) to a stream."""
         stream.write(data.decode("utf-8", "replace"))
         stream.flush()
 
@@ -154,6 +157,8 @@ async def run(reactor, argv, console: Console | None = None) -> int:
 
 
 class UsageError(Exception):
+    """Bad arguments: exit status 2, as argparse's own."""
+
     pass
 
 
@@ -193,6 +198,7 @@ def check_ca(path: str | None) -> None:
 
 
 def message_of(e: ClientError, credentials: Credentials | None = None) -> str:
+    """One line for the user from a client error."""
     if isinstance(e, AuthRequired) and e.sent and credentials:
         return f"{e} (user {credentials[0]})"
     if isinstance(e, MaximaError):
@@ -203,6 +209,7 @@ def message_of(e: ClientError, credentials: Credentials | None = None) -> str:
 
 
 async def run_maxima(reactor, args, console: Console) -> int:
+    """``mathrun maxima``: one evaluation; the exit status says how it went."""
     text = console.stdin.read() if args.expr == "-" else args.expr
     if args.timeout <= 0:
         raise UsageError("--timeout must be a positive number of ms")
@@ -231,6 +238,7 @@ def save(directory: str, name: str, data: bytes) -> str:
 
 
 async def run_asy(reactor, args, console: Console) -> int:
+    """``mathrun asy``: one render; images to files or stdout."""
     files = read_files(args.files, console)
     main = next(iter(files))
     fmt = args.format or output_format(args.output) or "svg"
@@ -280,16 +288,19 @@ def read_files(paths, console: Console) -> dict[str, bytes]:
 
 
 def read_stdin(stream) -> bytes:
+    """The input when the command line names none."""
     raw = getattr(stream, "buffer", None)
     return raw.read() if raw is not None else stream.read().encode()
 
 
 def output_format(path: str | None) -> str | None:
+    """The image format: the option's, else the output file's suffix."""
     ext = os.path.splitext(path or "")[1].lstrip(".").lower()
     return ext if ext in FORMATS else None
 
 
 async def run_health(reactor, args, console: Console) -> int:
+    """``mathrun health``: the server's state; exit 0 only when it is ok."""
     report = await health(reactor, args.url, deep=args.deep, credentials=args.credentials, ca_file=args.ca)
     if args.json:
         import json

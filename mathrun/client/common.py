@@ -18,6 +18,7 @@ Credentials = tuple[str, str]  # (user, password) for HTTP basic auth
 
 
 def default_url() -> str:
+    """The server's URL: the environment's, else this host's default port."""
     return os.environ.get("MATHRUN_URL") or DEFAULT_URL
 
 

@@ -26,11 +26,14 @@ from .maxima import describe
 
 @dataclass
 class Health:
+    """The answer of /health: its HTTP status and the report."""
+
     code: int  # 200 when the server can serve, else 503
     report: dict  # the server's JSON: status, job_users, maxima, …
 
     @property
     def ok(self) -> bool:
+        """The server can serve (200 and status ok)."""
         return self.code == 200 and self.report.get("status") == "ok"
 
     def summary(self) -> str:

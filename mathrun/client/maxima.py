@@ -64,10 +64,12 @@ class MaximaAnswer:
 
     @property
     def timed_out(self) -> bool:
+        """The evaluation hit its timeout (goemaxima's 416)."""
         return self.status == 416
 
     @property
     def output(self) -> str:
+        """Maxima's text without its REPL labels and prompts."""
         return strip_prompts(self.body)
 
 

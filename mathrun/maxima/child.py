@@ -244,6 +244,7 @@ class Child:
             self.reactor.callLater(0, self._end)
 
     def stop(self) -> defer.Deferred:
+        """IJobStarter: the child's end is its kill (it serves one job)."""
         self.kill()
         return defer.succeed(None)
 

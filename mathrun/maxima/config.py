@@ -41,8 +41,11 @@ def default_core_cache() -> str:
     return os.path.join(base, "mathrun", "maxima-cores")
 
 
-@dataclass
+@dataclass(frozen=True)
 class MaximaConfig:
+    """What an operator can set for the Maxima front end; ``options.py``
+    takes its defaults from here, ``limits()`` makes a child's sandbox limits."""
+
     core: str = DEFAULT_CORE
     sbcl: str = "sbcl"
     fork_library: str = FORK_LIBRARY

@@ -110,6 +110,7 @@ class _BuildProtocol(protocol.ProcessProtocol):
         self.ended.callback(reason.value)
 
     def tail(self) -> str:
+        """The end of the build's output, for the error when a library fails."""
         return b"".join(self.output).decode(errors="replace")[-_LOG_TAIL:]
 
 
@@ -126,6 +127,7 @@ class CoreCache:
         self._running: set[_BuildProtocol] = set()
 
     def path(self, key: str) -> str:
+        """Where the core of a library set's key lives."""
         return os.path.join(self.directory, f"{key}.core")
 
     def core_for(self, libraries: LibrarySet) -> defer.Deferred:

@@ -40,6 +40,7 @@ HEALTH_TIMEOUT = 1.0
 
 
 def make_zip(output: bytes, files: list[tuple[str, bytes]]) -> bytes:
+    """Output and plot files as one zip, as goemaxima answers with plots."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("OUTPUT", output)
@@ -49,6 +50,9 @@ def make_zip(output: bytes, files: list[tuple[str, bytes]]) -> bytes:
 
 
 class MaximaResource(resource.Resource):
+    """goemaxima's HTTP API at /maxima and /goemaxima: fields to an evaluation
+    in a version's pool, its result to a status and body."""
+
     isLeaf = True
     log = Logger()
 

@@ -35,6 +35,7 @@ class LibrarySet:
 
     @property
     def empty(self) -> bool:
+        """No libraries: the mother runs from the base core."""
         return not self.loads
 
 
@@ -43,6 +44,7 @@ class LibraryError(ValueError):
 
 
 def maxima_quote(text: str) -> str:
+    """A Maxima string literal for a path in load() calls."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -67,6 +69,7 @@ def stack_maximalocal(directory: str) -> str:
 
 
 def stack_version(directory: str) -> str:
+    """STACK's version, read from its stackmaxima.mac as goemaxima reads it."""
     main = os.path.join(directory, STACK_MAIN)
     try:
         with open(main, "rb") as f:

@@ -13,14 +13,17 @@ import os
 import re
 from typing import AnyStr
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
+from ..sandbox.lines import LineSplitter
 from .config import MaximaConfig
 from .libraries import LibrarySet
 
 _READY = re.compile(rb"mathrun-mother ready (\d+)")
 MOTHER_NICE = 10  # as ext/maxima-fork.c sets it
+MAX_LINE = 65536
+STOP_GRACE = 5.0  # seconds from closing the channel to SIGKILL
 
 
 class MotherUnavailable(Exception):
@@ -53,18 +56,13 @@ class MotherProtocol(protocol.ProcessProtocol):
     def __init__(self, on_ended):
         self.ready = defer.Deferred()
         self.pending: dict[str, defer.Deferred] = {}
-        self._buffer = b""
+        # A line over 64 KiB (what Maxima prints before it serves) is logged cut.
+        self.lines = LineSplitter(self._line, self._line, max_length=MAX_LINE)
         self._on_ended = on_ended
         self._is_ready = False
 
     def outReceived(self, data: bytes) -> None:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        if len(self._buffer) > 65536:
-            lines.append(self._buffer)
-            self._buffer = b""
-        for line in lines:
-            self._line(line)
+        self.lines.dataReceived(data)
 
     def _line(self, line: bytes) -> None:
         words = line.split(b" ", 2)
@@ -143,9 +141,11 @@ class Mother:
 
     @property
     def ready(self) -> bool:
+        """The mother serves forks now."""
         return self._proto is not None and self._proto._is_ready
 
     def start(self) -> None:
+        """Start the mother process (and keep restarting it)."""
         self._running = True
         self._spawn()
 
@@ -158,7 +158,7 @@ class Mother:
         if proto is None or proto.transport is None:
             return defer.succeed(None)
         ended = defer.Deferred()
-        killer = self.reactor.callLater(5, _kill, proto.transport)
+        killer = self.reactor.callLater(STOP_GRACE, _kill, proto.transport)
 
         def on_ended(reason):
             if killer.active():
@@ -267,7 +267,8 @@ class Mother:
 
 
 def _kill(transport) -> None:
+    """SIGKILL, unless the process has ended already."""
     try:
         transport.signalProcess("KILL")
-    except Exception:
+    except error.ProcessExitedAlready:
         pass

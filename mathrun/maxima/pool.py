@@ -35,6 +35,9 @@ class PoolBusy(Exception):
 
 
 class MaximaPool:
+    """The ready children of one library version, the requests waiting for
+    one, and the refill that forks replacements off the request's path."""
+
     log = Logger()
     retry_delay = 0.5  # after a failed fork, before the next try
 
@@ -75,10 +78,12 @@ class MaximaPool:
 
     # -- service ------------------------------------------------------------
     def start(self) -> None:
+        """Start the mother; children are forked once it is ready."""
         self._running = True
         self.mother.start()
 
     async def stop(self) -> None:
+        """Refuse the waiting requests, stop the mother, end every child."""
         self._running = False
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
@@ -93,6 +98,20 @@ class MaximaPool:
                 child.job.stop(Status.CANCELLED)
         while self._releasing:
             await defer.DeferredList(list(self._releasing))
+
+    def snapshot(self) -> dict:
+        """The pool's state for /health and the gauges, read in one place."""
+        mother = self.mother
+        return {
+            "mother": "ready" if mother.ready else ("failed" if mother.error else "starting"),
+            "mother_pid": mother.pid,
+            "restarts": mother.restarts,
+            "ready": len(self.ready),
+            "busy": len(self.busy),
+            "spawning": self.spawning,
+            "waiting": len(self.waiters),
+            "error": mother.error,
+        }
 
     # -- requests -------------------------------------------------------------
     async def evaluate(self, text: bytes, timeout: float) -> JobResult:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from twisted.application import service
 from twisted.internet import defer
+from zope.interface import implementer
 
+from ..interfaces import IFrontEnd
+from ..metrics import MaximaMetrics
 from .config import MaximaConfig
 from .cores import CoreCache
 from .http import MaximaResource
@@ -14,46 +17,46 @@ from .mother import Mother
 from .pool import MaximaPool, job_netns
 
 
+@implementer(IFrontEnd)
 class MaximaService(service.Service):
-    name = "maxima"
+    """Owns the pools (and their mothers) and the resource; the pools and
+    the resource time their work into ``metrics``, registered with
+    ``register_metrics``."""
 
-    def __init__(self, sandbox, config: MaximaConfig, reactor, registry=None):
+    name = "maxima"
+    paths = ("maxima", "goemaxima")
+
+    def __init__(self, sandbox, config: MaximaConfig, reactor):
         self.sandbox = sandbox
         self.config = config
         self.reactor = reactor
         self.pools: dict[str, MaximaPool] = {}
         self.cores = CoreCache(config, reactor, config.core_cache)
-        metrics = None
-        if registry is not None:
-            from ..metrics import MaximaMetrics
-
-            metrics = MaximaMetrics(registry, self.pools.values())
+        self.metrics = MaximaMetrics(self.snapshot)
         for version, libraries in library_sets(config, config.core_cache).items():
             mother = Mother(config, reactor, job_netns(sandbox), libraries=libraries, name=version, cores=self.cores)
-            self.pools[version] = MaximaPool(sandbox, config, reactor, mother=mother, metrics=metrics)
-        self.resource = MaximaResource(self.pools, config, reactor, metrics)
+            self.pools[version] = MaximaPool(sandbox, config, reactor, mother=mother, metrics=self.metrics)
+        self.resource = MaximaResource(self.pools, config, reactor, self.metrics)
 
-    def report(self) -> dict:
-        """For /health: each version's mother (its memory, PSS) and children;
-        ``failing`` names the mothers that cannot start, and why."""
+    def snapshot(self) -> dict:
+        """Each version's mother (its memory, PSS) and children; ``failing``
+        names the mothers that cannot start, and why."""
         report = {}
         failing = {}
         for version, pool in self.pools.items():
-            mother = pool.mother
-            state = "ready" if mother.ready else ("failed" if mother.error else "starting")
-            report[version] = {
-                "mother": state,
-                "restarts": mother.restarts,
-                "pss_bytes": pss_bytes(mother.pid) if mother.pid else None,
-                "ready": len(pool.ready),
-                "busy": len(pool.busy),
-                "waiting": len(pool.waiters),
-            }
-            if mother.error:
-                report[version]["error"] = failing[version] = mother.error
+            state = pool.snapshot()
+            pid, error = state.pop("mother_pid"), state.pop("error")
+            state["pss_bytes"] = pss_bytes(pid) if pid else None
+            report[version] = state
+            if error:
+                state["error"] = failing[version] = error
         if failing:
             report["failing"] = failing
         return report
+
+    def register_metrics(self, registry) -> None:
+        """goemaxima's metrics (see MaximaMetrics)."""
+        self.metrics.register(registry)
 
     def startService(self):
         super().startService()

@@ -2,7 +2,7 @@
 kill-everything cleanup and accounting."""
 
 from .limits import Limits
-from .pool import JobUser, PoolExhausted, SlotPool
+from .pool import JobUser, SlotPool
 from .result import JobResult, Status
 from .sandbox import Job, Lease, Sandbox, SandboxConfig
 
@@ -12,7 +12,6 @@ __all__ = [
     "JobUser",
     "Lease",
     "Limits",
-    "PoolExhausted",
     "Sandbox",
     "SandboxConfig",
     "SlotPool",

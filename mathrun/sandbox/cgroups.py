@@ -104,6 +104,7 @@ class SlotCgroup:
         return os.path.join(self.memory_dir, name)
 
     def oom_kills(self) -> int:
+        """How often the kernel's OOM killer struck in this cgroup (a memory-limit verdict)."""
         name = "memory.oom_control" if self.version == 1 else "memory.events"
         for line in self._read_kept(self._m(name)).splitlines():
             key, _, value = line.partition(" ")
@@ -119,6 +120,7 @@ class SlotCgroup:
         return killed
 
     def peak_memory(self) -> int | None:
+        """The job's peak memory, for its result (None where unknown)."""
         name = "memory.max_usage_in_bytes" if self.version == 1 else "memory.peak"
         try:
             return int(self._read_kept(self._m(name)))
@@ -135,10 +137,12 @@ class Cgroups:
         self.pids_root = pids_root
 
     def describe(self) -> str:
+        """The cgroup setup in a few words, for the start-up log and /health."""
         pids = "pids" if self.pids_root else "no pids controller"
         return f"cgroup v{self.version} (memory, {pids})"
 
     def slot(self, name: str) -> SlotCgroup:
+        """The memory and pids cgroups of one job user, made once and kept open."""
         memory = os.path.join(self.memory_root, name)
         pids = os.path.join(self.pids_root, name) if self.pids_root else None
         for d in filter(None, (memory, pids)):

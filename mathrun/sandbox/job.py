@@ -87,6 +87,7 @@ class Job:
 
     # -- control ------------------------------------------------------------
     def write(self, data: bytes) -> None:
+        """Bytes to the job's stdin (dropped once it is closed)."""
         if self._ended or self._stdin_closed:
             return
         if self._stdin is not None:
@@ -95,6 +96,7 @@ class Job:
             self._stdin_queue.append(data)
 
     def close_stdin(self) -> None:
+        """End of the job's input."""
         if self._ended or self._stdin_closed:
             return
         self._stdin_closed = True
@@ -123,6 +125,7 @@ class Job:
 
     # -- from the starter (IJobEvents) -----------------------------------------
     def spawned(self, pid: int, fds) -> None:
+        """IJobEvents: the job runs; its pipes are read from now on."""
         fds = list(fds)
         stdin = -1 if self._no_stdin else fds.pop(0)
         outputs = () if self._direct else (("stdout", fds.pop(0)), ("stderr", fds.pop(0)))
@@ -145,6 +148,7 @@ class Job:
             reader.startReading()
 
     def exited(self, report: bytes) -> None:
+        """IJobEvents: the main process ended; the verdict once output is drained."""
         self._report = report
         if self._readers:
             # Everything of the job is dead: the pipes end as soon as they
@@ -153,11 +157,13 @@ class Job:
         self._maybe_finished()
 
     def lost(self, problem: str) -> None:
+        """IJobEvents: the starter died with the job: an internal error."""
         self._problem = problem
         self._close_readers()
         self._finished()
 
     def output(self, stream: str, data: bytes) -> None:
+        """IJobEvents: output the starter read itself (a Maxima child's)."""
         self._data(stream, data)
 
     # -- output -------------------------------------------------------------

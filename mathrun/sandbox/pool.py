@@ -17,13 +17,11 @@ from twisted.internet import defer
 
 @dataclass(frozen=True)
 class JobUser:
+    """A job user: its name and ids, from the user database."""
+
     name: str
     uid: int
     gid: int
-
-
-class PoolExhausted(Exception):
-    """Too many jobs are already waiting for a job user."""
 
 
 def find_job_users(prefix: str, count: int) -> list[JobUser]:
@@ -42,34 +40,33 @@ def find_job_users(prefix: str, count: int) -> list[JobUser]:
 
 
 class SlotPool:
-    """A fixed set of slots (job users) with a bounded FIFO of waiters.
+    """A fixed set of slots (job users) with a FIFO of waiters.
 
     Free slots go out last released first (the first time, in order): a
     slot used a moment ago has its cgroup limits written, its network
     namespace made, its pages warm; a quiet server uses few slots."""
 
-    def __init__(self, slots, max_waiting=None):
+    def __init__(self, slots):
         slots = tuple(slots)
         self._free = collections.deque(reversed(slots))
         self._all = slots
         self._busy = set()
+        self._retired = set()
         self._waiting = collections.deque()
-        self.max_waiting = max_waiting
-
-    @property
-    def size(self) -> int:
-        return len(self._all)
 
     @property
     def free(self) -> int:
+        """Slots ready to hand out."""
         return len(self._free)
 
     @property
     def busy(self) -> int:
+        """Slots handed out (until their cleanup ends)."""
         return len(self._busy)
 
     @property
     def waiting(self) -> int:
+        """Acquirers waiting for a slot."""
         return len(self._waiting)
 
     def acquire(self) -> defer.Deferred:
@@ -78,16 +75,20 @@ class SlotPool:
             slot = self._free.pop()
             self._busy.add(slot)
             return defer.succeed(slot)
-        if self.max_waiting is not None and len(self._waiting) >= self.max_waiting:
-            return defer.fail(PoolExhausted(f"{len(self._waiting)} jobs already waiting"))
         d = defer.Deferred(canceller=self._waiting.remove)
         self._waiting.append(d)
         return d
+
+    @property
+    def quarantined(self) -> int:
+        """Slots taken out of the pool (their cleanup failed)."""
+        return len(self._retired)
 
     def retire(self, slot) -> None:
         """Take a slot in use out of the pool for good."""
         self._busy.discard(slot)
         self._all = tuple(s for s in self._all if s != slot)
+        self._retired.add(slot)
 
     def release(self, slot) -> None:
         """Give a slot back; the longest waiter gets it at once."""

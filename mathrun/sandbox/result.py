@@ -16,6 +16,8 @@ from .limits import Limits
 
 
 class Status(enum.Enum):
+    """How a job ended, as the metrics and the front ends tell it."""
+
     OK = "ok"
     NONZERO_EXIT = "nonzero exit"
     SIGNALLED = "signalled"
@@ -51,6 +53,7 @@ class JobResult:
 
     @property
     def ok(self) -> bool:
+        """The job exited 0 within its limits."""
         return self.status is Status.OK
 
     def describe(self) -> str:
@@ -66,6 +69,7 @@ class JobResult:
 
 
 def signal_name(number: int) -> str:
+    """``SIGKILL`` for 9: for the job log line."""
     try:
         return signal.Signals(number).name
     except ValueError:
@@ -114,6 +118,19 @@ def parse_report(line: bytes) -> dict:
     return report
 
 
+def _failed_start(report: dict, common: dict) -> JobResult:
+    """The jail or the exec failed: the program never ran."""
+    code = report["errno"]
+    exec_failed = report.get("stage") == "exec"
+    what = "starting the program" if exec_failed else "entering the sandbox"
+    return JobResult(
+        Status.INTERNAL_ERROR,
+        detail=f"{what} failed: {os.strerror(code)} ({errno.errorcode.get(code, code)})",
+        failed_stage="exec" if exec_failed else "jail",
+        **common,
+    )
+
+
 def classify(
     report: dict | None,
     limits: Limits,
@@ -143,14 +160,7 @@ def classify(
     if report.get("remaining", 0):
         return JobResult(Status.INTERNAL_ERROR, detail="processes of the job survived the kill", **common)
     if report["status"] == "failed":
-        code = report["errno"]
-        what = "starting the program" if report.get("stage") == "exec" else "entering the sandbox"
-        return JobResult(
-            Status.INTERNAL_ERROR,
-            detail=f"{what} failed: {os.strerror(code)} ({errno.errorcode.get(code, code)})",
-            failed_stage="exec" if report.get("stage") == "exec" else "jail",
-            **common,
-        )
+        return _failed_start(report, common)
     exit_code = report.get("code") if report["status"] == "exited" else None
     sig = report.get("signal") if report["status"] == "signalled" else None
     outcome = dict(exit_code=exit_code, signal=sig, **common)

@@ -29,6 +29,7 @@ from .. import paths
 from . import cgroups as cgroups_mod
 from .job import Job
 from .limits import Limits
+from .lines import LineSplitter
 from .pool import JobUser, SlotPool, find_job_users
 from .result import JobResult, Status
 from .spawner import SpawnServer
@@ -67,7 +68,6 @@ class SandboxConfig:
             workspace_bytes=1 << 30,
         )
     )
-    max_waiting: int | None = None
     # False only for a server with nothing to share: unprivileged, with a
     # job root of its own (the standalone Why3 server, started per session).
     server_lock: bool = True
@@ -121,12 +121,15 @@ class _JobLogger(Logger):
 
 class _Reaper(protocol.ProcessProtocol):
     """A long-lived ``mathrun-jail reaper``: kills every process of a job
-    user on request, without a process spawn per job."""
+    user on request, without a process spawn per job.  It answers each
+    request in order with ``ok UID`` or ``failed UID REASON``."""
+
+    log = Logger()
 
     def __init__(self):
         self.waiting: collections.deque[tuple[int, defer.Deferred]] = collections.deque()
         self.ended = defer.Deferred()
-        self._buffer = b""
+        self.lines = LineSplitter(self._line, self._unexpected)
 
     def reap(self, uid: int, count_file: str | None = None, unmount: str | None = None) -> defer.Deferred:
         """Kill the user's processes, then (``unmount``) detach that mount."""
@@ -141,13 +144,25 @@ class _Reaper(protocol.ProcessProtocol):
         return d
 
     def outReceived(self, data: bytes) -> None:
-        *lines, self._buffer = (self._buffer + data).split(b"\n")
-        for line in lines:
-            uid, d = self.waiting.popleft()
-            if line.startswith(b"ok "):
-                d.callback(None)
-            else:
-                d.errback(RuntimeError(f"processes of uid {uid} survived the cleanup: {line.decode(errors='replace')}"))
+        self.lines.dataReceived(data)
+
+    def _line(self, line: bytes) -> None:
+        """The reply to the oldest request, if it names that request's uid;
+        anything else is logged (raising here would raise in the reactor)."""
+        verdict, _, rest = line.partition(b" ")
+        answered, _, reason = rest.partition(b" ")
+        # "failed - bad request": the reaper could not read the request's uid.
+        expected = (b"%d" % self.waiting[0][0], b"-") if self.waiting else ()
+        if verdict not in (b"ok", b"failed") or answered not in expected:
+            return self._unexpected(line)
+        uid, d = self.waiting.popleft()
+        if verdict == b"ok":
+            d.callback(None)
+        else:
+            d.errback(RuntimeError(f"processes of uid {uid} survived the cleanup: {reason.decode(errors='replace')}"))
+
+    def _unexpected(self, line: bytes) -> None:
+        self.log.error("sandbox: unexpected line from the reaper: {line!r}", line=line)
 
     def processEnded(self, reason) -> None:
         waiting, self.waiting = self.waiting, collections.deque()
@@ -292,7 +307,7 @@ class Sandbox:
             users = self._start_unprivileged()
         if self.config.network:
             self.warnings.append("jobs may use the network (--job-network)")
-        self.pool = SlotPool(users, max_waiting=self.config.max_waiting)
+        self.pool = SlotPool(users)
         if self.starter is None:
             self.starter = SpawnServer(self.reactor, self.config.spawn_server)
         self.starter.start()

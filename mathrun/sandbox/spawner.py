@@ -77,6 +77,8 @@ class FrameError(ValueError):
 
 @dataclass(frozen=True)
 class Message:
+    """One frame from the spawn server: its fields and the descriptors it owns."""
+
     verb: bytes
     fields: tuple[bytes, ...]
     fds: tuple[int, ...] = ()

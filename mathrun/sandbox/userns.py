@@ -19,6 +19,7 @@ NPROC_PER_USERNS = (5, 14)
 
 
 def kernel_version(release: str) -> tuple[int, int]:
+    """The running kernel's (major, minor), for the user-namespace probe's advice."""
     match = re.match(r"(\d+)\.(\d+)", release)
     return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
 

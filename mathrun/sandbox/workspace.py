@@ -25,6 +25,11 @@ import stat
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _MS_NOSUID, _MS_NODEV = 2, 4
 _MNT_DETACH = 2
+DEFAULT_SIZE = 64 << 20
+# Inodes of a workspace: one per 16 KiB, at least 1024 (a job cannot exhaust
+# them with empty files before its bytes run out).
+BYTES_PER_INODE = 16 << 10
+MIN_INODES = 1024
 
 
 def _check(result: int, what: str) -> None:
@@ -34,6 +39,7 @@ def _check(result: int, what: str) -> None:
 
 
 def mount_tmpfs(path: str, size: int, inodes: int, uid: int, gid: int) -> None:
+    """A size-limited tmpfs owned by the job user: the workspace's limit is the kernel's."""
     options = f"size={size},nr_inodes={inodes},mode=0700,uid={uid},gid={gid}".encode()
     _check(
         _libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, options),
@@ -42,10 +48,13 @@ def mount_tmpfs(path: str, size: int, inodes: int, uid: int, gid: int) -> None:
 
 
 def unmount(path: str) -> None:
+    """Detach a workspace's tmpfs (lazily: a job's leftovers may still hold it)."""
     _check(_libc.umount2(os.fsencode(path), _MNT_DETACH), f"unmount {path}")
 
 
 class FileTooLarge(Exception):
+    """A file to read is over the caller's limit: refused whole, never cut."""
+
     pass
 
 
@@ -77,8 +86,8 @@ class Workspace:
         if os.path.ismount(self.root):
             raise OSError(errno.EBUSY, f"{self.root} is still mounted")
         os.makedirs(self.root, 0o700, exist_ok=True)
-        size = self.size or 64 * 1024 * 1024
-        mount_tmpfs(self.root, size, max(1024, size // 16384), self.owner.uid, self.owner.gid)
+        size = self.size or DEFAULT_SIZE
+        mount_tmpfs(self.root, size, max(MIN_INODES, size // BYTES_PER_INODE), self.owner.uid, self.owner.gid)
         self._mounted = True
         for sub in (self.path, self.tmp):
             os.mkdir(sub, 0o700)
@@ -86,6 +95,7 @@ class Workspace:
 
     @property
     def mounted(self) -> bool:
+        """The workspace is its own tmpfs (privileged mode)."""
         return self._mounted
 
     def unmounted(self) -> None:
@@ -93,6 +103,7 @@ class Workspace:
         self._mounted = False
 
     def unmount_if_mounted(self) -> None:
+        """Detach the tmpfs unless the reaper has done so already."""
         if self._mounted:
             unmount(self.root)
             self._mounted = False
@@ -148,11 +159,6 @@ class Workspace:
         finally:
             os.close(dirfd)
         return _read_regular(fd, name, limit)
-
-    def list_files(self) -> list[str]:
-        """Regular files at the top of the work directory, sorted."""
-        with os.scandir(self.path) as entries:
-            return sorted(e.name for e in entries if e.is_file(follow_symlinks=False))
 
 
 def read_files(directory: str, max_files: int, max_bytes: int) -> list[tuple[str, bytes]]:

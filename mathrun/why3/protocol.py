@@ -21,6 +21,8 @@ DEFAULT_TIME_FORMAT = TIME_FORMATS["1.5"]  # what Debian 12's why3server 1.5.1 w
 
 @dataclass(frozen=True)
 class Run:
+    """A ``run`` or ``runstdin`` request, as the C server reads it."""
+
     id: str
     timeout: int  # CPU seconds; 0: unlimited
     memlimit: int  # MiB; 0: unlimited
@@ -31,11 +33,15 @@ class Run:
 
 @dataclass(frozen=True)
 class Parallel:
+    """A ``parallel`` request: provers run at once from now on."""
+
     jobs: int
 
 
 @dataclass(frozen=True)
 class Interrupt:
+    """An ``interrupt`` request: stop one of the sender's runs."""
+
     id: str
 
 

@@ -29,19 +29,9 @@ from twisted.logger import Logger
 
 from ..sandbox import Limits, Status
 from . import protocol as wire
+from .config import Why3Config
 
-
-@dataclass(frozen=True)
-class Why3Config:
-    """The operator's settings; the wall-clock backstop is
-    ``wall_factor`` × timeout + ``wall_margin`` seconds (none for timeout 0)."""
-
-    jobs: int = 1
-    time_format: str = wire.DEFAULT_TIME_FORMAT  # "%.2f" as 1.5.1's server; "%.6f" as 1.7+
-    output_dir: str = "."
-    output_limit: int = 64 << 20
-    wall_factor: float = 2.0
-    wall_margin: float = 5.0
+__all__ = ["Why3Config", "Why3Server", "c_server_status", "make_output_file", "read_as"]
 
 
 @dataclass(eq=False)
@@ -147,6 +137,7 @@ class Why3Server(protocol.Factory):
         self.clients: dict[object, dict[str, Request]] = {}
         self.on_empty = on_empty  # --single-client: called when the last client leaves
         self._limits_cache: dict[tuple[int, int], Limits] = {}
+        self.answered: collections.Counter[str] = collections.Counter()  # requests by how they ended
 
     # -- clients ----------------------------------------------------------------
     def client_connected(self, client) -> None:
@@ -285,7 +276,7 @@ class Why3Server(protocol.Factory):
                 self._write(request, f"{run.cmd}: mathrun could not run it (see the server log)\n".encode())
             except OSError:
                 self.log.failure("why3 request {id}: no output file either", id=run.id)
-            self._answer(request, 1, 0.0, False)
+            self._answer(request, 1, 0.0, False, "failed")
 
     def _done(self, request: Request, lease) -> None:
         self._close_output(request)
@@ -342,10 +333,11 @@ class Why3Server(protocol.Factory):
             while view:
                 view = view[os.write(request.fd, view) :]
 
-    def _answer(self, request: Request, exitcode: int, time: float, killed: bool) -> None:
+    def _answer(self, request: Request, exitcode: int, time: float, killed: bool, status: str | None = None) -> None:
         """The one ``F`` of a request, to the client that sent it."""
         client, id = request.client, request.run.id
         request.state = "answered"
+        self.answered[status or ("interrupted" if request.interrupted else "killed" if killed else "done")] += 1
         self._close_output(request)
         if self.clients.get(client, {}).get(id) is request:
             del self.clients[client][id]

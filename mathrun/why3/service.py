@@ -3,53 +3,96 @@ again at shutdown, with every running prover killed."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
+from prometheus_client import Gauge
+from prometheus_client.core import CounterMetricFamily
 from twisted.application import service
 from twisted.internet import defer
+from zope.interface import implementer
 
-from .server import Why3Config, Why3Server
+from ..interfaces import IFrontEnd
+from .config import Why3Config
+from .server import Why3Server
+
+TASK_STATUSES = ("done", "killed", "interrupted", "failed")
+SOCKET_MODE = 0o666  # any local user may connect: the server checks what each may read
+OUTPUT_DIR_MODE = 0o1733  # clients delete their output files: sticky and writable, not listable
 
 
+@implementer(IFrontEnd)
 class Why3Service(service.Service):
-    """``Why3Service(sandbox, path, Why3Config(...), reactor)``, or with
-    ``jobs=`` and ``time_format=`` as keywords over the default config."""
+    """Owns the unix socket of ``Why3Server`` (the policy): listens at
+    start, stops the server and the port at stop."""
 
     name = "why3"
+    paths = ()  # its own unix socket
 
-    def __init__(
-        self,
-        sandbox,
-        socket_path: str,
-        config: Why3Config | None = None,
-        reactor=None,
-        *,
-        jobs: int | None = None,
-        time_format: str | None = None,
-    ):
+    def __init__(self, sandbox, socket_path: str, config: Why3Config | None = None, reactor=None):
         if reactor is None:
             from twisted.internet import reactor
-        config = config or Why3Config()
-        changes = {k: v for k, v in (("jobs", jobs), ("time_format", time_format)) if v is not None}
         self.reactor = reactor
         self.socket_path = socket_path
-        self.server = Why3Server(sandbox, dataclasses.replace(config, **changes), reactor)
+        self.server = Why3Server(sandbox, config or Why3Config(), reactor)
         self.port = None
 
     def startService(self):
         super().startService()
         directory = os.path.dirname(os.path.abspath(self.socket_path))
         os.makedirs(directory, exist_ok=True)
-        # Clients delete their output files: sticky and writable, not listable.
         os.makedirs(self.server.config.output_dir, exist_ok=True)
-        os.chmod(self.server.config.output_dir, 0o1733)
+        os.chmod(self.server.config.output_dir, OUTPUT_DIR_MODE)
         if os.path.lexists(self.socket_path):
             os.unlink(self.socket_path)
-        self.port = self.reactor.listenUNIX(self.socket_path, self.server, mode=0o666)
+        self.port = self.reactor.listenUNIX(self.socket_path, self.server, mode=SOCKET_MODE)
 
     def stopService(self):
         super().stopService()
         self.server.stop()
         d = defer.maybeDeferred(self.port.stopListening) if self.port else defer.succeed(None)
         return d
+
+    def snapshot(self) -> dict:
+        """Requests waiting and running, clients, and requests answered by
+        how they ended; failing when the socket is not listening."""
+        server = self.server
+        state = {
+            "socket": self.socket_path,
+            "queue_length": len(server.queue),
+            "running": len(server.running),
+            "clients": len(server.clients),
+            "parallel": server.parallel,
+            "tasks": {status: server.answered[status] for status in TASK_STATUSES},
+        }
+        if self.running and self.port is None:
+            state["failing"] = "the Why3 socket is not listening"
+        return state
+
+    def register_metrics(self, registry) -> None:
+        """Requests answered by status, and the queue's length."""
+        registry.register(_TaskCollector(self))
+        Gauge("mathrun_why3_queue_length", "Why3 requests waiting for a prover slot.", registry=registry).set_function(
+            lambda: len(self.server.queue)
+        )
+
+
+class _TaskCollector:
+    """``mathrun_why3_tasks_total{status}``, read from the server's counts
+    when scraped (the server keeps one Counter of its answers)."""
+
+    def __init__(self, why3: Why3Service):
+        self.why3 = why3
+
+    def describe(self):
+        """The family's name, so that the registry checks for clashes."""
+        return [CounterMetricFamily("mathrun_why3_tasks", "Why3 requests answered, by status.", labels=["status"])]
+
+    def collect(self):
+        """One sample per status, at its count."""
+        family = CounterMetricFamily("mathrun_why3_tasks", "Why3 requests answered, by status.", labels=["status"])
+        for status in TASK_STATUSES:
+            family.add_metric([status], self.why3.server.answered[status])
+        yield family
+
+
+__all__ = ["Why3Service"]
