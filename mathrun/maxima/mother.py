@@ -215,7 +215,10 @@ class Mother:
         self.core, self.error = core, None
         proto = MotherProtocol(self._ended)
         self._proto = proto
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent"}
+        # LD_BIND_NOW: the mother resolves every symbol once, at its start,
+        # instead of each child resolving (and copying on write the pages
+        # of) those the mother never called; a child drops the variable.
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent", "LD_BIND_NOW": "1"}
         argv = self.config.argv(core)
         self.reactor.spawnProcess(proto, argv[0], argv, env=env)
         proto.transport.write(preamble(self.config, self.netns))
@@ -262,8 +265,29 @@ class Mother:
         token = str(next(self._tokens))
         d = defer.Deferred()
         self._proto.pending[token] = d
-        self._proto.transport.write(("fork " + " ".join([token] + fields) + "\n").encode())
+        write_now(self._proto.transport, ("fork " + " ".join([token] + fields) + "\n").encode())
         return d
+
+
+def write_now(transport, data: bytes) -> None:
+    """Write to a process's stdin at once when nothing waits before it (the
+    line is shorter than PIPE_BUF: all or nothing), instead of at the
+    reactor's next turn: the mother forks sooner, and the write costs no
+    epoll registration.  Anything else goes through the transport."""
+    writer = getattr(transport, "pipes", {}).get(0)
+    if (
+        writer is not None
+        and writer.connected
+        and not writer.disconnecting
+        and not (writer.dataBuffer or writer._tempDataBuffer)
+        and len(data) < 4096
+    ):
+        try:
+            os.write(writer.fd, data)
+            return
+        except OSError:
+            pass  # full (or closed): the transport queues it (or reports the loss)
+    transport.write(data)
 
 
 def _kill(transport) -> None:
