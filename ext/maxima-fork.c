@@ -6,10 +6,11 @@
  * once that child holds its named pipes as stdio and has entered its job's
  * confinement (jail_enter: setsid, cgroups, private /tmp, its own network
  * namespace, rlimits, job user, seccomp filter).  As root each child is PID 2
- * of a fresh PID namespace whose PID 1 is `mathrun-jail nsinit` (found next
- * to this library), exec'ed rather than forked so that the SBCL mother's
- * page tables are not copied twice (jail_fork_with_init): the child sees
- * only itself and what it starts in /proc.
+ * of a fresh PID namespace whose PID 1 is `maxima-nsinit` (found next to
+ * this library; the steps of `mathrun-jail nsinit` without libc's start-up),
+ * exec'ed rather than forked so that the SBCL mother's page tables are not
+ * copied twice (jail_fork_with_init): the child sees only itself and what
+ * it starts in /proc.
  * The child then goes back to the Maxima REPL, which reads the job's input
  * from the pipe.  Doing all this in C, outside any Lisp handler, means that a
  * child's error can never unwind into the mother's loop.
@@ -240,7 +241,7 @@ fail:
     _exit(126);
 }
 
-/* mathrun-jail, in the directory this library was loaded from. */
+/* maxima-nsinit, in the directory this library was loaded from. */
 static int find_init(void)
 {
     Dl_info info;
@@ -249,7 +250,7 @@ static int find_init(void)
         return -1;
     }
     int dir = (int)(strrchr(info.dli_fname, '/') - info.dli_fname);
-    snprintf(init_path, sizeof init_path, "%.*s/mathrun-jail", dir, info.dli_fname);
+    snprintf(init_path, sizeof init_path, "%.*s/maxima-nsinit", dir, info.dli_fname);
     return access(init_path, X_OK);
 }
 
@@ -301,7 +302,7 @@ const char *mathrun_fork_loop(const char *netns)
         _exit(1);
     }
     if (find_init() < 0) {
-        say(1, "failed - no mathrun-jail next to the fork library: %s", strerror(errno));
+        say(1, "failed - no maxima-nsinit next to the fork library: %s", strerror(errno));
         _exit(1);
     }
     say(1, "mathrun-mother ready %d", (int)getpid());
