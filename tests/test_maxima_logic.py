@@ -3,6 +3,9 @@ framing, the mother's restart policy, and the HTTP field handling, on fakes."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer, error
@@ -16,6 +19,7 @@ from mathrun.maxima.config import MaximaConfig
 from mathrun.maxima.http import MaximaResource
 from mathrun.maxima.mother import ForkFailed, Mother, MotherProtocol, MotherUnavailable, maxima_string, preamble
 from mathrun.maxima.pool import MaximaPool, PoolBusy
+from mathrun.sandbox.pipes import write_now
 from mathrun.sandbox.result import JobResult, Status
 
 
@@ -524,3 +528,57 @@ class PoolTests(unittest.SynchronousTestCase):
         child.on_death(child)
         self.assertTrue(child.lease.released)
         self.assertEqual((len(self.pool.ready), len(self.mother.forks)), (0, 1))
+
+
+class _Writer:
+    """The parts of Twisted's ProcessWriter that write_now looks at."""
+
+    def __init__(self, fd: int):
+        self.fd, self.connected, self.disconnecting = fd, 1, False
+        self.dataBuffer, self._tempDataBuffer = b"", []
+
+
+class _Transport:
+    def __init__(self, writer):
+        self.pipes = {0: writer}
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+class WriteNowTests(unittest.TestCase):
+    """A line to a helper process goes out at once, unless something is
+    queued before it or the pipe is full: then the transport keeps order."""
+
+    def setUp(self):
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.w, False)
+        self.addCleanup(os.close, self.r)
+        self.addCleanup(os.close, self.w)
+        self.transport = _Transport(_Writer(self.w))
+
+    def test_written_at_once(self):
+        write_now(self.transport, b"fork 1 x\n")
+        self.assertEqual(os.read(self.r, 100), b"fork 1 x\n")
+        self.assertEqual(self.transport.written, [])
+
+    def test_queued_data_goes_first(self):
+        self.transport.pipes[0]._tempDataBuffer = [b"earlier\n"]
+        write_now(self.transport, b"later\n")
+        self.assertEqual(self.transport.written, [b"later\n"])
+        os.set_blocking(self.r, False)
+        self.assertRaises(BlockingIOError, os.read, self.r, 100)
+
+    def test_a_full_pipe_leaves_it_to_the_transport(self):
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(self.w, b"x" * 4096)
+        write_now(self.transport, b"line\n")
+        self.assertEqual(self.transport.written, [b"line\n"])
+
+    def test_without_a_stdin_pipe_the_transport_writes(self):
+        transport = _Transport(None)
+        transport.pipes = {}
+        write_now(transport, b"line\n")
+        self.assertEqual(transport.written, [b"line\n"])

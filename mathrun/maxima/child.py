@@ -53,6 +53,7 @@ class Child:
         self._early: list[bytes] = []  # output after the ready marker, before the input
         self._keep = -1
         self._reader = self._writer = None
+        self._input = -1  # our read-write end of inpipe, until the input is in
         self._started = 0.0
 
     # -- set-up -------------------------------------------------------------
@@ -76,7 +77,7 @@ class Child:
         self._keep = os.open(outpipe, os.O_WRONLY | flags)
         write_fd = os.open(inpipe, os.O_RDWR | flags)
         self._reader = PipeReader(self.reactor, read_fd, self._data, self._eof)
-        self._writer = PipeWriter(self.reactor, write_fd)
+        self._input = write_fd
         self._reader.startReading()
 
     def fork_fields(self) -> list[str]:
@@ -205,18 +206,20 @@ class Child:
     def _send(self, text: bytes) -> None:
         """The input goes into the pipe at once (it usually fits), not at the
         reactor's next turn: the child starts sooner, and the write costs no
-        epoll registration; what does not fit follows as the pipe takes it.
-        Our end is read-write, so the write never fails for want of a reader."""
-        writer = self._writer
+        epoll registration (nor a reactor writer, made only for what does not
+        fit).  Our end is read-write, so the write never fails for want of a
+        reader."""
+        fd, self._input = self._input, -1
         try:
-            sent = os.write(writer.fd, text)
+            sent = os.write(fd, text)
         except BlockingIOError:
             sent = 0
         if sent == len(text):
-            writer.close()
+            os.close(fd)
         else:
-            writer.write(text[sent:])
-            writer.loseConnection()
+            self._writer = PipeWriter(self.reactor, fd, nonblocking=True)
+            self._writer.write(text[sent:])
+            self._writer.loseConnection()
 
     def _with_files(self, result: JobResult) -> JobResult:
         """The plot files of a job that ended well; reading them may fail."""
@@ -267,9 +270,11 @@ class Child:
         A child given up while starting just ends: nobody awaits it then."""
         if self.state == "spawning":
             self.state = "done"
-        if self._keep >= 0:
-            os.close(self._keep)
-            self._keep = -1
+        for name in ("_keep", "_input"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
         for end in (self._reader, self._writer):
             if end is not None:
                 end.close()

@@ -104,7 +104,7 @@ class MaximaResource(resource.Resource):
         version = field(b"version")
         pool = self.pools.get(version.decode(errors="replace"), self.default) if version else self.default
         started = self.reactor.seconds()
-        d = defer.ensureDeferred(pool.evaluate(text, seconds))
+        d = defer.ensureDeferred(pool.evaluate(text, seconds))  # (a Deferred passes as it is)
         request.notifyFinish().addErrback(self._gone, request, d)
         d.addCallback(self._answer, request, health, started)
         d.addErrback(self._failed, request)

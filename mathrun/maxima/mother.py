@@ -16,6 +16,7 @@ from typing import AnyStr
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
+from ..sandbox.pipes import write_now
 from .config import MaximaConfig
 from .libraries import LibrarySet
 
@@ -267,27 +268,6 @@ class Mother:
         self._proto.pending[token] = d
         write_now(self._proto.transport, ("fork " + " ".join([token] + fields) + "\n").encode())
         return d
-
-
-def write_now(transport, data: bytes) -> None:
-    """Write to a process's stdin at once when nothing waits before it (the
-    line is shorter than PIPE_BUF: all or nothing), instead of at the
-    reactor's next turn: the mother forks sooner, and the write costs no
-    epoll registration.  Anything else goes through the transport."""
-    writer = getattr(transport, "pipes", {}).get(0)
-    if (
-        writer is not None
-        and writer.connected
-        and not writer.disconnecting
-        and not (writer.dataBuffer or writer._tempDataBuffer)
-        and len(data) < 4096
-    ):
-        try:
-            os.write(writer.fd, data)
-            return
-        except OSError:
-            pass  # full (or closed): the transport queues it (or reports the loss)
-    transport.write(data)
 
 
 def _kill(transport) -> None:

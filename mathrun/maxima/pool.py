@@ -95,23 +95,33 @@ class MaximaPool:
             await defer.DeferredList(list(self._releasing))
 
     # -- requests -------------------------------------------------------------
-    async def evaluate(self, text: bytes, timeout: float) -> JobResult:
-        """Run ``text`` in a ready child (waiting for one if need be)."""
+    def evaluate(self, text: bytes, timeout: float) -> defer.Deferred:
+        """Run ``text`` in a ready child (waiting for one if need be): fires
+        with the JobResult; cancelling stops the wait or the job.  Plain
+        callbacks: this runs for every request."""
         if self.sandbox.refusal is not None:
-            return JobResult(Status.INTERNAL_ERROR, detail=self.sandbox.refusal)
-        asked = self.reactor.seconds()
-        child = await self._take()
-        while child.state != "ready":  # it died just now
+            return defer.succeed(JobResult(Status.INTERNAL_ERROR, detail=self.sandbox.refusal))
+        return self._take().addCallback(self._run, text, timeout, self.reactor.seconds())
+
+    def _run(self, child: Child, text: bytes, timeout: float, asked: float) -> defer.Deferred:
+        if child.state != "ready":  # it died just now
             self._retire(child)
-            child = await self._take()
+            return self._take().addCallback(self._run, text, timeout, asked)
         if self.metrics:
             self.metrics.queue_wait.observe(self.reactor.seconds() - asked)
         self.busy.add(child)
-        try:
-            return await child.evaluate(text, timeout)
-        finally:
+
+        def done(result):
             self.busy.discard(child)
             self._retire(child)
+            return result
+
+        try:
+            d = child.evaluate(text, timeout)
+        except BaseException:
+            done(None)
+            raise
+        return d.addBoth(done)
 
     def _take(self) -> defer.Deferred:
         if self.ready:

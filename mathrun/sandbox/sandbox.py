@@ -28,6 +28,7 @@ from twisted.python import failure
 from . import cgroups as cgroups_mod
 from .job import Job
 from .limits import Limits
+from .pipes import write_now
 from .pool import JobUser, SlotPool, find_job_users
 from .result import JobResult, Status
 from .spawner import SpawnServer
@@ -137,7 +138,7 @@ class _Reaper(protocol.ProcessProtocol):
             line += b" " + count_file.encode()
         if unmount:
             line += b" umount=" + os.fsencode(unmount)
-        self.transport.write(line + b"\n")
+        write_now(self.transport, line + b"\n")
         return d
 
     def outReceived(self, data: bytes) -> None:
