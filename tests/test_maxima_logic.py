@@ -445,6 +445,9 @@ class PoolTests(unittest.SynchronousTestCase):
         self.assertEqual((len(FakeChild.made), len(self.mother.forks)), (2, 1))
         child.evaluation.callback(JobResult(Status.OK, stdout=b"2\n"))
         self.assertEqual(self.successResultOf(d).stdout, b"2\n")
+        # The answer first; the cleanup at the reactor's next turn.
+        self.assertFalse(child.lease.released or child.closed)
+        self.clock.advance(0)
         self.assertTrue(child.lease.released and child.closed)
         self.fork_all()
         self.assertEqual(len(self.pool.ready), 1)

@@ -71,6 +71,7 @@ class MaximaPool:
         self._acquiring: list[defer.Deferred] = []  # forks waiting for a job user
         self._starting: set[Child] = set()  # forked, not ready yet
         self._hurried = False
+        self._retiring: dict[Child, object] = {}  # answered, cleaned up at the next turn
         mother.on_ready.append(self._mother_ready)
 
     # -- service ------------------------------------------------------------
@@ -88,6 +89,9 @@ class MaximaPool:
         await self.mother.stop()
         while self.ready:
             self._retire(self.ready.popleft())
+        for child, call in list(self._retiring.items()):
+            call.cancel()
+            self._retire_later(child)
         for child in list(self.busy):
             if child.job is not None:
                 child.job.stop(Status.CANCELLED)
@@ -112,8 +116,10 @@ class MaximaPool:
         self.busy.add(child)
 
         def done(result):
+            # The answer first (the front end's callbacks come next in this
+            # chain), the cleanup at the reactor's next turn.
             self.busy.discard(child)
-            self._retire(child)
+            self._retiring[child] = self.reactor.callLater(0, self._retire_later, child)
             return result
 
         try:
@@ -258,6 +264,10 @@ class MaximaPool:
         """A ready child ended while waiting (someone killed it)."""
         if child in self.ready:
             self.ready.remove(child)
+        self._retire(child)
+
+    def _retire_later(self, child: Child) -> None:
+        del self._retiring[child]
         self._retire(child)
 
     def _retire(self, child: Child) -> None:
