@@ -8,13 +8,14 @@ import os
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import defer, error
+from twisted.internet import defer, error, main
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web import server
 from twisted.web.test.requesthelper import DummyRequest
 
+from mathrun.maxima.child import OutputReader
 from mathrun.maxima.config import MaximaConfig
 from mathrun.maxima.http import MaximaResource
 from mathrun.maxima.mother import ForkFailed, Mother, MotherProtocol, MotherUnavailable, maxima_string, preamble
@@ -585,3 +586,29 @@ class WriteNowTests(unittest.TestCase):
         transport.pipes = {}
         write_now(transport, b"line\n")
         self.assertEqual(transport.written, [b"line\n"])
+
+
+class OutputReaderTests(unittest.TestCase):
+    """A child's last output and its end are read in one turn."""
+
+    def reader(self):
+        r, self.w = os.pipe()
+        os.set_blocking(r, False)
+        self.got, self.ended = [], []
+        reader = OutputReader(MemoryReactorClock(), r, self.got.append, lambda: self.ended.append(True), True)
+        self.addCleanup(reader.close)
+        return reader
+
+    def test_output_then_end_in_one_read(self):
+        reader = self.reader()
+        os.write(self.w, b"(%o1) 2\n")
+        os.close(self.w)
+        self.assertIs(reader.doRead(), main.CONNECTION_DONE)
+        self.assertEqual(self.got, [b"(%o1) 2\n"])
+
+    def test_open_pipe_waits_for_more(self):
+        reader = self.reader()
+        self.addCleanup(os.close, self.w)
+        os.write(self.w, b"partial")
+        self.assertIsNone(reader.doRead())
+        self.assertEqual(self.got, [b"partial"])
