@@ -247,8 +247,10 @@ class Sandbox:
         self.job_root = self.config.resolved_job_root(self.privileged)
         self.netns = os.path.join(RUN_DIR, "netns")
         # One lock for every server that shares the helper user, wherever
-        # its job root is.
-        self.kill_lock = os.path.join(RUN_DIR, "kill.lock")
+        # its job root is (a kill as one helper cannot hit another helper's
+        # killer: servers with other helpers need not wait for each other).
+        helper = self.config.helper_user
+        self.kill_lock = os.path.join(RUN_DIR, "kill.lock" if helper == "mathrun" else f"kill-{helper}.lock")
         self.cgroups = None
         self.helper: JobUser | None = None
         self.pool: SlotPool | None = None
