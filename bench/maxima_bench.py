@@ -63,11 +63,84 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, ready: int, prefix: str, stack: str | None, jobs: int = 32) -> subprocess.Popen:
+class CpuGroup:
+    """A cpuacct cgroup (v1) that one server's whole process tree runs in:
+    its CPU time, children that have exited included, per row; and the
+    long-lived processes' own share from /proc/PID/stat."""
+
+    ROOT = "/sys/fs/cgroup/cpuacct"
+
+    def __init__(self, name: str, long_lived_depth: int):
+        self.path = os.path.join(self.ROOT, f"mathrun-bench-{name}")
+        self.depth = long_lived_depth  # processes down to this depth of the tree are the server's own
+        os.makedirs(self.path, exist_ok=True)
+
+    @classmethod
+    def available(cls) -> bool:
+        return os.access(cls.ROOT, os.W_OK)
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """``argv`` started inside the group (so is everything it starts)."""
+        return ["sh", "-c", f'echo $$ > {self.path}/cgroup.procs && exec "$@"', "sh", *argv]
+
+    def usage(self) -> int:
+        with open(os.path.join(self.path, "cpuacct.usage")) as f:
+            return int(f.read())
+
+    def close(self) -> None:
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            pass
+
+
+def process_tree(root: int) -> dict[int, tuple[str, int, int]]:
+    """pid -> (comm, depth below ``root``, utime+stime in clock ticks)."""
+    stats: dict[int, tuple[int, str, int]] = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        stats[int(name)] = (int(fields[1]), comm, int(fields[11]) + int(fields[12]))
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _c, _t) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = {}, [(root, 0)]
+    while todo:
+        pid, depth = todo.pop()
+        if pid in stats:
+            tree[pid] = (stats[pid][1], depth, stats[pid][2])
+            todo += [(c, depth + 1) for c in children.get(pid, [])]
+    return tree
+
+
+def cpu_split(group: CpuGroup, root: int, before: tuple[int, dict], after: tuple[int, dict], requests: int) -> str:
+    """CPU ms per request: the whole server, each long-lived process, the rest (children)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = (after[0] - before[0]) / 1e6 / max(requests, 1)
+    parts: dict[str, float] = {}
+    for pid, (comm, depth, ticks) in after[1].items():
+        if depth <= group.depth and pid in before[1]:
+            key = f"{comm}@{depth}"
+            parts[key] = parts.get(key, 0.0) + (ticks - before[1][pid][2]) * 1000 / hz / max(requests, 1)
+    rest = total - sum(parts.values())
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(parts.items(), key=lambda kv: kv[0].split("@")[1]))
+    return f"cpu/request {total:.2f} ms = {shown}, children {rest:.2f}"
+
+
+def start_server(
+    port: int, ready: int, prefix: str, stack: str | None, jobs: int = 32, group: CpuGroup | None = None
+) -> subprocess.Popen:
     log = tempfile.NamedTemporaryFile(prefix="maxima-bench-", suffix=".log", delete=False)
     argv = [TWISTD, "-n", "--pidfile=", f"--logfile={log.name}", "mathrun", "--no-why3", "--no-asy"]
     argv += ["--jobs", str(jobs), "--maxima-ready", str(ready), "--http", f"tcp:{port}:interface=127.0.0.1"]
     argv += ["--user-prefix", prefix, "--helper-user", prefix] + (["--maxima-stack", stack] if stack else [])
+    if group is not None:
+        argv = group.wrap(argv)
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/maxima"
     body = urllib.parse.urlencode({"input": "1+1;", "timeout": "10000", "ploturlbase": "!ploturl!"}).encode()
@@ -82,9 +155,10 @@ def start_server(port: int, ready: int, prefix: str, stack: str | None, jobs: in
     sys.exit(f"the server did not answer; see {log.name}")
 
 
-def start_goemaxima(anchor: str, port: int) -> int:
+def start_goemaxima(anchor: str, port: int, group: CpuGroup | None = None) -> int:
     """goemaxima via the anchor's ctl; returns the pid of its process tree's root."""
-    subprocess.run([os.path.join(anchor, "ctl"), str(port)], check=True, stdout=subprocess.DEVNULL)
+    argv = [os.path.join(anchor, "ctl"), str(port)]
+    subprocess.run(group.wrap(argv) if group else argv, check=True, stdout=subprocess.DEVNULL)
     pidfile = os.path.join("/var/cache/anchors/goemaxima/run", f"goemaxima-{port}.pid")
     with open(pidfile) as f:
         return int(f.read().split()[0])
@@ -140,6 +214,7 @@ def wrk(url: str, text: str, connections: int, seconds: float, version: str = "1
     finally:
         os.unlink(f.name)
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    result["requests"] = int(re.search(r"(\d+) requests in", out).group(1))
     for pct in ("50", "90", "99"):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
         result[f"p{pct}"] = float(m.group(1)) * _UNITS[m.group(2)]
@@ -180,13 +255,19 @@ def row(label: str, c: int, r: dict) -> None:
     )
 
 
-def compare(servers: dict, text: str, levels: list[int], seconds: float, version: str) -> None:
-    """Each concurrency level on every server in turn, with mathrun's ratio."""
+def compare(servers: dict, text: str, levels: list[int], seconds: float, version: str, groups: dict) -> None:
+    """Each concurrency level on every server in turn, with mathrun's ratio
+    and (with cpuacct) each server's CPU time per request."""
     for c in levels:
         results = {}
-        for name, (url, _root) in servers.items():
+        for name, (url, root) in servers.items():
+            group = groups.get(name)
+            before = (group.usage(), process_tree(root)) if group else None
             results[name] = wrk(url, text, c, seconds, version)
             row(name, c, results[name])
+            if group:
+                after = (group.usage(), process_tree(root))
+                print(f"  {'':<22} {cpu_split(group, root, before, after, results[name]['requests'])}")
         if "goemaxima" in results:
             g, m = results["goemaxima"], results["mathrun"]
             print(f"  {'ratio':<22} c={c:<3} {m['rps'] / g['rps']:8.2f}x req/s   p50 {m['p50'] / g['p50']:.2f}x")
@@ -208,21 +289,33 @@ def main() -> None:
     parser.add_argument("--stack", help="STACK's stack/maxima directory, loaded into mathrun")
     parser.add_argument("--goemaxima", help="the goemaxima anchor's folder (its ctl), run side by side")
     parser.add_argument("--user-prefix", default="mathrun", help="job users of mathrun")
+    parser.add_argument("--inputs", help="only these inputs (indexes into the list, e.g. 0,2)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install wrk (make bench installs it)")
+    groups = {}
+    if CpuGroup.available():
+        groups = {"mathrun": CpuGroup(f"{args.user_prefix}-mathrun", 1), "goemaxima": CpuGroup("goemaxima", 2)}
     port = free_port()
-    server = start_server(port, args.ready, args.user_prefix, args.stack)
+    server = start_server(port, args.ready, args.user_prefix, args.stack, group=groups.get("mathrun"))
     servers = {"mathrun": (f"http://127.0.0.1:{port}/maxima", server.pid)}
     gport = None
     if args.goemaxima:
         gport = free_port()
-        servers = {"goemaxima": (f"http://127.0.0.1:{gport}/maxima", start_goemaxima(args.goemaxima, gport)), **servers}
+        servers = {
+            "goemaxima": (
+                f"http://127.0.0.1:{gport}/maxima",
+                start_goemaxima(args.goemaxima, gport, groups.get("goemaxima")),
+            ),
+            **servers,
+        }
     version = "1"
     inputs = list(INPUTS)
     if args.stack:
         inputs = ["integrate(x^2,x);", "1+1;", STACK_REQUEST]
+    if args.inputs:
+        inputs = [inputs[int(i)] for i in args.inputs.split(",")]
         version = subprocess.run(
             ["grep", "-o", "-m1", r"stackmaximaversion:[0-9]*", os.path.join(args.stack, "stackmaxima.mac")],
             capture_output=True, text=True,
@@ -238,7 +331,7 @@ def main() -> None:
         memory(servers, "idle")
         for text in inputs:
             print(f"\n{text if len(text) < 40 else 'STACK answer test (ATAlgEquiv, cassession2 style)'}")
-            compare(servers, text, levels, args.seconds, version)
+            compare(servers, text, levels, args.seconds, version, groups)
             if args.no_fresh or text not in EXPECT:
                 continue
             for c in levels:
@@ -248,13 +341,15 @@ def main() -> None:
         sampler = concurrent.futures.ThreadPoolExecutor(1).submit(
             lambda: (time.sleep(args.seconds / 2), memory(servers, "c=16"))
         )
-        compare(servers, inputs[0], [16], args.seconds, version)
+        compare(servers, inputs[0], [16], args.seconds, version, groups)
         sampler.result()
     finally:
         server.terminate()
         server.wait(30)
         if gport:
             subprocess.run([os.path.join(args.goemaxima, "ctl"), "--stop", str(gport)], stdout=subprocess.DEVNULL)
+        for group in groups.values():
+            group.close()
 
 
 if __name__ == "__main__":

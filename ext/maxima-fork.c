@@ -6,10 +6,11 @@
  * once that child holds its named pipes as stdio and has entered its job's
  * confinement (jail_enter: setsid, cgroups, private /tmp, its own network
  * namespace, rlimits, job user, seccomp filter).  As root each child is PID 2
- * of a fresh PID namespace whose PID 1 is `mathrun-jail nsinit` (found next
- * to this library), exec'ed rather than forked so that the SBCL mother's
- * page tables are not copied twice (jail_fork_with_init): the child sees
- * only itself and what it starts in /proc.
+ * of a fresh PID namespace whose PID 1 is `maxima-nsinit` (found next to
+ * this library; the steps of `mathrun-jail nsinit` without libc's start-up),
+ * exec'ed rather than forked so that the SBCL mother's page tables are not
+ * copied twice (fork_with_init): the child sees only itself and what it
+ * starts in /proc.
  * The child then goes back to the Maxima REPL, which reads the job's input
  * from the pipe.  Doing all this in C, outside any Lisp handler, means that a
  * child's error can never unwind into the mother's loop.
@@ -228,6 +229,9 @@ static void child_setup(const char *token, char **w, int nwords)
         for (int fd = 3; fd < 1024; fd++)
             close(fd);
     }
+    /* The mother runs with LD_BIND_NOW (every symbol resolved once, there);
+     * what the job runs loads as usual. */
+    unsetenv("LD_BIND_NOW");
     return;
 
 fail_einval:
@@ -237,7 +241,77 @@ fail:
     _exit(126);
 }
 
-/* mathrun-jail, in the directory this library was loaded from. */
+/* The child as PID 2 of a fresh PID namespace whose PID 1 is maxima-nsinit:
+ * the steps of jail_fork_with_init, with the init started by a plain
+ * vfork and execve under a full signal mask instead of posix_spawn (whose
+ * child resets each of SBCL's ~60 signal handlers, and which maps a stack
+ * for every spawn).  The vfork child shares the mother's memory until its
+ * exec: it only makes system calls, and no signal handler can run in it.
+ * Returns 0 in the child, its pid in the mother, -1 (errno) on failure. */
+static __attribute__((noinline)) pid_t spawn_init(int sync_fd)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    pid_t init = vfork();
+    if (init == 0) {
+        char *argv[] = {init_path, NULL}, *envp[] = {NULL};
+        if (dup2(sync_fd, 0) == 0)
+            execve(init_path, argv, envp);
+        _exit(127);
+    }
+    int saved = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    errno = saved;
+    return init;
+}
+
+static pid_t fork_with_init(void)
+{
+    static int own = -1;
+    int sync[2], saved = 0;
+    pid_t init, pid = -1;
+
+    if (own < 0 && (own = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC)) < 0)
+        return -1;
+    if (pipe2(sync, O_CLOEXEC) < 0)
+        return -1;
+    if (unshare(CLONE_NEWPID) < 0) {
+        saved = errno;
+        goto out;
+    }
+    init = spawn_init(sync[0]);
+    saved = errno;
+    if (setns(own, CLONE_NEWPID) < 0)
+        abort(); /* children in the wrong namespace from now on: refuse to go on */
+    if (init < 0)
+        goto out;
+    int pidfd = (int)syscall(SYS_pidfd_open, init, 0);
+    if (pidfd < 0 || setns(pidfd, CLONE_NEWPID) < 0) {
+        saved = errno;
+        kill(init, SIGKILL);
+    } else {
+        pid = fork();
+        saved = errno;
+        if (pid == 0) {
+            close(sync[0]);
+            close(sync[1]);
+            close(pidfd);
+            return 0;
+        }
+        if (setns(own, CLONE_NEWPID) < 0)
+            abort();
+    }
+    if (pidfd >= 0)
+        close(pidfd);
+out:
+    close(sync[0]);
+    close(sync[1]); /* the init may look for its job now */
+    errno = saved;
+    return pid;
+}
+
+/* maxima-nsinit, in the directory this library was loaded from. */
 static int find_init(void)
 {
     Dl_info info;
@@ -246,7 +320,7 @@ static int find_init(void)
         return -1;
     }
     int dir = (int)(strrchr(info.dli_fname, '/') - info.dli_fname);
-    snprintf(init_path, sizeof init_path, "%.*s/mathrun-jail", dir, info.dli_fname);
+    snprintf(init_path, sizeof init_path, "%.*s/maxima-nsinit", dir, info.dli_fname);
     return access(init_path, X_OK);
 }
 
@@ -298,7 +372,7 @@ const char *mathrun_fork_loop(const char *netns)
         _exit(1);
     }
     if (find_init() < 0) {
-        say(1, "failed - no mathrun-jail next to the fork library: %s", strerror(errno));
+        say(1, "failed - no maxima-nsinit next to the fork library: %s", strerror(errno));
         _exit(1);
     }
     say(1, "mathrun-mother ready %d", (int)getpid());
@@ -314,7 +388,7 @@ const char *mathrun_fork_loop(const char *netns)
             continue;
         }
         /* As root (UID not -1), the child is PID 2 of its own namespace. */
-        pid_t pid = strcmp(w[2], "-1") != 0 ? jail_fork_with_init(init_path) : fork();
+        pid_t pid = strcmp(w[2], "-1") != 0 ? fork_with_init() : fork();
         if (pid < 0) {
             say(1, "failed %s fork: %s", w[1], strerror(errno));
             continue;

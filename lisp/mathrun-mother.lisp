@@ -91,16 +91,21 @@ form) or quietly."
   ;; thread first, so that no child inherits its lock half-taken.
   (sb-thread::with-system-mutex (sb-thread::*make-thread-lock*)
     (sb-impl::finalizer-thread-stop))
+  ;; What the mother allocated since its core was saved (this REPL's
+  ;; reading, the shared object) is compacted now: a child then allocates
+  ;; into fresh pages instead of copying half-filled ones on write.
+  (sb-ext:gc :full t)
   (let ((root (sb-alien:alien-funcall
                (sb-alien:extern-alien "mathrun_fork_loop"
                                       (function sb-alien:c-string sb-alien:c-string))
                netns)))
     ;; Only a child gets here.  Any error now ends it, with the reason on
-    ;; its output, instead of leaving a REPL that is never ready.
+    ;; its output, instead of leaving a REPL that is never ready.  No
+    ;; finalizer thread is started again: a child lives for one job, its
+    ;; exit closes what a finalizer would, and a thread costs each child a
+    ;; clone, its stacks' pages and a second thread to stop at every GC.
     (handler-case
-        (progn
-          (ignore-errors (sb-impl::finalizer-thread-start))
-          (start-child root))
+        (start-child root)
       (error (e)
         (format t "mathrun-child-failed: ~A~%" e)
         (finish-output)

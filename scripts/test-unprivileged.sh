@@ -71,7 +71,7 @@ chmod 755 "$RUN"
 mkdir "$RUN/src" "$RUN/home"
 cp -a .venv mathrun tests twisted lisp pyproject.toml setup.cfg "$RUN/src/"
 mkdir "$RUN/src/ext"
-cp -a ext/mathrun-jail ext/mathrun-spawn ext/libmathrun-fork.so "$RUN/src/ext/"
+cp -a ext/mathrun-jail ext/mathrun-spawn ext/libmathrun-fork.so ext/maxima-nsinit "$RUN/src/ext/"
 chown "$RUN_AS" "$RUN/home"
 chmod 700 "$RUN/home"
 

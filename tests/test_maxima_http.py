@@ -233,6 +233,14 @@ class HttpApiTests(unittest.TestCase):
         self.assertIn(b"Maxima asked a question", body)
 
     @async_test
+    async def test_an_input_larger_than_a_pipe_arrives_whole(self):
+        """What the first write does not fit into the child's pipe (64 KiB)
+        follows as the child reads it."""
+        code, _, body = await self.server.post('s: "' + "a" * 300000 + '"$ slength(s);')
+        self.assertEqual(code, 200, body[:200])
+        self.assertIn(b"300000", body)
+
+    @async_test
     async def test_oversized_input_is_413(self):
         code, headers, body = await self.server.post("x" * (self.server.config.max_input_bytes + 1) + ";")
         self.assertEqual(code, 413)

@@ -3,9 +3,12 @@ framing, the mother's restart policy, and the HTTP field handling, on fakes."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import defer, error
+from twisted.internet import defer, error, main
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -14,10 +17,12 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from mathrun.interfaces import IMaximaChild, IMaximaPool, IMother, ISandbox
+from mathrun.maxima.child import OutputReader
 from mathrun.maxima.config import MaximaConfig
 from mathrun.maxima.http import MaximaResource
 from mathrun.maxima.mother import ForkFailed, Mother, MotherProtocol, MotherUnavailable, maxima_string, preamble
 from mathrun.maxima.pool import MaximaPool, PoolBusy
+from mathrun.sandbox.pipes import write_now
 from mathrun.sandbox.result import JobResult, Status
 
 from .fakes import FakeProcessTransport, ProcessReactor
@@ -424,6 +429,9 @@ class PoolTests(unittest.SynchronousTestCase):
         self.assertEqual((len(FakeChild.made), len(self.mother.forks)), (2, 1))
         child.evaluation.callback(JobResult(Status.OK, stdout=b"2\n"))
         self.assertEqual(self.successResultOf(d).stdout, b"2\n")
+        # The answer first; the cleanup at the reactor's next turn.
+        self.assertFalse(child.lease.released or child.closed)
+        self.clock.advance(0)
         self.assertTrue(child.lease.released and child.closed)
         self.fork_all()
         self.assertEqual(len(self.pool.ready), 1)
@@ -507,3 +515,83 @@ class PoolTests(unittest.SynchronousTestCase):
         child.on_death(child)
         self.assertTrue(child.lease.released)
         self.assertEqual((len(self.pool.ready), len(self.mother.forks)), (0, 1))
+
+
+class _Writer:
+    """The parts of Twisted's ProcessWriter that write_now looks at."""
+
+    def __init__(self, fd: int):
+        self.fd, self.connected, self.disconnecting = fd, 1, False
+        self.dataBuffer, self._tempDataBuffer = b"", []
+
+
+class _Transport:
+    def __init__(self, writer):
+        self.pipes = {0: writer}
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+class WriteNowTests(unittest.TestCase):
+    """A line to a helper process goes out at once, unless something is
+    queued before it or the pipe is full: then the transport keeps order."""
+
+    def setUp(self):
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.w, False)
+        self.addCleanup(os.close, self.r)
+        self.addCleanup(os.close, self.w)
+        self.transport = _Transport(_Writer(self.w))
+
+    def test_written_at_once(self):
+        write_now(self.transport, b"fork 1 x\n")
+        self.assertEqual(os.read(self.r, 100), b"fork 1 x\n")
+        self.assertEqual(self.transport.written, [])
+
+    def test_queued_data_goes_first(self):
+        self.transport.pipes[0]._tempDataBuffer = [b"earlier\n"]
+        write_now(self.transport, b"later\n")
+        self.assertEqual(self.transport.written, [b"later\n"])
+        os.set_blocking(self.r, False)
+        self.assertRaises(BlockingIOError, os.read, self.r, 100)
+
+    def test_a_full_pipe_leaves_it_to_the_transport(self):
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(self.w, b"x" * 4096)
+        write_now(self.transport, b"line\n")
+        self.assertEqual(self.transport.written, [b"line\n"])
+
+    def test_without_a_stdin_pipe_the_transport_writes(self):
+        transport = _Transport(None)
+        transport.pipes = {}
+        write_now(transport, b"line\n")
+        self.assertEqual(transport.written, [b"line\n"])
+
+
+class OutputReaderTests(unittest.TestCase):
+    """A child's last output and its end are read in one turn."""
+
+    def reader(self):
+        r, self.w = os.pipe()
+        os.set_blocking(r, False)
+        self.got, self.ended = [], []
+        reader = OutputReader(MemoryReactorClock(), r, self.got.append, lambda: self.ended.append(True), True)
+        self.addCleanup(reader.close)
+        return reader
+
+    def test_output_then_end_in_one_read(self):
+        reader = self.reader()
+        os.write(self.w, b"(%o1) 2\n")
+        os.close(self.w)
+        self.assertIs(reader.doRead(), main.CONNECTION_DONE)
+        self.assertEqual(self.got, [b"(%o1) 2\n"])
+
+    def test_open_pipe_waits_for_more(self):
+        reader = self.reader()
+        self.addCleanup(os.close, self.w)
+        os.write(self.w, b"partial")
+        self.assertIsNone(reader.doRead())
+        self.assertEqual(self.got, [b"partial"])

@@ -18,7 +18,7 @@ import math
 import socket
 import zipfile
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.logger import Logger
 from twisted.web import resource, server
 
@@ -108,7 +108,7 @@ class MaximaResource(resource.Resource):
         version = field(b"version")
         pool = self.pools.get(version.decode(errors="replace"), self.default) if version else self.default
         started = self.reactor.seconds()
-        d = defer.ensureDeferred(pool.evaluate(text, seconds))
+        d = defer.ensureDeferred(pool.evaluate(text, seconds))  # (a Deferred passes as it is)
         request.notifyFinish().addErrback(self._gone, request, d)
         d.addCallback(self._answer, request, health, started)
         d.addErrback(self._failed, request)
@@ -175,3 +175,16 @@ class MaximaResource(resource.Resource):
         request.setHeader(b"Content-Length", str(len(body)).encode())
         request.write(body)
         request.finish()
+        send_now(request)
+
+
+def send_now(request) -> None:
+    """Send the answer in this turn of the reactor, not the next: the
+    child's cleanup (which the pool schedules after the answer) and the
+    next poll then come after it.  Only on a plain TCP connection that
+    stays open; anything else (TLS, closing) is left to the reactor, and
+    so is an error, which the next write attempt reports again."""
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    if isinstance(transport, tcp.Connection) and transport.connected:
+        if not (transport.disconnecting or transport._writeDisconnecting):
+            transport.doWrite()

@@ -17,6 +17,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
 from ..sandbox.lines import LineSplitter
+from ..sandbox.pipes import write_now
 from .config import MaximaConfig
 from .libraries import LibrarySet
 
@@ -215,7 +216,10 @@ class Mother:
         self.core, self.error = core, None
         proto = MotherProtocol(self._ended)
         self._proto = proto
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent"}
+        # LD_BIND_NOW: the mother resolves every symbol once, at its start,
+        # instead of each child resolving (and copying on write the pages
+        # of) those the mother never called; a child drops the variable.
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent", "LD_BIND_NOW": "1"}
         argv = self.config.argv(core)
         self.reactor.spawnProcess(proto, argv[0], argv, env=env)
         proto.transport.write(preamble(self.config, self.netns))
@@ -262,7 +266,7 @@ class Mother:
         token = str(next(self._tokens))
         d = defer.Deferred()
         self._proto.pending[token] = d
-        self._proto.transport.write(("fork " + " ".join([token] + fields) + "\n").encode())
+        write_now(self._proto.transport, ("fork " + " ".join([token] + fields) + "\n").encode())
         return d
 
 

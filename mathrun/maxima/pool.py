@@ -74,6 +74,7 @@ class MaximaPool:
         self._acquiring: list[defer.Deferred] = []  # forks waiting for a job user
         self._starting: set[Child] = set()  # forked, not ready yet
         self._hurried = False
+        self._retiring: dict[Child, object] = {}  # answered, cleaned up at the next turn
         mother.on_ready.append(self._mother_ready)
 
     # -- service ------------------------------------------------------------
@@ -93,6 +94,9 @@ class MaximaPool:
         await self.mother.stop()
         while self.ready:
             self._retire(self.ready.popleft())
+        for child, call in list(self._retiring.items()):
+            call.cancel()
+            self._retire_later(child)
         for child in list(self.busy):
             if child.job is not None:
                 child.job.stop(Status.CANCELLED)
@@ -114,23 +118,35 @@ class MaximaPool:
         }
 
     # -- requests -------------------------------------------------------------
-    async def evaluate(self, text: bytes, timeout: float) -> JobResult:
-        """Run ``text`` in a ready child (waiting for one if need be)."""
+    def evaluate(self, text: bytes, timeout: float) -> defer.Deferred:
+        """Run ``text`` in a ready child (waiting for one if need be): fires
+        with the JobResult; cancelling stops the wait or the job.  Plain
+        callbacks: this runs for every request."""
         if self.sandbox.refusal is not None:
-            return JobResult(Status.INTERNAL_ERROR, detail=self.sandbox.refusal)
-        asked = self.reactor.seconds()
-        child = await self._take()
-        while child.state != "ready":  # it died just now
+            return defer.succeed(JobResult(Status.INTERNAL_ERROR, detail=self.sandbox.refusal))
+        return self._take().addCallback(self._run, text, timeout, self.reactor.seconds())
+
+    def _run(self, child: Child, text: bytes, timeout: float, asked: float) -> defer.Deferred:
+        if child.state != "ready":  # it died just now
             self._retire(child)
-            child = await self._take()
+            return self._take().addCallback(self._run, text, timeout, asked)
         if self.metrics:
             self.metrics.queue_wait.observe(self.reactor.seconds() - asked)
         self.busy.add(child)
-        try:
-            return await child.evaluate(text, timeout)
-        finally:
+
+        def done(result):
+            # The answer first (the front end's callbacks come next in this
+            # chain), the cleanup at the reactor's next turn.
             self.busy.discard(child)
-            self._retire(child)
+            self._retiring[child] = self.reactor.callLater(0, self._retire_later, child)
+            return result
+
+        try:
+            d = child.evaluate(text, timeout)
+        except BaseException:
+            done(None)
+            raise
+        return d.addBoth(done)
 
     def _take(self) -> defer.Deferred:
         if self.ready:
@@ -267,6 +283,10 @@ class MaximaPool:
         """A ready child ended while waiting (someone killed it)."""
         if child in self.ready:
             self.ready.remove(child)
+        self._retire(child)
+
+    def _retire_later(self, child: Child) -> None:
+        del self._retiring[child]
         self._retire(child)
 
     def _retire(self, child: Child) -> None:

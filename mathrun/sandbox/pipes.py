@@ -65,3 +65,24 @@ class PipeWriter(_Pipe):
 
     def writeSomeData(self, data):
         return fdesc.writeToFD(self.fd, data)
+
+
+def write_now(transport, data: bytes) -> None:
+    """Write to a process's stdin at once when nothing waits before it (the
+    line is shorter than PIPE_BUF: all or nothing), instead of at the
+    reactor's next turn: the process gets it sooner, and the write costs no
+    epoll registration.  Anything else goes through the transport."""
+    writer = getattr(transport, "pipes", {}).get(0)
+    if (
+        writer is not None
+        and writer.connected
+        and not writer.disconnecting
+        and not (writer.dataBuffer or writer._tempDataBuffer)
+        and len(data) < 4096
+    ):
+        try:
+            os.write(writer.fd, data)
+            return
+        except OSError:
+            pass  # full (or closed): the transport queues it (or reports the loss)
+    transport.write(data)

@@ -30,6 +30,7 @@ from . import cgroups as cgroups_mod
 from .job import Job
 from .limits import Limits
 from .lines import LineSplitter
+from .pipes import write_now
 from .pool import JobUser, SlotPool, find_job_users
 from .result import JobResult, Status
 from .spawner import SpawnServer
@@ -140,7 +141,7 @@ class _Reaper(protocol.ProcessProtocol):
             line += b" " + count_file.encode()
         if unmount:
             line += b" umount=" + os.fsencode(unmount)
-        self.transport.write(line + b"\n")
+        write_now(self.transport, line + b"\n")
         return d
 
     def outReceived(self, data: bytes) -> None:
@@ -261,8 +262,10 @@ class Sandbox:
         self.job_root = self.config.resolved_job_root(self.privileged)
         self.netns = os.path.join(RUN_DIR, "netns")
         # One lock for every server that shares the helper user, wherever
-        # its job root is.
-        self.kill_lock = os.path.join(RUN_DIR, "kill.lock")
+        # its job root is (a kill as one helper cannot hit another helper's
+        # killer: servers with other helpers need not wait for each other).
+        helper = self.config.helper_user
+        self.kill_lock = os.path.join(RUN_DIR, "kill.lock" if helper == "mathrun" else f"kill-{helper}.lock")
         self.cgroups = None
         self.helper: JobUser | None = None
         self.pool: SlotPool | None = None
