@@ -63,103 +63,10 @@ static struct spawn_job *jobs[SPAWN_MAX_JOBS];
 static int njobs;
 static pid_t self_pid;
 
-/* ---- output: a queue of frames, each sent whole, fds with its first byte -- */
-struct out_frame {
-    struct out_frame *next;
-    size_t len, off;
-    int fds[4], nfds;
-    char data[];
-};
-static struct out_frame *out_head, *out_tail;
-
-/* Drop every queued frame (the peer is gone), closing the fds not sent. */
-static void drop_output(void)
-{
-    while (out_head) {
-        struct out_frame *f = out_head;
-        out_head = f->next;
-        if (f->off == 0)
-            for (int i = 0; i < f->nfds; i++)
-                close(f->fds[i]);
-        free(f);
-    }
-    out_tail = NULL;
-}
-
-static void flush_output(void)
-{
-    while (out_head) {
-        struct out_frame *f = out_head;
-        struct iovec iov = {f->data + f->off, f->len - f->off};
-        union {
-            char buf[CMSG_SPACE(sizeof f->fds)];
-            struct cmsghdr align;
-        } control;
-        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-        if (f->off == 0 && f->nfds) {
-            msg.msg_control = control.buf;
-            msg.msg_controllen = CMSG_SPACE(f->nfds * sizeof(int));
-            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(f->nfds * sizeof(int));
-            memcpy(CMSG_DATA(c), f->fds, f->nfds * sizeof(int));
-        }
-        ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0) {
-            if (errno != EAGAIN && errno != EINTR)
-                drop_output();
-            return;
-        }
-        if (f->off == 0) { /* the fds went with the first byte */
-            for (int i = 0; i < f->nfds; i++)
-                close(f->fds[i]);
-            f->nfds = 0;
-        }
-        f->off += n;
-        if (f->off < f->len)
-            return;
-        out_head = f->next;
-        if (!out_head)
-            out_tail = NULL;
-        free(f);
-    }
-}
-
-/* Queue one frame of `nfields` strings (and fds the frame takes over). */
-static void send_frame(const char **fields, int nfields, const int *fds, int nfds)
-{
-    size_t len = 0;
-    for (int i = 0; i < nfields; i++)
-        len += strlen(fields[i]) + 1;
-    struct out_frame *f = malloc(sizeof *f + 4 + len);
-    if (!f)
-        abort();
-    f->next = NULL;
-    f->len = 4 + len;
-    f->off = 0;
-    f->nfds = nfds;
-    memcpy(f->fds, fds, nfds * sizeof(int));
-    unsigned char *p = (unsigned char *)f->data;
-    p[0] = len & 0xff, p[1] = (len >> 8) & 0xff, p[2] = (len >> 16) & 0xff, p[3] = len >> 24;
-    p += 4;
-    for (int i = 0; i < nfields; i++) {
-        size_t n = strlen(fields[i]) + 1;
-        memcpy(p, fields[i], n);
-        p += n;
-    }
-    if (out_tail)
-        out_tail->next = f;
-    else
-        out_head = f;
-    out_tail = f;
-    flush_output();
-}
-
 static void send_error(const char *message)
 {
     const char *fields[] = {"error", message};
-    send_frame(fields, 2, NULL, 0);
+    spawn_send(fields, 2, NULL, 0);
 }
 
 static void send_report(const char *id, const char *report)
@@ -167,7 +74,7 @@ static void send_report(const char *id, const char *report)
     char field[600];
     snprintf(field, sizeof field, "report=%s", report);
     const char *fields[] = {"exited", id, field};
-    send_frame(fields, 3, NULL, 0);
+    spawn_send(fields, 3, NULL, 0);
 }
 
 /* ---- jobs ------------------------------------------------------------------ */
@@ -329,7 +236,7 @@ static void spawn(struct spawn_request *rq)
     snprintf(pidf, sizeof pidf, "pid=%d", (int)pid);
     snprintf(nfds, sizeof nfds, "fds=%d", n);
     const char *fields[] = {"spawned", rq->id, pidf, nfds};
-    send_frame(fields, 4, fds, n);
+    spawn_send(fields, 4, fds, n);
 }
 
 /* The main process is gone: kill what it left, report, forget. */
@@ -429,6 +336,18 @@ static void request(char *payload, size_t len)
         struct spawn_job *job = find_job(fields[1], 0);
         if (job && !job->ended)
             spawn_kill(job, 0);
+        return;
+    }
+    if (n >= 2 && strcmp(fields[0], "open") == 0) {
+        int fd = -1;
+        for (int i = 2; i < n; i++)
+            if (strcmp(fields[i], "fds=1") == 0 && n_in_fds > 0) {
+                fd = in_fds[0];
+                memmove(in_fds, in_fds + 1, --n_in_fds * sizeof *in_fds);
+            }
+        spawn_open(fields + 1, n - 1, fd);
+        if (fd >= 0)
+            close(fd);
         return;
     }
     if (n >= 2 && strcmp(fields[0], "spawn") == 0) {
@@ -536,7 +455,7 @@ static void shut_down(int sigfd)
         spawn_reap();
         finish_ended();
     }
-    flush_output();
+    spawn_flush();
 }
 
 int main(int argc, char **argv)
@@ -549,6 +468,7 @@ int main(int argc, char **argv)
         return 2;
     }
     self_pid = getpid();
+    spawn_wire_init(sock);
     /* The seccomp filter as exported at build time: each job loads it with
      * one prctl (jail_enter's last step, with seccomp=1). */
     jail_seccomp_use(jail_seccomp_bpf, sizeof jail_seccomp_bpf);
@@ -577,10 +497,11 @@ int main(int argc, char **argv)
     char hello[32];
     snprintf(hello, sizeof hello, "pid=%d", (int)self_pid);
     const char *ready[] = {"ready", hello};
-    send_frame(ready, 2, NULL, 0);
+    spawn_send(ready, 2, NULL, 0);
+    spawn_flush();
 
     for (;;) {
-        struct pollfd p[2] = {{sock, POLLIN | (out_head ? POLLOUT : 0), 0}, {sigfd, POLLIN, 0}};
+        struct pollfd p[2] = {{sock, POLLIN | (spawn_output_pending() ? POLLOUT : 0), 0}, {sigfd, POLLIN, 0}};
         if (poll(p, 2, -1) < 0 && errno != EINTR)
             break;
         if (p[1].revents & POLLIN) {
@@ -594,11 +515,10 @@ int main(int argc, char **argv)
             if (stop)
                 break;
         }
-        if (p[0].revents & POLLOUT)
-            flush_output();
         if ((p[0].revents & (POLLIN | POLLHUP | POLLERR)) && read_requests() < 0)
             break;
         finish_ended(); /* a kill may have reaped a job */
+        spawn_flush();  /* what this turn answered, in as few sends as may be */
     }
     shut_down(sigfd);
     return 0;

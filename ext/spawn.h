@@ -1,5 +1,7 @@
-/* The spawn server's parts (ext/mathrun-spawn.c: the loop and the wire;
- * ext/spawn-jobs.c: reading a request, finding and killing what a job left). */
+/* The spawn server's parts (ext/mathrun-spawn.c: the loop, requests, fork;
+ * ext/spawn-wire.c: the output queue; ext/spawn-jobs.c: reading a request,
+ * finding and killing what a job left; ext/spawn-open.c: files opened as a
+ * front end's client). */
 #ifndef MATHRUN_SPAWN_H
 #define MATHRUN_SPAWN_H
 
@@ -43,6 +45,19 @@ struct spawn_request {
                            * descriptor sent with the request (-1: pipes) */
     int stdin_null;       /* stdin=null: /dev/null instead of a pipe */
 };
+
+/* The output queue (spawn-wire.c): frames of NUL-terminated fields, sent
+ * whole and in order; a frame's fds go with its first byte and are closed
+ * once sent.  spawn_send queues, spawn_flush sends what the socket takes
+ * (the loop calls it once a turn: the turn's answers go out together). */
+void spawn_wire_init(int sock);
+void spawn_send(const char **fields, int nfields, const int *fds, int nfds);
+void spawn_flush(void);
+int spawn_output_pending(void);
+
+/* An `open` request (spawn-open.c): fields after the verb, the id first;
+ * `dirfd` the directory the frame brought, or -1.  Answers `opened`. */
+void spawn_open(char **fields, int n, int dirfd);
 
 /* Fields after the verb (the id first) into `rq`; -1 with a message. */
 int spawn_parse(char **fields, int n, struct spawn_request *rq, char *message, size_t size);

@@ -146,6 +146,14 @@ class Options(usage.Options):
         ],
         ["workspace-limit", None, 128.0, "Size of a job's workspace (and its /tmp), in MiB.", _positive_float],
         ["processes-limit", None, 64, "Processes a job may run at once.", _positive_int],
+        # -- why3 hand-off (issue 14) --
+        [
+            "why3-control",
+            None,
+            None,
+            "Control socket that mathrun-why3server (started by why3) hands its session to "
+            "(default: why3-control.sock beside --why3-socket; 'none': no hand-off).",
+        ],
     ]
 
     compData = usage.Completions(optActions={"config": usage.CompleteFiles("*.ini"), "job-root": usage.CompleteDirs()})

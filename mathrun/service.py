@@ -171,9 +171,15 @@ def make_service(options, reactor=None) -> service.MultiService:
         from .why3.server import Why3Config
         from .why3.service import Why3Service
 
-        output_dir = os.path.join(os.path.dirname(os.path.abspath(options["why3-socket"])), "why3-output")
+        run_dir = os.path.dirname(os.path.abspath(options["why3-socket"]))
+        output_dir = os.path.join(run_dir, "why3-output")
+        control = options.get("why3-control") or os.path.join(run_dir, "why3-control.sock")
         why3 = Why3Service(
-            sandbox, options["why3-socket"], Why3Config(jobs=options["why3-jobs"], output_dir=output_dir), reactor
+            sandbox,
+            options["why3-socket"],
+            Why3Config(jobs=options["why3-jobs"], output_dir=output_dir),
+            reactor,
+            control_path=None if control == "none" else control,
         )
         why3.setServiceParent(top)
         log.info("Why3 VC server on {path}", path=options["why3-socket"])

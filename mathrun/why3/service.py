@@ -1,5 +1,6 @@
 """The VC server as a service of ``twistd mathrun``: a unix socket, unlinked
-again at shutdown, with every running prover killed."""
+again at shutdown, with every running prover killed; and the control socket
+that standalone servers hand their sessions to (handoff.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 from twisted.application import service
 from twisted.internet import defer
 
+from .handoff import ControlFactory
 from .server import Why3Config, Why3Server
 
 
@@ -27,6 +29,7 @@ class Why3Service(service.Service):
         *,
         jobs: int | None = None,
         time_format: str | None = None,
+        control_path: str | None = None,
     ):
         if reactor is None:
             from twisted.internet import reactor
@@ -36,6 +39,10 @@ class Why3Service(service.Service):
         self.socket_path = socket_path
         self.server = Why3Server(sandbox, dataclasses.replace(config, **changes), reactor)
         self.port = None
+        # The hand-off: standalone servers started by why3 pass their socket here.
+        self.control_path = control_path
+        self.control = ControlFactory(sandbox, self.server.config, reactor) if control_path else None
+        self.control_port = None
 
     def startService(self):
         super().startService()
@@ -47,9 +54,15 @@ class Why3Service(service.Service):
         if os.path.lexists(self.socket_path):
             os.unlink(self.socket_path)
         self.port = self.reactor.listenUNIX(self.socket_path, self.server, mode=0o666)
+        if self.control is not None:
+            if os.path.lexists(self.control_path):
+                os.unlink(self.control_path)
+            self.control_port = self.reactor.listenUNIX(self.control_path, self.control, mode=0o666)
 
     def stopService(self):
         super().stopService()
         self.server.stop()
-        d = defer.maybeDeferred(self.port.stopListening) if self.port else defer.succeed(None)
-        return d
+        ports = [p for p in (self.port, self.control_port) if p is not None]
+        if self.control is not None:
+            self.control.stop()
+        return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
