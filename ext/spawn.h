@@ -69,6 +69,19 @@ int spawn_has_leftovers(const struct spawn_job *job);
  * Returns how many were still alive at the end (0 without `wait`). */
 int spawn_kill(struct spawn_job *job, int wait);
 
+/* The job table (mathrun-spawn.c). */
+struct spawn_job *spawn_find_job(const char *id, pid_t pid); /* by id, or (id NULL) by pid */
+int spawn_add_job(struct spawn_job *job);                    /* -1: the table is full */
+void spawn_forget_job(struct spawn_job *job);
+int spawn_job_count(void);
+
+/* From fork to report (spawn-run.c): start one job (answers `spawned`, or
+ * `exited` with a failed report); report an ended one and forget it; a
+ * failed report for a request that never became a job. */
+void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid);
+void spawn_finish(struct spawn_job *job);
+void spawn_failed(const char *id, const char *stage, int code);
+
 /* Reap ended children: a job's main is marked ended, orphans just go. */
 void spawn_reap(void);
 

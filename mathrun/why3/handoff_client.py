@@ -25,14 +25,18 @@ def control_path() -> str:
     return os.environ.get("MATHRUN_WHY3_CONTROL") or DEFAULT_CONTROL
 
 
+_buffer = [b""]
+
+
 def _read_line(control) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
+    """The next line from the daemon (b"" at its end)."""
+    while b"\n" not in _buffer[0]:
         chunk = control.recv(4096)
         if not chunk:
             return b""
-        data += chunk
-    return data.strip()
+        _buffer[0] += chunk
+    line, _buffer[0] = _buffer[0].split(b"\n", 1)
+    return line.strip()
 
 
 def _offer(control, sock, options: dict) -> bool:
