@@ -59,6 +59,7 @@ class Why3Server(protocol.Factory):
 
     protocol = wire.Why3Protocol
     log = Logger()
+    log_queries = False  # a debug line per request: only for --logging
 
     def __init__(self, sandbox, config: Why3Config | None = None, reactor=None, on_empty=None, files=None, caller=None):
         if reactor is None:

@@ -179,6 +179,7 @@ def serve(sock, options: dict) -> int:
             jobs=options["jobs"], time_format=wire.TIME_FORMATS[options["time_format"]], output_dir=os.getcwd()
         )
         server = Why3Server(sandbox, config, reactor, on_empty=last_client_left if options["single_client"] else None)
+        server.log_queries = options["logging"]
         port = reactor.adoptStreamPort(sock.fileno(), socket.AF_UNIX, server)
         sock.close()
     except BaseException:
