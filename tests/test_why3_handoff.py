@@ -166,6 +166,29 @@ class Sessions(HandoffMixin, unittest.TestCase):
             r = subprocess.run(["runuser", "-u", user, "--", "cat", path], capture_output=True, timeout=10)
             self.assertNotEqual(r.returncode, 0)
 
+    def test_a_signal_to_the_standalone_ends_its_session(self):
+        proc, c, path = self.standalone(self.user_dir("nobody"), "nobody", single=False)
+        c.send("run;1;0;0;/bin/sleep;60")
+        self.assertEqual(c.read(), ["S;1"])
+        wait_for(lambda: any(processes_of(uid) for uid in self.daemon.job_uids), what="the prover")
+        proc.send_signal(signal.SIGTERM)
+        # As when it serves in-process: provers killed, socket removed, exit 0;
+        # the daemon has ended the session (and its prover) before it exits.
+        self.assertEqual(proc.wait(15), 0)
+        self.assertFalse(os.path.lexists(path))
+        self.assertFalse(any(processes_of(uid) for uid in self.daemon.job_uids))
+        self.assertRegex(self.daemon.log(), r"why3 hand-off \d+ ended: the standalone server was told to stop")
+        self.assertIsNone(self.daemon.proc.poll())
+
+    def test_a_bad_hand_off_is_refused(self):
+        import socket as sockets
+
+        with sockets.socket(sockets.AF_UNIX) as control:
+            control.connect(self.control)
+            control.sendall(b"handoff jobs=1 single-client=0 time-format=1.5 cwd=2f\n")  # no descriptors
+            self.assertTrue(control.recv(200).startswith(b"refused "))
+        self.assertIsNone(self.daemon.proc.poll())
+
     def test_the_daemon_killed_mid_session(self):
         proc, c, path = self.standalone(self.user_dir("nobody"), "nobody")
         c.send("run;1;0;0;/bin/sleep;60")
