@@ -1,6 +1,16 @@
 """mathrun-why3server vs Debian's C why3server, same run, same tasks.
 
     .venv/bin/python bench/why3_bench.py [-n 2000] [--rounds 3] [--c-server PATH] [--also NAME=PATH]
+        [--user-prefix P] [--real-runs 10] [--no-daemon]
+
+As root (unless ``--no-daemon``) the bench starts a ``twistd mathrun`` with
+the Why3 front end only, on the job users ``P-1..4``, and adds the hand-off
+(``handoff``: the standalone passes its socket to that daemon, provers run
+as job users) to the rotation; ``mathrun`` is the standalone serving
+in-process.  The real-client row: wall time of ``why3 prove -P z3`` of a
+theory of 20 easy goals, C server vs hand-off vs standalone, interleaved
+(the server swapped in by a private bind mount), and the client's CPU (why3
+and its server; the daemon's provers not counted).
 
 For ``-j 1`` and ``-j 2``: n ``/bin/true`` tasks sent at once on one
 connection, timed until the last ``F`` line, the two servers taking turns
@@ -40,16 +50,19 @@ def server_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def run(server: str, n: int, jobs: int) -> tuple[float, float]:
+def run(server: str, n: int, jobs: int, env: dict | None = None, cpu_of=None) -> tuple[float, float]:
+    """(tasks/s, server CPU ms per task); ``cpu_of``: whose CPU that is
+    (the daemon's, for the hand-off), else the server process's."""
     workdir = tempfile.mkdtemp(prefix="why3-bench-")
     path = os.path.join(workdir, "s.sock")
-    proc = subprocess.Popen([server, "--socket", path, "-j", str(jobs)], cwd=workdir)
+    proc = subprocess.Popen([server, "--socket", path, "-j", str(jobs)], cwd=workdir, env=env)
     try:
         while not os.path.exists(path):
             time.sleep(0.005)
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(path)
-        cpu0 = server_cpu(proc.pid)
+        cpu_pids = cpu_of or [proc.pid]
+        cpu0 = tree_cpu(cpu_pids)
         start = time.perf_counter()
         sock.sendall(b"".join(b"run;%d;0;0;/bin/true\n" % i for i in range(n)))
         done, buffer = 0, b""
@@ -61,7 +74,7 @@ def run(server: str, n: int, jobs: int) -> tuple[float, float]:
                     done += 1
                     os.unlink(line.rsplit(b";", 1)[1])
         elapsed = time.perf_counter() - start
-        cpu = server_cpu(proc.pid) - cpu0
+        cpu = tree_cpu(cpu_pids) - cpu0
         sock.close()
         return n / elapsed, cpu / n * 1000
     finally:
@@ -125,6 +138,102 @@ def median(values: list[float]) -> float:
     return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
+def tree_cpu(pids) -> float:
+    """CPU seconds of these processes and of their direct children (a
+    mathrun server's spawn server; its jobs are its children, not counted)."""
+    total = 0.0
+    for pid in pids:
+        total += server_cpu(pid)
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                total += sum(server_cpu(int(child)) for child in f.read().split())
+        except OSError:
+            pass
+    return total
+
+
+def start_daemon(prefix: str, workdir: str):
+    """A ``twistd mathrun`` with the Why3 front end only: (process, control socket)."""
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    control = os.path.join(workdir, "why3-control.sock")
+    args = ["--why3-socket", os.path.join(workdir, "why3.sock"), "--no-maxima", "--no-asy", "--no-http", "--jobs", "4"]
+    args += ["--user-prefix", prefix, "--helper-user", prefix]
+    log = open(os.path.join(workdir, "twistd.log"), "wb")  # noqa: SIM115 - the daemon's for its life
+    proc = subprocess.Popen([twistd, "-n", "--pidfile=", "mathrun", *args], cwd=workdir, stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(control):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"the daemon did not start; see {workdir}/twistd.log")
+        time.sleep(0.05)
+    return proc, control
+
+
+THEORY = (
+    "theory T\n  use int.Int\n"
+    + "".join(f"  goal g{i}: forall x y:int. x + {i} * y = {i} * y + x\n" for i in range(20))
+    + "end\n"
+)
+
+
+def prove(server: str | None, workdir: str, env: dict) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of why3 and its server) of one ``why3 prove``."""
+    command = ["why3", "prove", "-P", "z3", "-t", "5", "goals.mlw"]
+    if server is not None:
+        mount = f'mount --bind "$0" {DEBIAN_PLACES[2]} && exec "$@"'
+        command = ["unshare", "-m", "sh", "-c", mount, server, *command]
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0 or out.count(b"Valid") != 20:
+        sys.exit(f"why3 prove failed through {server or 'the C server'}: {out.decode(errors='replace')[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def real_client_row(runs: int, control: str | None) -> None:
+    if not shutil.which("why3") or os.geteuid() != 0:
+        print("real client: needs why3 and root (the private bind mount)")
+        return
+    workdir = tempfile.mkdtemp(prefix="why3-bench-prove-")
+    with open(os.path.join(workdir, "goals.mlw"), "w") as f:
+        f.write(THEORY)
+    env = dict(os.environ, HOME=workdir, MATHRUN_WHY3_CONTROL="none")
+    subprocess.run(["why3", "config", "detect"], cwd=workdir, env=env, capture_output=True, check=True)
+    rotation = [("C", None, env), ("standalone", OURS, env)]
+    if control:
+        rotation.insert(1, ("handoff", OURS, dict(env, MATHRUN_WHY3_CONTROL=control)))
+    times = {name: [] for name, _, _ in rotation}
+    for _ in range(runs):
+        for name, server, server_env in rotation:
+            times[name].append(prove(server, workdir, server_env))
+    print(f"real client: why3 prove -P z3, 20 easy goals, median of {runs} interleaved runs")
+    c_wall = median([t[0] for t in times["C"]])
+    for name, _, _ in rotation:
+        wall, cpu = median([t[0] for t in times[name]]), median([t[1] for t in times[name]])
+        print(f"  {name:>10}: wall {wall:.3f} s ({wall / c_wall:.2f}x C), client CPU {cpu:.3f} s")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def rotation_rows(servers, args, daemon) -> None:
+    print(f"{args.n} /bin/true tasks per row, median of {args.rounds} interleaved rounds; {os.cpu_count()} CPUs")
+    print(f"{'-j':>3} {'server':>8} {'tasks/s':>8} {'server CPU ms/task':>19}   rounds (tasks/s)")
+    for jobs in (1, 2):
+        runs = {name: [] for name, *_ in servers}
+        for _ in range(args.rounds):
+            for name, server, env, cpu_of in servers:
+                runs[name].append(run(server, args.n, jobs, env, cpu_of))
+        rows = {}
+        for name, *_ in servers:
+            rates = [r[0] for r in runs[name]]
+            rows[name] = (median(rates), median([r[1] for r in runs[name]]))
+            every = " ".join(f"{r:.0f}" for r in rates)
+            print(f"{jobs:>3} {name:>8} {rows[name][0]:>8.0f} {rows[name][1]:>19.2f}   {every}")
+        for name, *_ in servers[1:]:
+            label = f"{name}/C"[:8]
+            print(f"{jobs:>3} {label:>8} {rows[name][0] / rows['C'][0]:>8.2f} {rows[name][1] / rows['C'][1]:>19.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=2000, help="tasks per row")
@@ -137,27 +246,27 @@ def main():
         metavar="NAME=PATH",
         help="one more server in the rotation (an older build)",
     )
+    parser.add_argument("--user-prefix", default="mathrun", help="the daemon's job users PREFIX-1..4 (as root)")
+    parser.add_argument("--no-daemon", action="store_true", help="no hand-off rows (no twistd started)")
+    parser.add_argument("--real-runs", type=int, default=10, help="why3 prove runs per server (0: none)")
     args = parser.parse_args()
-    servers = [("C", args.c_server or find_c_server()), ("mathrun", OURS)]
-    servers += [tuple(extra.split("=", 1)) for extra in args.also]
-    print(f"{args.n} /bin/true tasks per row, median of {args.rounds} interleaved rounds; {os.cpu_count()} CPUs")
-    print(f"{'-j':>3} {'server':>8} {'tasks/s':>8} {'server CPU ms/task':>19}   rounds (tasks/s)")
-    for jobs in (1, 2):
-        runs = {name: [] for name, _ in servers}
-        for _ in range(args.rounds):
-            for name, server in servers:
-                runs[name].append(run(server, args.n, jobs))
-        rows = {}
-        for name, _ in servers:
-            rates = [r[0] for r in runs[name]]
-            rows[name] = (median(rates), median([r[1] for r in runs[name]]))
-            every = " ".join(f"{r:.0f}" for r in rates)
-            print(f"{jobs:>3} {name:>8} {rows[name][0]:>8.0f} {rows[name][1]:>19.2f}   {every}")
-        for name, _ in servers[1:]:
-            label = "ratio" if name == "mathrun" else f"{name}/C"[:8]
-            print(f"{jobs:>3} {label:>8} {rows[name][0] / rows['C'][0]:>8.2f} {rows[name][1] / rows['C'][1]:>19.2f}")
-
-    print(f"spawn server alone, serial: {spawn_floor(min(args.n, 1000)):.0f} tasks/s")
+    alone = dict(os.environ, MATHRUN_WHY3_CONTROL="none")
+    servers = [("C", args.c_server or find_c_server(), None, None), ("mathrun", OURS, alone, None)]
+    servers += [(*extra.split("=", 1), alone, None) for extra in args.also]
+    daemon, control, workdir = None, None, tempfile.mkdtemp(prefix="why3-bench-daemon-")
+    if os.geteuid() == 0 and not args.no_daemon:
+        daemon, control = start_daemon(args.user_prefix, workdir)
+        servers.insert(1, ("handoff", OURS, dict(os.environ, MATHRUN_WHY3_CONTROL=control), [daemon.pid]))
+    try:
+        rotation_rows(servers, args, daemon)
+        print(f"spawn server alone, serial: {spawn_floor(min(args.n, 1000)):.0f} tasks/s")
+        if args.real_runs:
+            real_client_row(args.real_runs, control)
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

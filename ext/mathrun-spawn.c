@@ -63,115 +63,27 @@ static struct spawn_job *jobs[SPAWN_MAX_JOBS];
 static int njobs;
 static pid_t self_pid;
 
-/* ---- output: a queue of frames, each sent whole, fds with its first byte -- */
-struct out_frame {
-    struct out_frame *next;
-    size_t len, off;
-    int fds[4], nfds;
-    char data[];
-};
-static struct out_frame *out_head, *out_tail;
-
-/* Drop every queued frame (the peer is gone), closing the fds not sent. */
-static void drop_output(void)
-{
-    while (out_head) {
-        struct out_frame *f = out_head;
-        out_head = f->next;
-        if (f->off == 0)
-            for (int i = 0; i < f->nfds; i++)
-                close(f->fds[i]);
-        free(f);
-    }
-    out_tail = NULL;
-}
-
-static void flush_output(void)
-{
-    while (out_head) {
-        struct out_frame *f = out_head;
-        struct iovec iov = {f->data + f->off, f->len - f->off};
-        union {
-            char buf[CMSG_SPACE(sizeof f->fds)];
-            struct cmsghdr align;
-        } control;
-        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-        if (f->off == 0 && f->nfds) {
-            msg.msg_control = control.buf;
-            msg.msg_controllen = CMSG_SPACE(f->nfds * sizeof(int));
-            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(f->nfds * sizeof(int));
-            memcpy(CMSG_DATA(c), f->fds, f->nfds * sizeof(int));
-        }
-        ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n < 0) {
-            if (errno != EAGAIN && errno != EINTR)
-                drop_output();
-            return;
-        }
-        if (f->off == 0) { /* the fds went with the first byte */
-            for (int i = 0; i < f->nfds; i++)
-                close(f->fds[i]);
-            f->nfds = 0;
-        }
-        f->off += n;
-        if (f->off < f->len)
-            return;
-        out_head = f->next;
-        if (!out_head)
-            out_tail = NULL;
-        free(f);
-    }
-}
-
-/* Queue one frame of `nfields` strings (and fds the frame takes over). */
-static void send_frame(const char **fields, int nfields, const int *fds, int nfds)
-{
-    size_t len = 0;
-    for (int i = 0; i < nfields; i++)
-        len += strlen(fields[i]) + 1;
-    struct out_frame *f = malloc(sizeof *f + 4 + len);
-    if (!f)
-        abort();
-    f->next = NULL;
-    f->len = 4 + len;
-    f->off = 0;
-    f->nfds = nfds;
-    memcpy(f->fds, fds, nfds * sizeof(int));
-    unsigned char *p = (unsigned char *)f->data;
-    p[0] = len & 0xff, p[1] = (len >> 8) & 0xff, p[2] = (len >> 16) & 0xff, p[3] = len >> 24;
-    p += 4;
-    for (int i = 0; i < nfields; i++) {
-        size_t n = strlen(fields[i]) + 1;
-        memcpy(p, fields[i], n);
-        p += n;
-    }
-    if (out_tail)
-        out_tail->next = f;
-    else
-        out_head = f;
-    out_tail = f;
-    flush_output();
-}
-
 static void send_error(const char *message)
 {
     const char *fields[] = {"error", message};
-    send_frame(fields, 2, NULL, 0);
-}
-
-static void send_report(const char *id, const char *report)
-{
-    char field[600];
-    snprintf(field, sizeof field, "report=%s", report);
-    const char *fields[] = {"exited", id, field};
-    send_frame(fields, 3, NULL, 0);
+    spawn_send(fields, 2, NULL, 0);
 }
 
 /* ---- jobs ------------------------------------------------------------------ */
-static struct spawn_job *find_job(const char *id, pid_t pid)
+int spawn_add_job(struct spawn_job *job)
+{
+    if (njobs == SPAWN_MAX_JOBS)
+        return -1;
+    jobs[njobs++] = job;
+    return 0;
+}
+
+int spawn_job_count(void)
+{
+    return njobs;
+}
+
+struct spawn_job *spawn_find_job(const char *id, pid_t pid)
 {
     for (int i = 0; i < njobs; i++)
         if ((id && strcmp(jobs[i]->id, id) == 0) || (!id && jobs[i]->pid == pid))
@@ -181,10 +93,10 @@ static struct spawn_job *find_job(const char *id, pid_t pid)
 
 struct spawn_job *spawn_job_by_pid(pid_t pid)
 {
-    return find_job(NULL, pid);
+    return spawn_find_job(NULL, pid);
 }
 
-static void forget_job(struct spawn_job *job)
+void spawn_forget_job(struct spawn_job *job)
 {
     for (int i = 0; i < njobs; i++)
         if (jobs[i] == job) {
@@ -200,178 +112,6 @@ static void forget_job(struct spawn_job *job)
     free(job);
 }
 
-/* The job, between jail_fork and exec: its pipes as stdio, no signal
- * blocked, dead with the server, confined, the tool. */
-static void job_child(struct spawn_request *rq, int in, int out, int err, int errw)
-{
-    int report[2];
-    sigset_t none;
-    if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
-        _exit(126);
-    if (rq->output_fd >= 0)
-        close(rq->output_fd);
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    /* (Unprivileged, the parent is the namespace's init, PID 1 here, which
-     * dies with the server and takes the namespace with it.) */
-    pid_t parent = getppid();
-    if (!rq->cfg.userns && parent != self_pid && parent != 0)
-        _exit(126); /* the server died before the line above */
-    if (jail_enter(&rq->cfg) < 0) {
-        report[0] = 1;
-        report[1] = errno;
-        if (write(errw, report, sizeof report) < 0) {}
-        _exit(126);
-    }
-    /* Changing uid cleared the parent-death signal: set it again. */
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    environ = rq->env;
-    execvp(rq->argv[0], rq->argv);
-    report[0] = 2;
-    report[1] = errno;
-    fprintf(stderr, "%s: exec of '%s' failed (%s)\n", rq->argv[0], rq->argv[0], strerror(errno));
-    if (write(errw, report, sizeof report) < 0) {}
-    _exit(127);
-}
-
-static void failed_report(const char *id, const char *stage, int code)
-{
-    char line[200];
-    snprintf(line, sizeof line,
-             "status=failed stage=%s errno=%d utime=0.000000 stime=0.000000 maxrss_kb=0"
-             " wall=0.000000 leftover=0 killed=0 remaining=0", stage, code);
-    send_report(id, line);
-}
-
-static void close_all(int *fds, int n)
-{
-    for (int i = 0; i < n; i++)
-        if (fds[i] >= 0)
-            close(fds[i]);
-}
-
-static void spawn(struct spawn_request *rq)
-{
-    int p[8] = {-1, -1, -1, -1, -1, -1, -1, -1}; /* in, out, err, errpipe */
-    if (njobs == SPAWN_MAX_JOBS || find_job(rq->id, 0)) {
-        failed_report(rq->id, "jail", njobs == SPAWN_MAX_JOBS ? EAGAIN : EEXIST);
-        return;
-    }
-    /* Pipes for stdin, stdout, stderr and exec errors, but for what the
-     * request brought (its output file) or wants none of (stdin). */
-    for (int i = 0; i < 4; i++) {
-        if ((i == 0 && rq->stdin_null) || ((i == 1 || i == 2) && rq->output_fd >= 0))
-            continue;
-        if (pipe2(p + 2 * i, O_CLOEXEC) < 0) {
-            int code = errno;
-            close_all(p, 8);
-            failed_report(rq->id, "jail", code);
-            return;
-        }
-    }
-    int child_in = rq->stdin_null ? dev_null : p[0];
-    int child_out = rq->output_fd >= 0 ? rq->output_fd : p[3];
-    int child_err = rq->output_fd >= 0 ? rq->output_fd : p[5];
-    /* Unprivileged, the pid is the namespace's init: it tells the job's
-     * own wait status through this pipe (jail.h). */
-    int sp[2] = {-1, -1};
-    if (rq->cfg.userns && pipe2(sp, O_CLOEXEC) < 0) {
-        int code = errno;
-        close_all(p, 8);
-        failed_report(rq->id, "jail", code);
-        return;
-    }
-    rq->cfg.status_fd = sp[1];
-    struct spawn_job *job = calloc(1, sizeof *job);
-    if (!job)
-        abort();
-    clock_gettime(CLOCK_MONOTONIC, &job->t0);
-    pid_t pid = jail_fork(&rq->cfg);
-    if (pid == 0)
-        job_child(rq, child_in, child_out, child_err, p[7]);
-    if (sp[1] >= 0)
-        close(sp[1]);
-    if (pid < 0) {
-        int code = errno;
-        close_all(p, 8);
-        if (sp[0] >= 0)
-            close(sp[0]);
-        free(job);
-        failed_report(rq->id, "namespaces", code);
-        return;
-    }
-    job->statusfd = sp[0];
-    int ours[3] = {p[1], p[2], p[4]};
-    close_all((int[]){p[0], p[3], p[5], p[7]}, 4);
-    /* The reactor's ends come non-blocking (the job's ends stay blocking). */
-    for (int i = 0; i < 3; i++)
-        if (ours[i] >= 0)
-            fcntl(ours[i], F_SETFL, O_NONBLOCK);
-    fcntl(p[6], F_SETFL, O_NONBLOCK); /* read when the job has ended: never wait on it */
-    snprintf(job->id, sizeof job->id, "%s", rq->id);
-    job->pid = pid;
-    job->errfd = p[6];
-    job->uid = rq->cfg.uid;
-    job->kill_ruid = rq->cfg.kill_ruid;
-    job->kill_lock = rq->cfg.kill_lock ? strdup(rq->cfg.kill_lock) : NULL;
-    job->count_file = rq->count_file ? strdup(rq->count_file) : NULL;
-    jobs[njobs++] = job;
-
-    int fds[4], n = 0;
-    for (int i = 0; i < 3; i++)
-        if (ours[i] >= 0)
-            fds[n++] = ours[i];
-    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (pidfd >= 0)
-        fds[n++] = pidfd;
-    char pidf[32], nfds[16];
-    snprintf(pidf, sizeof pidf, "pid=%d", (int)pid);
-    snprintf(nfds, sizeof nfds, "fds=%d", n);
-    const char *fields[] = {"spawned", rq->id, pidf, nfds};
-    send_frame(fields, 4, fds, n);
-}
-
-/* The main process is gone: kill what it left, report, forget. */
-static void finish(struct spawn_job *job)
-{
-    int err[2] = {0, 0};
-    ssize_t got = read(job->errfd, err, sizeof err);
-    /* With a PID namespace, its init ends right after the job's main
-     * process and the kernel kills what is left; its exit code says whether
-     * anything was, its rusage holds the orphans' (jail.h). */
-    int init_left = jail_reap_init(job->pid, &job->ru);
-    if (job->statusfd >= 0) {
-        struct jail_status js;
-        if (read(job->statusfd, &js, sizeof js) == (ssize_t)sizeof js) {
-            job->status = js.wait_status;
-            init_left = js.leftover;
-        }
-    }
-    int leftover = init_left == 1 || spawn_has_leftovers(job);
-    int remaining = 0;
-    if (leftover || job->killed)
-        remaining = spawn_kill(job, 1);
-
-    char line[512];
-    int n;
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    double wall = (t.tv_sec - job->t0.tv_sec) + (t.tv_nsec - job->t0.tv_nsec) / 1e9;
-    if (got == (ssize_t)sizeof err)
-        n = snprintf(line, sizeof line, "status=failed stage=%s errno=%d", err[0] == 1 ? "jail" : "exec", err[1]);
-    else if (WIFSIGNALED(job->status))
-        n = snprintf(line, sizeof line, "status=signalled signal=%d", WTERMSIG(job->status));
-    else
-        n = snprintf(line, sizeof line, "status=exited code=%d", WEXITSTATUS(job->status));
-    snprintf(line + n, sizeof line - n,
-             " utime=%ld.%06ld stime=%ld.%06ld maxrss_kb=%ld wall=%.6f leftover=%d killed=%d remaining=%d",
-             (long)job->ru.ru_utime.tv_sec, (long)job->ru.ru_utime.tv_usec, (long)job->ru.ru_stime.tv_sec,
-             (long)job->ru.ru_stime.tv_usec, job->ru.ru_maxrss, wall, leftover, job->killed, remaining);
-    send_report(job->id, line);
-    forget_job(job);
-}
-
 /* Reap every child that has ended: a job's main process is marked for
  * finish() (its status and rusage kept), an orphan of a job just goes. */
 void spawn_reap(void)
@@ -380,7 +120,7 @@ void spawn_reap(void)
     struct rusage ru;
     pid_t pid;
     while ((pid = wait4(-1, &status, WNOHANG, &ru)) > 0) {
-        struct spawn_job *job = find_job(NULL, pid);
+        struct spawn_job *job = spawn_find_job(NULL, pid);
         if (job && !job->ended) {
             job->ended = 1;
             job->status = status;
@@ -393,7 +133,7 @@ static void finish_ended(void)
 {
     for (int i = 0; i < njobs;) {
         if (jobs[i]->ended)
-            finish(jobs[i]); /* moves the last job to i */
+            spawn_finish(jobs[i]); /* moves the last job to i */
         else
             i++;
     }
@@ -426,9 +166,21 @@ static void request(char *payload, size_t len)
     for (char *p = payload; p < payload + len && n < SPAWN_MAX_FIELDS; p += strlen(p) + 1)
         fields[n++] = p;
     if (n >= 2 && strcmp(fields[0], "kill") == 0) {
-        struct spawn_job *job = find_job(fields[1], 0);
+        struct spawn_job *job = spawn_find_job(fields[1], 0);
         if (job && !job->ended)
             spawn_kill(job, 0);
+        return;
+    }
+    if (n >= 2 && strcmp(fields[0], "open") == 0) {
+        int fd = -1;
+        for (int i = 2; i < n; i++)
+            if (strcmp(fields[i], "fds=1") == 0 && n_in_fds > 0) {
+                fd = in_fds[0];
+                memmove(in_fds, in_fds + 1, --n_in_fds * sizeof *in_fds);
+            }
+        spawn_open(fields + 1, n - 1, fd);
+        if (fd >= 0)
+            close(fd);
         return;
     }
     if (n >= 2 && strcmp(fields[0], "spawn") == 0) {
@@ -437,18 +189,18 @@ static void request(char *payload, size_t len)
         int fd = brought_fd(fields, n);
         if (fd == -2) {
             send_error("spawn: output-fd without its descriptor");
-            failed_report(fields[1], "jail", EBADF);
+            spawn_failed(fields[1], "jail", EBADF);
             return;
         }
         if (spawn_parse(fields + 1, n - 1, &rq, message, sizeof message) < 0) {
             if (fd >= 0)
                 close(fd);
             send_error(message);
-            failed_report(fields[1], "jail", EINVAL);
+            spawn_failed(fields[1], "jail", EINVAL);
             return;
         }
         rq.output_fd = fd;
-        spawn(&rq);
+        spawn_start(&rq, dev_null, self_pid);
         if (fd >= 0)
             close(fd);
         return;
@@ -536,7 +288,7 @@ static void shut_down(int sigfd)
         spawn_reap();
         finish_ended();
     }
-    flush_output();
+    spawn_flush();
 }
 
 int main(int argc, char **argv)
@@ -549,6 +301,7 @@ int main(int argc, char **argv)
         return 2;
     }
     self_pid = getpid();
+    spawn_wire_init(sock);
     /* The seccomp filter as exported at build time: each job loads it with
      * one prctl (jail_enter's last step, with seccomp=1). */
     jail_seccomp_use(jail_seccomp_bpf, sizeof jail_seccomp_bpf);
@@ -577,10 +330,11 @@ int main(int argc, char **argv)
     char hello[32];
     snprintf(hello, sizeof hello, "pid=%d", (int)self_pid);
     const char *ready[] = {"ready", hello};
-    send_frame(ready, 2, NULL, 0);
+    spawn_send(ready, 2, NULL, 0);
+    spawn_flush();
 
     for (;;) {
-        struct pollfd p[2] = {{sock, POLLIN | (out_head ? POLLOUT : 0), 0}, {sigfd, POLLIN, 0}};
+        struct pollfd p[2] = {{sock, POLLIN | (spawn_output_pending() ? POLLOUT : 0), 0}, {sigfd, POLLIN, 0}};
         if (poll(p, 2, -1) < 0 && errno != EINTR)
             break;
         if (p[1].revents & POLLIN) {
@@ -594,11 +348,10 @@ int main(int argc, char **argv)
             if (stop)
                 break;
         }
-        if (p[0].revents & POLLOUT)
-            flush_output();
         if ((p[0].revents & (POLLIN | POLLHUP | POLLERR)) && read_requests() < 0)
             break;
         finish_ended(); /* a kill may have reaped a job */
+        spawn_flush();  /* what this turn answered, in as few sends as may be */
     }
     shut_down(sigfd);
     return 0;

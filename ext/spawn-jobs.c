@@ -257,6 +257,15 @@ int spawn_kill(struct spawn_job *job, int wait)
 {
     if (!wait)
         job->killed = 1;
+    if (job->uid != (uid_t)-1 && !job->ended) {
+        /* A job asked to end right after its spawn may not run as its user
+         * yet (kill(-1) as the user would miss it): its main process and its
+         * namespace's init die first, by pid. */
+        pid_t init = jail_init_of(job->pid);
+        kill(job->pid, SIGKILL);
+        if (init > 0)
+            kill(init, SIGKILL);
+    }
     if (job->uid != (uid_t)-1) {
         /* kill(-1) as the job user: atomic against fork bombs (jail.h). */
         if (jail_kill_user(job->uid, job->kill_ruid, job->kill_lock) == 0 || !wait)

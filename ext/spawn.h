@@ -1,5 +1,7 @@
-/* The spawn server's parts (ext/mathrun-spawn.c: the loop and the wire;
- * ext/spawn-jobs.c: reading a request, finding and killing what a job left). */
+/* The spawn server's parts (ext/mathrun-spawn.c: the loop, requests, fork;
+ * ext/spawn-wire.c: the output queue; ext/spawn-jobs.c: reading a request,
+ * finding and killing what a job left; ext/spawn-open.c: files opened as a
+ * front end's client). */
 #ifndef MATHRUN_SPAWN_H
 #define MATHRUN_SPAWN_H
 
@@ -44,6 +46,19 @@ struct spawn_request {
     int stdin_null;       /* stdin=null: /dev/null instead of a pipe */
 };
 
+/* The output queue (spawn-wire.c): frames of NUL-terminated fields, sent
+ * whole and in order; a frame's fds go with its first byte and are closed
+ * once sent.  spawn_send queues, spawn_flush sends what the socket takes
+ * (the loop calls it once a turn: the turn's answers go out together). */
+void spawn_wire_init(int sock);
+void spawn_send(const char **fields, int nfields, const int *fds, int nfds);
+void spawn_flush(void);
+int spawn_output_pending(void);
+
+/* An `open` request (spawn-open.c): fields after the verb, the id first;
+ * `dirfd` the directory the frame brought, or -1.  Answers `opened`. */
+void spawn_open(char **fields, int n, int dirfd);
+
 /* Fields after the verb (the id first) into `rq`; -1 with a message. */
 int spawn_parse(char **fields, int n, struct spawn_request *rq, char *message, size_t size);
 
@@ -53,6 +68,19 @@ int spawn_has_leftovers(const struct spawn_job *job);
 /* Kill every process of the job; with `wait`, until none is left.
  * Returns how many were still alive at the end (0 without `wait`). */
 int spawn_kill(struct spawn_job *job, int wait);
+
+/* The job table (mathrun-spawn.c). */
+struct spawn_job *spawn_find_job(const char *id, pid_t pid); /* by id, or (id NULL) by pid */
+int spawn_add_job(struct spawn_job *job);                    /* -1: the table is full */
+void spawn_forget_job(struct spawn_job *job);
+int spawn_job_count(void);
+
+/* From fork to report (spawn-run.c): start one job (answers `spawned`, or
+ * `exited` with a failed report); report an ended one and forget it; a
+ * failed report for a request that never became a job. */
+void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid);
+void spawn_finish(struct spawn_job *job);
+void spawn_failed(const char *id, const char *stage, int code);
 
 /* Reap ended children: a job's main is marked ended, orphans just go. */
 void spawn_reap(void);

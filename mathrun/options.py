@@ -248,6 +248,14 @@ class Options(AuthOptionMixin, usage.Options):
             "The built jail helper mathrun-jail; mathrun-spawn and libmathrun-fork.so are taken from its "
             "directory (default: the checkout's ext/, or an installed package's mathrun-setup state directory).",
         ],
+        # -- why3 hand-off (issue 14) --
+        [
+            "why3-control",
+            None,
+            None,
+            "Control socket that mathrun-why3server (started by why3) hands its session to "
+            "(default: why3-control.sock beside --why3-socket; 'none': no hand-off).",
+        ],
     ]
 
     # -- Access (issue 13): --auth (AuthOptionMixin), runner tokens, TLS trust, per-client limits.

@@ -164,7 +164,16 @@ def front_ends(options, sandbox, reactor) -> list:
     """The front-end services the options ask for (each an IFrontEnd)."""
     services = []
     if not options["no-why3"]:
-        services.append(Why3Service(sandbox, options["why3-socket"], why3_config(options), reactor))
+        run_dir = os.path.dirname(os.path.abspath(options["why3-socket"]))
+        control = options.get("why3-control") or os.path.join(run_dir, "why3-control.sock")
+        why3 = Why3Service(
+            sandbox,
+            options["why3-socket"],
+            why3_config(options),
+            reactor,
+            control_path=None if control == "none" else control,
+        )
+        services.append(why3)
     if not options["no-maxima"] and not options["no-http"]:
         from .maxima.service import MaximaService
 

@@ -17,7 +17,7 @@ import time
 
 from twisted.trial import unittest
 
-from .helpers import ROOT, temp_dir
+from .helpers import ROOT, async_test, temp_dir, within
 
 DEBIAN = "/usr/lib/ocaml/why3/why3server"
 FIXTURES = os.path.join(os.path.dirname(__file__), "why3")
@@ -91,13 +91,15 @@ class Client:
 class ServerMixin:
     server = OURS
     time_digits = 2
+    control = "none"  # the standalone serves in-process (no hand-off to a daemon)
 
     def setUp(self):
         if not os.access(self.server, os.X_OK):
             raise unittest.SkipTest(f"{self.server} is not installed")
         self.dir = temp_dir(self, "mathrun-why3-")
         self.path = os.path.join(self.dir, "s.sock")
-        self.proc = subprocess.Popen([self.server, "--socket", self.path, "-j", "1"], cwd=self.dir)
+        self.env = dict(os.environ, MATHRUN_WHY3_CONTROL=self.control)
+        self.proc = subprocess.Popen([self.server, "--socket", self.path, "-j", "1"], cwd=self.dir, env=self.env)
         self.addCleanup(self.stop_server)
         deadline = time.monotonic() + 10
         while not os.path.exists(self.path):
@@ -251,6 +253,20 @@ class Conformance(ServerMixin):
         self.assertIn("received query", log)
         self.assertIn("bogus;line", log)
 
+    def test_single_client_exits_when_it_leaves(self):
+        path = os.path.join(self.dir, "single.sock")
+        proc = subprocess.Popen([self.server, "--socket", path, "--single-client"], cwd=self.dir, env=self.env)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        while not os.path.exists(path):
+            time.sleep(0.01)
+        c = Client(path)
+        c.send("run;1;0;0;/bin/true")
+        c.read(2)
+        c.close()
+        # The C server exits 1 then, and removes its socket.
+        self.assertEqual(proc.wait(10), 1)
+        self.assertFalse(os.path.lexists(path))
+
     def test_results_go_to_their_client(self):
         a, b = self.client(), self.client()
         a.send("run;1;0;0;/bin/echo;a")
@@ -320,7 +336,7 @@ class OursOnly(ServerMixin, unittest.TestCase):
     def test_term_int_hup_kill_provers_and_unlink_the_socket(self):
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             path = os.path.join(self.dir, f"{sig.name}.sock")
-            proc = subprocess.Popen([OURS, "--socket", path], cwd=self.dir)
+            proc = subprocess.Popen([OURS, "--socket", path], cwd=self.dir, env=self.env)
             self.addCleanup(lambda p=proc: p.poll() is None and p.kill())
             while not os.path.exists(path):
                 time.sleep(0.01)
@@ -376,22 +392,10 @@ class OursOnly(ServerMixin, unittest.TestCase):
         leftovers = [n for n in os.listdir(self.dir) if n.startswith("why3")]
         self.assertEqual(leftovers, [])
 
-    def test_single_client_exits_when_it_leaves(self):
-        path = os.path.join(self.dir, "single.sock")
-        proc = subprocess.Popen([OURS, "--socket", path, "--single-client"], cwd=self.dir)
-        self.addCleanup(lambda: proc.poll() is None and proc.kill())
-        while not os.path.exists(path):
-            time.sleep(0.01)
-        c = Client(path)
-        c.send("run;1;0;0;/bin/true")
-        c.read(2)
-        c.close()
-        self.assertEqual(proc.wait(10), 0)
-
     def test_binds_fast(self):
         path = os.path.join(self.dir, "fast.sock")
         start = time.monotonic()
-        proc = subprocess.Popen([OURS, "--socket", path], cwd=self.dir)
+        proc = subprocess.Popen([OURS, "--socket", path], cwd=self.dir, env=self.env)
         self.addCleanup(lambda: (proc.terminate(), proc.wait()))
         while not os.path.exists(path):
             time.sleep(0.002)
@@ -408,7 +412,7 @@ class RealWhy3(unittest.TestCase):
             raise unittest.SkipTest("why3 is not installed")
         self.dir = temp_dir(self, "mathrun-why3-real-")
         shutil.copy(os.path.join(FIXTURES, "theory.mlw"), self.dir)
-        self.env = dict(os.environ, HOME=self.dir)
+        self.env = dict(os.environ, HOME=self.dir, MATHRUN_WHY3_CONTROL="none")
         subprocess.run(["why3", "config", "detect"], cwd=self.dir, env=self.env, capture_output=True, check=True)
 
     def prove(self, prover, server=None):
@@ -473,14 +477,16 @@ def _summary(output: str) -> list[tuple[str, str]]:
     return pairs
 
 
-class ReadAsTheClient(unittest.TestCase):
-    """As root, the server opens the files a request names with the client's
-    own uid, gid and groups: the kernel's check, with no stat-then-open race."""
+class OpenAsTheClient(unittest.TestCase):
+    """As root, the spawn server opens the files a request names with the
+    client's own uid, gid and groups (its file-system ids, for the open
+    alone): the kernel's check, with no stat-then-open race, and the
+    daemon's own ids never change."""
 
     def setUp(self):
         if not ROOT:
             raise unittest.SkipTest("needs root")
-        from mathrun.why3.server import Credentials
+        from mathrun.why3.files import Credentials
 
         self.nobody = Credentials.of(65534, 65534)
         self.dir = temp_dir(self, "mathrun-why3-read-")
@@ -493,9 +499,17 @@ class ReadAsTheClient(unittest.TestCase):
         os.chmod(path, mode)
         return path
 
-    def test_what_nobody_may_and_may_not_read(self):
-        from mathrun.why3.server import Credentials, read_as
+    @async_test
+    async def test_what_nobody_may_and_may_not_read_and_make(self):
+        from twisted.internet import reactor
 
+        from mathrun.sandbox.sandbox import DEFAULT_SPAWN
+        from mathrun.sandbox.spawner import SpawnServer
+        from mathrun.why3.files import Credentials, read_fd
+
+        spawner = SpawnServer(reactor, DEFAULT_SPAWN)
+        spawner.start()
+        self.addCleanup(lambda: within(spawner.stop()))
         readable = self.file("public", 0o644)
         secret = self.file("secret", 0o600)
         hidden_dir = os.path.join(self.dir, "private")
@@ -508,11 +522,25 @@ class ReadAsTheClient(unittest.TestCase):
         os.symlink(secret, link)
         fifo = os.path.join(self.dir, "fifo")
         os.mkfifo(fifo, 0o666)
-        groups, egid = os.getgroups(), os.getegid()
-        self.assertEqual(read_as(self.nobody, readable, 100), b"data\n")
-        self.assertEqual(read_as(self.nobody, readable, 2), b"da")
+        ids = (os.geteuid(), os.getegid(), os.getgroups())
+        self.assertEqual(read_fd(await within(spawner.open_as(self.nobody, readable)), 100), b"data\n")
+        self.assertEqual(read_fd(await within(spawner.open_as(self.nobody, readable)), 2), b"da")
         for path in (secret, behind, link, fifo, self.dir, "/nonexistent"):
-            self.assertIsNone(read_as(self.nobody, path, 100), path)
-        self.assertEqual(read_as(Credentials(0, 0, (0,)), secret, 100), b"data\n")
-        self.assertIsNone(read_as(None, readable, 100))
-        self.assertEqual((os.geteuid(), os.getegid(), os.getgroups()), (0, egid, groups))
+            with self.assertRaises(OSError, msg=path):
+                await within(spawner.open_as(self.nobody, path))
+        root = Credentials(0, 0, (0,))
+        self.assertEqual(read_fd(await within(spawner.open_as(root, secret)), 100), b"data\n")
+        # Made in a directory as its caller: owned by nobody, 0600; refused where nobody may not write.
+        directory = os.open(self.dir, os.O_PATH | os.O_DIRECTORY)
+        self.addCleanup(os.close, directory)
+        os.chmod(self.dir, 0o777)
+        fd = await within(spawner.open_as(self.nobody, directory=directory, name="why3made"))
+        os.close(fd)
+        made = os.stat(os.path.join(self.dir, "why3made"))
+        self.assertEqual((made.st_uid, made.st_gid, made.st_mode & 0o777), (65534, 65534, 0o600))
+        with self.assertRaises(FileExistsError):
+            await within(spawner.open_as(self.nobody, directory=directory, name="why3made"))
+        os.chmod(self.dir, 0o755)
+        with self.assertRaises(PermissionError):
+            await within(spawner.open_as(self.nobody, directory=directory, name="why3other"))
+        self.assertEqual((os.geteuid(), os.getegid(), os.getgroups()), ids)

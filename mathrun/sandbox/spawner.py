@@ -5,27 +5,34 @@ backoff when it dies, as Twisted's procmon does); every job is one request on
 a unix socket.  The server forks, the job enters its jail and execs the tool
 once, and the job's stdio pipes come back over SCM_RIGHTS, then its exit
 report: no process spawn and no jail exec per job on the reactor's side.
-
-Frames, both ways: a 4-byte little-endian length, then NUL-terminated fields,
-the verb first.  A frame with an ``fds=N`` field owns the next N descriptors
-received (they arrive with its first byte).
+The frames are in framing.py.
 """
 
 from __future__ import annotations
 
-import collections
+import errno
 import itertools
 import os
 import socket
-from dataclasses import dataclass
 
-from twisted.internet import abstract, defer, error, main, protocol
-from twisted.internet.interfaces import IFileDescriptorReceiver
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
-from twisted.python import failure
 from zope.interface import Interface, implementer
 
-MAX_FRAME = 1 << 20
+from .framing import MAX_FRAME, FrameError, FrameParser, Message, encode, option_fields, spawn_request
+from .spawnsocket import SpawnProtocol, SpawnSocket
+
+__all__ = [
+    "MAX_FRAME",
+    "FrameError",
+    "FrameParser",
+    "Message",
+    "SpawnProtocol",
+    "SpawnSocket",
+    "encode",
+    "option_fields",
+    "spawn_request",
+]
 
 
 class IJobEvents(Interface):
@@ -68,240 +75,6 @@ class IJobStarter(Interface):
         """Kill what runs and end; a Deferred firing once ended."""
 
 
-class FrameError(ValueError):
-    """The peer sent something that is not a frame: the stream is lost.
-    ``messages``: the whole frames that came before it."""
-
-    messages: list = []
-
-
-@dataclass(frozen=True)
-class Message:
-    """One frame from the spawn server: its fields and the descriptors it owns."""
-
-    verb: bytes
-    fields: tuple[bytes, ...]
-    fds: tuple[int, ...] = ()
-
-    def value(self, key: bytes) -> bytes | None:
-        """The value of the first ``key=value`` field, or None."""
-        prefix = key + b"="
-        for f in self.fields:
-            if f.startswith(prefix):
-                return f[len(prefix) :]
-        return None
-
-
-def encode(fields: list[bytes]) -> bytes:
-    """One frame of fields (none may hold a NUL)."""
-    for f in fields:
-        if b"\0" in f:
-            raise ValueError(f"a NUL in a spawn request field: {f[:60]!r}")
-    payload = b"\0".join(fields) + b"\0"
-    return len(payload).to_bytes(4, "little") + payload
-
-
-def option_fields(options: list[str]) -> list[bytes]:
-    """``--key value`` (or a bare ``--flag``) as ``key=value`` fields: the
-    request carries the same settings as a ``mathrun-jail run`` command line."""
-    fields, i = [], 0
-    while i < len(options):
-        key = options[i].removeprefix("--")
-        if i + 1 < len(options) and not options[i + 1].startswith("--"):
-            fields.append(f"{key}={options[i + 1]}".encode())
-            i += 2
-        else:
-            fields.append(f"{key}=1".encode())
-            i += 1
-    return fields
-
-
-def spawn_request(job_id: int, argv: list[str], env: dict[str, str], options: list[str] | list[bytes]) -> bytes:
-    """``options``: the jail's ``--key value`` list, or its fields already."""
-    fields = [b"spawn", b"%d" % job_id]
-    fields += options if options and isinstance(options[0], bytes) else option_fields(options)
-    fields += [f"env={k}={v}".encode() for k, v in env.items()]
-    fields += [b"arg=" + os.fsencode(a) for a in argv]
-    return encode(fields)
-
-
-class FrameParser:
-    """Frames out of a byte stream cut anywhere, with the descriptors that
-    came along; pure (no I/O), so any chunking is testable."""
-
-    def __init__(self, max_frame: int = MAX_FRAME):
-        self.max_frame = max_frame
-        self._buffer = bytearray()
-        self._fds: collections.deque[int] = collections.deque()
-
-    def fds_received(self, fds) -> None:
-        self._fds.extend(fds)
-
-    def feed(self, data: bytes) -> list[Message]:
-        buffer = self._buffer
-        buffer += data
-        messages, start = [], 0
-        try:
-            while len(buffer) - start >= 4:
-                size = int.from_bytes(buffer[start : start + 4], "little")
-                if size > self.max_frame:
-                    raise FrameError(f"frame of {size} bytes")
-                if len(buffer) - start < 4 + size:
-                    break
-                messages.append(self._message(bytes(buffer[start + 4 : start + 4 + size])))
-                start += 4 + size
-        except (FrameError, ValueError) as e:
-            broken = e if isinstance(e, FrameError) else FrameError(str(e))
-            broken.messages = messages
-            raise broken from None
-        del buffer[:start]
-        return messages
-
-    def _message(self, payload: bytes) -> Message:
-        if not payload.endswith(b"\0"):
-            raise FrameError(f"frame without its final NUL: {payload[:60]!r}")
-        verb, *fields = payload[:-1].split(b"\0")
-        message = Message(verb, tuple(fields))
-        count = message.value(b"fds")
-        if count is not None:
-            n = int(count)
-            if n > len(self._fds):
-                raise FrameError(f"{verb!r} frame announces {n} fds, {len(self._fds)} came")
-            message = Message(verb, tuple(fields), tuple(self._fds.popleft() for _ in range(n)))
-        return message
-
-    def close_fds(self) -> None:
-        """Descriptors no frame took (the stream ended)."""
-        while self._fds:
-            os.close(self._fds.popleft())
-
-
-@implementer(IFileDescriptorReceiver)
-class SpawnProtocol(protocol.Protocol):
-    """The socket side: frames in, messages to ``on_message``."""
-
-    def __init__(self, on_message, on_lost):
-        self.parser = FrameParser()
-        self._on_message = on_message
-        self._on_lost = on_lost
-
-    def fileDescriptorReceived(self, descriptor: int) -> None:
-        self.parser.fds_received((descriptor,))
-
-    def dataReceived(self, data: bytes) -> None:
-        try:
-            messages = self.parser.feed(data)
-        except FrameError as e:
-            for m in e.messages:
-                self._on_message(m)
-            self._on_lost(f"the spawn server sent a bad frame: {e}")
-            self.transport.abortConnection()
-            return
-        for m in messages:
-            self._on_message(m)
-
-    def connectionLost(self, reason) -> None:
-        self.parser.close_fds()
-        self._on_lost(f"the spawn server's socket closed ({reason.getErrorMessage()})")
-
-
-class SpawnSocket(abstract.FileDescriptor):
-    """The reactor's end of the socket: descriptors received close-on-exec,
-    descriptors sent with the first byte of their frame, and a frame goes out
-    at once when nothing waits before it (no extra reactor turn per request).
-    It keeps its own queue of (bytes, fds), since Twisted's buffer has no
-    place for descriptors."""
-
-    def __init__(self, reactor, sock: socket.socket, proto: SpawnProtocol):
-        super().__init__(reactor)
-        self.socket = sock
-        self.protocol = proto
-        self.connected = 1
-        self._aborting = False
-        self._queue: collections.deque[list] = collections.deque()  # [memoryview, fds we own]
-        proto.makeConnection(self)
-        self.startReading()
-
-    def fileno(self) -> int:
-        return self.socket.fileno()
-
-    def write(self, data: bytes, fds=()) -> None:
-        """Send ``data`` (and copies of ``fds``, which stay the caller's)."""
-        if not self.connected or self.disconnecting or self._aborting:
-            return
-        if not self._queue:
-            try:
-                sent = socket.send_fds(self.socket, [data], fds) if fds else self.socket.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                return  # the read side sees the end too
-            if sent == len(data):
-                return
-            if sent:
-                data, fds = data[sent:], ()
-        self._queue.append([memoryview(data), [os.dup(fd) for fd in fds]])
-        self.startWriting()
-
-    def doWrite(self):
-        while self._queue:
-            entry = self._queue[0]
-            try:
-                if entry[1]:
-                    sent = socket.send_fds(self.socket, [entry[0]], entry[1])
-                else:
-                    sent = self.socket.send(entry[0])
-            except BlockingIOError:
-                return None
-            except OSError:
-                return main.CONNECTION_LOST
-            _close_all(entry[1])
-            entry[1] = []
-            entry[0] = entry[0][sent:]
-            if entry[0]:
-                return None
-            self._queue.popleft()
-        self.stopWriting()
-        if self.disconnecting:
-            return self._postLoseConnection()
-        return None
-
-    def doRead(self):
-        try:
-            data, fds, _flags, _addr = socket.recv_fds(self.socket, 65536, 16, socket.MSG_CMSG_CLOEXEC)
-        except BlockingIOError:
-            return None
-        except OSError:
-            return main.CONNECTION_LOST
-        if fds:
-            self.protocol.parser.fds_received(fds)
-        if not data:
-            return main.CONNECTION_DONE
-        self.protocol.dataReceived(data)
-        return None
-
-    def abortConnection(self) -> None:
-        """Drop the stream now (what is queued is not sent)."""
-        if not self.connected or self._aborting:
-            return
-        self._aborting = True
-        self.stopReading()
-        self.stopWriting()
-        self.reactor.callLater(0, self.connectionLost, failure.Failure(error.ConnectionAborted()))
-
-    def connectionLost(self, reason) -> None:
-        super().connectionLost(reason)
-        while self._queue:
-            _close_all(self._queue.popleft()[1])
-        self.socket.close()
-        self.protocol.connectionLost(reason)
-
-
-def _close_all(fds) -> None:
-    for fd in fds:
-        os.close(fd)
-
-
 class _ServerProcess(protocol.ProcessProtocol):
     """The spawn server process: its stderr to the log, its end to the keeper."""
 
@@ -333,6 +106,7 @@ class SpawnServer:
         self.pid: int | None = None
         self.restarts = 0
         self.jobs: dict[int, object] = {}
+        self._opens: dict[int, defer.Deferred] = {}  # open requests waiting for their answer
         self._ids = itertools.count(1)
         self._fields: dict[tuple, list[bytes]] = {}  # option fields of the jail options seen
         self._proto: SpawnProtocol | None = None
@@ -406,6 +180,28 @@ class SpawnServer:
             self._proto.transport.write(spawn_request(job_id, argv, env, fields))
         return job_id
 
+    def open_as(self, creds, path: str | None = None, directory: int | None = None, name: str | None = None):
+        """A Deferred firing with a descriptor: the regular file ``path``
+        opened for reading, or ``name`` created (0600, O_EXCL) in the
+        directory ``directory`` (a descriptor, which stays the caller's), by
+        the spawn server with ``creds``' file-system identity (uid, gid,
+        groups): the kernel checks the open as that user's own.  Fails with
+        OSError (its errno) when the open does."""
+        if self._proto is None:
+            return defer.fail(OSError(errno.EAGAIN, "the spawn server is not running"))
+        open_id = next(self._ids)
+        fields = [b"open", b"%d" % open_id, b"as-uid=%d" % creds.uid, b"as-gid=%d" % creds.gid]
+        fields.append(b"as-groups=" + ",".join(str(g) for g in creds.groups).encode())
+        if path is not None:
+            fields.append(b"path=" + os.fsencode(path))
+            frame, fds = encode(fields), ()
+        else:
+            fields += [b"create=" + os.fsencode(name), b"fds=1"]
+            frame, fds = encode(fields), (directory,)
+        d = self._opens[open_id] = defer.Deferred()
+        self._proto.transport.write(frame, fds)
+        return d
+
     def kill(self, job_id: int) -> None:
         if job_id in self.jobs and self._proto is not None:
             self._proto.transport.write(encode([b"kill", b"%d" % job_id]))
@@ -422,6 +218,16 @@ class SpawnServer:
             events = self.jobs.pop(int(m.fields[0]), None)
             if events is not None:
                 events.exited(m.value(b"report") or b"")
+        elif m.verb == b"opened":
+            d = self._opens.pop(int(m.fields[0]), None)
+            code = m.value(b"errno")
+            if d is None:
+                for fd in m.fds:
+                    os.close(fd)
+            elif m.fds:
+                d.callback(m.fds[0])
+            else:
+                d.errback(OSError(int(code or errno.EIO), os.strerror(int(code or errno.EIO))))
         elif m.verb == b"ready":
             self.log.info("spawn server ready ({pid})", pid=m.value(b"pid").decode())
         else:
@@ -434,6 +240,9 @@ class SpawnServer:
             return
         self._proto = None
         jobs, self.jobs = self.jobs, {}
+        opens, self._opens = self._opens, {}
+        for d in opens.values():
+            d.errback(OSError(errno.EIO, f"{problem}: the open was lost with it"))
         if self._running:
             self.log.error("spawn server lost: {problem}; {n} jobs failed", problem=problem, n=len(jobs))
         for events in jobs.values():

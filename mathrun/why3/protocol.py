@@ -121,7 +121,8 @@ class Why3Protocol(LineOnlyReceiver):
             self._discarding = True
 
     def lineReceived(self, line: bytes):
-        self.log.debug("received query {line!r}", line=line[:200])
+        if getattr(self.factory, "log_queries", False):  # (--logging: the C server's log has every query)
+            self.log.debug("received query {line!r}", line=line[:200])
         request = parse_request(line.decode("utf-8", "surrogateescape"))
         if request is None:
             self.log.info("why3 server: ignored line {line!r}", line=line[:200])

@@ -13,25 +13,19 @@ like the C server's.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
-import pwd
-import random
 import signal
-import socket
-import stat
-import struct
-import tempfile
 from dataclasses import dataclass
 
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from ..sandbox import Limits, Status
 from . import protocol as wire
 from .config import Why3Config
+from .files import ClientFiles, Credentials, OwnFiles, make_output_file, peer_credentials
 
-__all__ = ["Why3Config", "Why3Server", "c_server_status", "make_output_file", "read_as"]
+__all__ = ["Credentials", "Why3Config", "Why3Server", "c_server_status", "make_output_file"]
 
 
 @dataclass(eq=False)
@@ -47,85 +41,15 @@ class Request:
     interrupted: bool = False
 
 
-def peer_credentials(transport) -> tuple[int, int] | None:
-    """The connecting process's (uid, gid), from SO_PEERCRED."""
-    try:
-        sock = transport.getHandle()
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    except (OSError, AttributeError):
-        return None
-    _pid, uid, gid = struct.unpack("3i", creds)
-    return uid, gid
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Who a client is, for opening files on its behalf."""
-
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-
-    @classmethod
-    def of(cls, uid: int, gid: int) -> Credentials:
-        try:
-            groups = tuple(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
-        except KeyError:
-            groups = (gid,)
-        return cls(uid, gid, groups)
-
-
-def read_as(creds: Credentials | None, path: str, limit: int) -> bytes | None:
-    """The regular file ``path`` as the client could read it, or None.
-
-    The open runs with the client's effective uid, gid and groups, so the
-    kernel does the whole check (every directory on the way, ACLs) at the
-    moment of the open: no stat-then-open race with a swapped symlink.
-    Only the server as root gets here; the reactor is single-threaded.
-    """
-    if creds is None:
-        return None
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    try:
-        if creds.uid == 0:
-            fd = os.open(path, flags)
-        else:
-            saved_groups, saved_gid = os.getgroups(), os.getegid()
-            os.setgroups(creds.groups)
-            os.setegid(creds.gid)
-            os.seteuid(creds.uid)
-            try:
-                fd = os.open(path, flags)
-            finally:
-                os.seteuid(0)
-                os.setegid(saved_gid)
-                os.setgroups(saved_groups)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        chunks, total = [], 0
-        while total < limit:
-            chunk = os.read(fd, min(1 << 20, limit - total))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
 class Why3Server(protocol.Factory):
-    """The policy: queue, ``parallel``, per-client bookkeeping, limits, files."""
+    """The policy: queue, ``parallel``, per-client bookkeeping, limits; the
+    request's files through ``files`` (files.py)."""
 
     protocol = wire.Why3Protocol
     log = Logger()
+    log_queries = False  # a debug line per request: only for --logging
 
-    def __init__(self, sandbox, config: Why3Config | None = None, reactor=None, on_empty=None):
+    def __init__(self, sandbox, config: Why3Config | None = None, reactor=None, on_empty=None, files=None, caller=None):
         if reactor is None:
             from twisted.internet import reactor
         self.sandbox = sandbox
@@ -136,16 +60,26 @@ class Why3Server(protocol.Factory):
         self.running: set[Request] = set()
         self.clients: dict[object, dict[str, Request]] = {}
         self.on_empty = on_empty  # --single-client: called when the last client leaves
+        limit = self.config.output_limit
+        if files is None:
+            kind = ClientFiles if sandbox.privileged else OwnFiles
+            files = kind(sandbox, limit, self.config.output_dir)
+        self.files = files
+        self.caller = caller  # a hand-off's Credentials: every client acts as the caller
+        self.tasks = 0
+        self.stopped = False
+        self._idle: list = []  # called once nothing runs (a hand-off's end)
         self._limits_cache: dict[tuple[int, int], Limits] = {}
         self.answered: collections.Counter[str] = collections.Counter()  # requests by how they ended
 
     # -- clients ----------------------------------------------------------------
     def client_connected(self, client) -> None:
         self.clients[client] = {}
-        client.creds = None
-        if self.sandbox.privileged:
-            peer = peer_credentials(client.transport)
-            client.creds = Credentials.of(*peer) if peer else None
+        client.creds = self.caller
+        if client.creds is None and self.sandbox.privileged:
+            handle = getattr(client.transport, "getHandle", None)
+            peer = peer_credentials(handle()) if handle else None
+            client.creds = Credentials.of(peer[1], peer[2]) if peer else None
 
     def client_lost(self, client) -> None:
         # By client, not by id: a client may reuse an id while the first runs.
@@ -168,6 +102,7 @@ class Why3Server(protocol.Factory):
             entry = Request(client, request)
             self.clients[client][request.id] = entry
             self.queue.append(entry)
+            self.tasks += 1
             self._schedule()
 
     def _interrupt(self, client, id: str) -> None:
@@ -180,12 +115,11 @@ class Why3Server(protocol.Factory):
             self._answer_interrupted(request)
         elif request.job is not None:
             request.job.stop(Status.CANCELLED)
-        # else: still waiting for a job user; answered when it gets one
+        # else: still waiting for a job user or its files; answered then
 
     def _answer_interrupted(self, request: Request) -> None:
         """As 1.8 answers, but with a file that exists: 1.5.1 clients open it."""
-        self._open_output(request)
-        self._answer(request, 0, 0.0, False)
+        self._with_output(request, lambda: self._answer(request, 0, 0.0, False))
 
     # -- running ----------------------------------------------------------------
     def _schedule(self) -> None:
@@ -239,19 +173,51 @@ class Why3Server(protocol.Factory):
     def _leased(self, lease, request: Request, limits: Limits) -> None:
         client, run = request.client, request.run
         try:
-            if client not in self.clients:
-                return self._done(request, lease)
-            if request.interrupted:  # while it waited for a job user
-                self._answer_interrupted(request)
-                return self._done(request, lease)
-            stdin = self._input(client, run.stdin) if run.stdin is not None else None
-            args = self._stage_files(lease, client, run)
-            self._open_output(request)
+            if self._gone_or_interrupted(request, lease):
+                return
+            if self.files.synchronous:
+                args, stdin = self.files.inputs(lease, client, run)
+                request.fd, request.path = self.files.output(client)
+                self._start(request, lease, limits, args, stdin)
+                return
+            d = defer.DeferredList([self.files.inputs(lease, client, run), self.files.output(client)])
+        except Exception:
+            self._failed(request)
+            return self._done(request, lease)
+        d.addCallback(self._prepared, request, lease, limits)
+
+    def _gone_or_interrupted(self, request: Request, lease) -> bool:
+        if request.client not in self.clients or self.stopped:
+            self._done(request, lease)
+            return True
+        if request.interrupted:  # while it waited for a job user or its files
+            self._answer_interrupted(request)
+            self._done(request, lease)
+            return True
+        return False
+
+    def _prepared(self, results, request: Request, lease, limits: Limits) -> None:
+        """The files opened as the client (privileged): now the prover."""
+        (inputs_ok, inputs), (output_ok, output) = results
+        if output_ok:
+            request.fd, request.path = output
+        try:
+            if not inputs_ok:
+                inputs.raiseException()
+            if not output_ok:
+                output.raiseException()
+            if not self._gone_or_interrupted(request, lease):
+                self._start(request, lease, limits, *inputs)
+        except Exception:
+            self._failed(request)
+            self._done(request, lease)
+
+    def _start(self, request: Request, lease, limits: Limits, args: list[str], stdin: bytes) -> None:
+        run = request.run
+        try:
             # The prover writes its output file itself, as the C server's do.
-            request.job = lease.spawn(
-                [run.cmd, *args], limits, frontend="why3", stdin=stdin or b"", output_fd=request.fd
-            )
-            client.send(wire.started(run.id))
+            request.job = lease.spawn([run.cmd, *args], limits, frontend="why3", stdin=stdin, output_fd=request.fd)
+            request.client.send(wire.started(run.id))
         except Exception:
             self._failed(request)
             return self._done(request, lease)
@@ -269,58 +235,62 @@ class Why3Server(protocol.Factory):
         client, run = request.client, request.run
         if not logged:
             self.log.failure("why3 request {id} failed", id=run.id)
-        if request.state != "answered" and client in self.clients:
+        if request.state == "answered" or client not in self.clients:
+            return
+        request.state = "failing"
+
+        def answer():
             try:
-                if request.path is None:
-                    self._open_output(request)
                 self._write(request, f"{run.cmd}: mathrun could not run it (see the server log)\n".encode())
             except OSError:
                 self.log.failure("why3 request {id}: no output file either", id=run.id)
             self._answer(request, 1, 0.0, False, "failed")
 
+        self._with_output(request, answer)
+
+    def _with_output(self, request: Request, then) -> None:
+        """``then()`` once the request has an output file (made now if it
+        has none; as the caller, through the spawn server, after a hand-off)."""
+        if request.path is not None:
+            return then()
+        try:
+            made = self.files.output(request.client)
+        except OSError:
+            self.log.failure("why3 request {id}: no output file", id=request.run.id)
+            return then()
+        if not isinstance(made, defer.Deferred):
+            request.fd, request.path = made
+            return then()
+
+        def ready(output):
+            request.fd, request.path = output
+            if request.client not in self.clients:
+                self._close_output(request)
+                self.files.discard(request.path)
+                return
+            then()
+
+        def failed(reason):
+            self.log.failure("why3 request {id}: no output file", reason, id=request.run.id)
+            then()
+
+        made.addCallbacks(ready, failed)
+        return None
+
     def _done(self, request: Request, lease) -> None:
-        self._close_output(request)
-        if request.state != "answered" and request.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(request.path)
+        if request.state != "failing":
+            self._close_output(request)
+            if request.state != "answered" and request.path is not None:
+                self.files.discard(request.path)
         self.running.discard(request)
         # The prover is gone: the next may start while this lease is released.
         self._schedule()
+        if not self.running and self._idle:
+            idle, self._idle = self._idle, []
+            for then in idle:
+                then()
         if lease is not None:
             lease.release().addErrback(lambda f: self.log.failure("why3 server: releasing a job user failed", f))
-
-    def _input(self, client, path: str) -> bytes:
-        """runstdin's file; as root, only what the client itself may read."""
-        if self.sandbox.privileged:
-            return read_as(client.creds, path, self.config.output_limit) or b""
-        try:
-            with open(path, "rb") as f:
-                return f.read(self.config.output_limit)
-        except OSError:
-            return b""
-
-    def _stage_files(self, lease, client, run: wire.Run) -> list[str]:
-        """As root, files named on the command line (absolute paths) that the
-        client may read are copied into the workspace, where the job user can
-        read them; the job's /tmp is private, so the client's are not seen."""
-        if not self.sandbox.privileged:
-            return list(run.args)
-        args = []
-        for n, arg in enumerate(run.args):
-            data = read_as(client.creds, arg, self.config.output_limit) if arg.startswith("/") else None
-            if data is not None:
-                name = f"in{n}-{os.path.basename(arg)}"
-                lease.workspace.write_file(name, data)
-                arg = os.path.join(lease.workspace.path, name)
-            args.append(arg)
-        return args
-
-    def _open_output(self, request: Request) -> None:
-        fd, path = make_output_file(self.config.output_dir)
-        creds = getattr(request.client, "creds", None)
-        if creds is not None and creds.uid != 0:
-            os.fchown(fd, creds.uid, -1)
-        request.fd, request.path = fd, path
 
     def _close_output(self, request: Request) -> None:
         if request.fd is not None:
@@ -345,38 +315,24 @@ class Why3Server(protocol.Factory):
 
     def _finish(self, request: Request, result) -> None:
         if request.client not in self.clients:
-            return  # nobody to read it: its file goes in _run
+            return  # nobody to read it: its file goes in _done
         exitcode, killed = c_server_status(result)  # (the sandbox logs the job's one line)
         self._answer(request, exitcode, result.user_cpu, killed)
 
+    def when_idle(self, then) -> None:
+        """``then()`` once no request runs (every prover has ended)."""
+        if self.running:
+            self._idle.append(then)
+        else:
+            then()
+
     def stop(self) -> None:
-        """Shutting down: drop the queue, kill what runs."""
+        """Shutting down: drop the queue, kill what runs, start nothing more."""
+        self.stopped = True
         self.queue.clear()
         for request in list(self.running):
             if request.job is not None:
                 request.job.stop(Status.CANCELLED)
-
-
-_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-_names = random.SystemRandom(), random.Random(random.SystemRandom().getrandbits(64))
-
-
-def make_output_file(directory: str) -> tuple[int, str]:
-    """A new ``why3XXXXXX`` file (0600, O_EXCL, as the C server's mkstemp):
-    tempfile.mkstemp's name drawing costs more than the open itself."""
-    if not os.path.isabs(directory):
-        directory = os.path.abspath(directory)
-    rng = _names[1]
-    for _ in range(100):
-        bits = rng.getrandbits(36)
-        name = "why3" + "".join(_LETTERS[(bits >> (6 * i)) % 62] for i in range(6))
-        path = os.path.join(directory, name)
-        try:
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), path
-        except FileExistsError:
-            rng.seed(_names[0].getrandbits(64))  # someone guesses our names: draw anew
-    fd, path = tempfile.mkstemp(prefix="why3", dir=directory)
-    return fd, path
 
 
 def c_server_status(result) -> tuple[int, bool]:

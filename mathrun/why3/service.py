@@ -1,5 +1,6 @@
 """The VC server as a service of ``twistd mathrun``: a unix socket, unlinked
-again at shutdown, with every running prover killed."""
+again at shutdown, with every running prover killed; and the control socket
+that standalone servers hand their sessions to (handoff.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from zope.interface import implementer
 
 from ..interfaces import IFrontEnd
 from .config import Why3Config
+from .handoff import ControlFactory
 from .server import Why3Server
 
 TASK_STATUSES = ("done", "killed", "interrupted", "failed")
@@ -28,13 +30,25 @@ class Why3Service(service.Service):
     name = "why3"
     paths = ()  # its own unix socket
 
-    def __init__(self, sandbox, socket_path: str, config: Why3Config | None = None, reactor=None):
+    def __init__(
+        self,
+        sandbox,
+        socket_path: str,
+        config: Why3Config | None = None,
+        reactor=None,
+        *,
+        control_path: str | None = None,
+    ):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.socket_path = socket_path
         self.server = Why3Server(sandbox, config or Why3Config(), reactor)
         self.port = None
+        # The hand-off: standalone servers started by why3 pass their socket here.
+        self.control_path = control_path
+        self.control = ControlFactory(sandbox, self.server.config, reactor) if control_path else None
+        self.control_port = None
 
     def startService(self):
         super().startService()
@@ -45,12 +59,18 @@ class Why3Service(service.Service):
         if os.path.lexists(self.socket_path):
             os.unlink(self.socket_path)
         self.port = self.reactor.listenUNIX(self.socket_path, self.server, mode=SOCKET_MODE)
+        if self.control is not None:
+            if os.path.lexists(self.control_path):
+                os.unlink(self.control_path)
+            self.control_port = self.reactor.listenUNIX(self.control_path, self.control, mode=SOCKET_MODE)
 
     def stopService(self):
         super().stopService()
         self.server.stop()
-        d = defer.maybeDeferred(self.port.stopListening) if self.port else defer.succeed(None)
-        return d
+        ports = [p for p in (self.port, self.control_port) if p is not None]
+        if self.control is not None:
+            self.control.stop()
+        return defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in ports])
 
     def snapshot(self) -> dict:
         """Requests waiting and running, clients, and requests answered by

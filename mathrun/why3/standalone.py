@@ -2,8 +2,10 @@
 
     mathrun-why3server --socket PATH [-j N] [--logging] [--single-client] [--time-format 1.5|1.7]
 
-The socket is bound before Twisted is imported and then handed to the
-reactor: ``why3`` tries to connect at once, then after 0.1 s, then only
+The socket is bound before Twisted is imported.  If a ``twistd mathrun``
+with the Why3 front end runs on the host, the bound socket is handed to it
+(handoff_client.py) and its provers run as job users; else it goes to this
+process's reactor: ``why3`` tries to connect at once, then after 0.1 s, then only
 after 0.5 s, so binding fast saves every ``why3`` run 0.4 s.  Provers run as
 the user who started the server (as with the C server), confined by the
 sandbox's jail: rlimits from each request, a wall-clock backstop, an output
@@ -112,10 +114,15 @@ def main(argv=None) -> None:
         sock = bind(options["socket"])
     except OSError:
         sys.exit(1)  # the C server says nothing here either
-    serve(sock, options)
+    if not options["logging"]:  # (the C server's log goes to its directory: served here)
+        from .handoff_client import hand_off
+
+        hand_off(sock, options)  # exits if a mathrun daemon serves the session
+    sys.exit(serve(sock, options))
 
 
-def serve(sock, options: dict) -> None:
+def serve(sock, options: dict) -> int:
+    """Serve in this process (no daemon took the session); the exit status."""
     import shutil
     import signal
     import socket
@@ -135,12 +142,18 @@ def serve(sock, options: dict) -> None:
     from . import protocol as wire
     from .server import Why3Config, Why3Server
 
+    status = [0]
+
     def stop():
         """Once: the last client leaving and a signal may both ask."""
         try:
             reactor.stop()
         except ReactorNotRunning:
             pass
+
+    def last_client_left():
+        status[0] = 1  # what the C server exits with then
+        stop()
 
     observers = []
     if options["logging"]:  # like the C server: why3server.log in the working directory
@@ -165,7 +178,8 @@ def serve(sock, options: dict) -> None:
         config = Why3Config(
             jobs=options["jobs"], time_format=wire.TIME_FORMATS[options["time_format"]], output_dir=os.getcwd()
         )
-        server = Why3Server(sandbox, config, reactor, on_empty=stop if options["single_client"] else None)
+        server = Why3Server(sandbox, config, reactor, on_empty=last_client_left if options["single_client"] else None)
+        server.log_queries = options["logging"]
         port = reactor.adoptStreamPort(sock.fileno(), socket.AF_UNIX, server)
         sock.close()
     except BaseException:
@@ -184,6 +198,7 @@ def serve(sock, options: dict) -> None:
     # The reactor handles SIGTERM and SIGINT; SIGHUP means the same here.
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(stop))
     reactor.run()
+    return status[0]
 
 
 if __name__ == "__main__":
