@@ -107,6 +107,7 @@ void spawn_forget_job(struct spawn_job *job)
         close(job->errfd);
     if (job->statusfd >= 0)
         close(job->statusfd);
+    keeper_forget(job);
     free(job->kill_lock);
     free(job->count_file);
     free(job);
@@ -186,6 +187,7 @@ static void request(char *payload, size_t len)
     if (n >= 2 && strcmp(fields[0], "spawn") == 0) {
         struct spawn_request rq;
         char message[300];
+        const char *raw = fields[1];
         int fd = brought_fd(fields, n);
         if (fd == -2) {
             send_error("spawn: output-fd without its descriptor");
@@ -200,6 +202,8 @@ static void request(char *payload, size_t len)
             return;
         }
         rq.output_fd = fd;
+        rq.raw = raw;
+        rq.raw_len = (size_t)(payload + len - raw);
         spawn_start(&rq, dev_null, self_pid);
         if (fd >= 0)
             close(fd);
@@ -294,11 +298,15 @@ static void shut_down(int sigfd)
 int main(int argc, char **argv)
 {
     sock = 3;
-    if (argc == 3 && strcmp(argv[1], "--fd") == 0)
-        sock = atoi(argv[2]);
-    else if (argc != 1) {
-        fprintf(stderr, "usage: mathrun-spawn [--fd N]\n");
-        return 2;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--fd") == 0 && i + 1 < argc) {
+            sock = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--keeper") == 0) {
+            keeper_enable();
+        } else {
+            fprintf(stderr, "usage: mathrun-spawn [--fd N] [--keeper]\n");
+            return 2;
+        }
     }
     self_pid = getpid();
     spawn_wire_init(sock);
@@ -334,9 +342,11 @@ int main(int argc, char **argv)
     spawn_flush();
 
     for (;;) {
-        struct pollfd p[2] = {{sock, POLLIN | (spawn_output_pending() ? POLLOUT : 0), 0}, {sigfd, POLLIN, 0}};
-        if (poll(p, 2, -1) < 0 && errno != EINTR)
+        struct pollfd p[2 + 256] = {{sock, POLLIN | (spawn_output_pending() ? POLLOUT : 0), 0}, {sigfd, POLLIN, 0}};
+        int nk = keeper_pollfds(p + 2, 256);
+        if (poll(p, 2 + nk, -1) < 0 && errno != EINTR)
             break;
+        keeper_events(p + 2, nk);
         if (p[1].revents & POLLIN) {
             struct signalfd_siginfo si;
             int stop = 0;
