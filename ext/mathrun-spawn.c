@@ -285,13 +285,16 @@ static void shut_down(int sigfd)
         if (!jobs[i]->ended)
             spawn_kill(jobs[i], 0);
     for (int round = 0; njobs && round < 100; round++) {
-        struct pollfd p = {sigfd, POLLIN, 0};
-        poll(&p, 1, 50);
+        struct pollfd p[1 + 256] = {{sigfd, POLLIN, 0}};
+        int nk = keeper_pollfds(p + 1, 256);
+        poll(p, 1 + nk, 50);
+        keeper_events(p + 1, nk);
         struct signalfd_siginfo si;
         while (read(sigfd, &si, sizeof si) > 0) {}
         spawn_reap();
         finish_ended();
     }
+    keeper_shutdown();
     spawn_flush();
 }
 

@@ -135,6 +135,33 @@ static int write_text(const char *path, const char *text)
     return n == (ssize_t)strlen(text) ? 0 : -1;
 }
 
+/* The copies of the mounts below the job roots' parent (every slot's
+ * workspace mounted then, of this server and of others, their namespace
+ * files): detached, so that this namespace holds none of them alive. */
+static void detach_job_mounts(const char *dir)
+{
+    char top[4096], line[8192], point[4096];
+    snprintf(top, sizeof top, "%s", dir);
+    for (int up = 0; up < 3; up++) /* dir = ROOTS/jobs/slot/work: ROOTS */
+        if (strrchr(top, '/') > top)
+            *strrchr(top, '/') = 0;
+    size_t n = strlen(top);
+    if (n < 2)
+        return;
+    for (int round = 0; round < 8; round++) { /* (stacked mounts: one per round) */
+        FILE *f = fopen("/proc/self/mountinfo", "re");
+        int found = 0;
+        while (f && fgets(line, sizeof line, f))
+            if (sscanf(line, "%*s %*s %*s %*s %4095s", point) == 1 && strncmp(point, top, n) == 0 && point[n] == '/'
+                && umount2(point, MNT_DETACH) == 0)
+                found = 1;
+        if (f)
+            fclose(f);
+        if (!found)
+            break;
+    }
+}
+
 /* The slot's cgroups, network namespace, mount namespace and /proc, once. */
 static int keeper_setup(const struct jail_config *cfg)
 {
@@ -155,6 +182,7 @@ static int keeper_setup(const struct jail_config *cfg)
     }
     if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
         return -1;
+    detach_job_mounts(cfg->dir);
     return mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible");
 }
 
@@ -251,7 +279,13 @@ static void keeper_job(int sock, char *frame, ssize_t len, int *fds)
     pid_t pid = -1;
     struct rusage before;
     getrusage(RUSAGE_CHILDREN, &before);
-    if (spawn_parse(fields, n, &rq, message, sizeof message) == 0 && mount_job(&rq.cfg, fds[4], root, sizeof root) == 0)
+    /* Every job is PID 2 here, as with a namespace of its own: nothing tells
+     * it how many processes the slot's jobs before it made. */
+    static int last_pid = -1;
+    if (last_pid < 0)
+        last_pid = open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
+    if (spawn_parse(fields, n, &rq, message, sizeof message) == 0 && mount_job(&rq.cfg, fds[4], root, sizeof root) == 0
+        && pwrite(last_pid, "1", 1, 0) == 1)
         pid = fork();
     if (pid == 0)
         keeper_child(&rq, fds);
@@ -415,6 +449,19 @@ void keeper_events(const struct pollfd *p, int n)
             k->job = NULL;
         }
     }
+}
+
+/* End every keeper (each exits at end of file) and reap it: its CPU, and
+ * its jobs', count in ours. */
+void keeper_shutdown(void)
+{
+    for (int i = 0; i < nkeepers; i++)
+        if (keepers[i].sock >= 0) {
+            close(keepers[i].sock);
+            keepers[i].sock = -1;
+            while (waitpid(keepers[i].pid, NULL, 0) < 0 && errno == EINTR) {
+            }
+        }
 }
 
 /* A job forgotten before its end came (the server shutting down). */

@@ -103,5 +103,6 @@ struct pollfd;
 int keeper_pollfds(struct pollfd *p, int max);
 void keeper_events(const struct pollfd *p, int n);
 void keeper_forget(const struct spawn_job *job);
+void keeper_shutdown(void);
 
 #endif
