@@ -298,6 +298,10 @@ static void keeper_job(int sock, char *frame, ssize_t len, int *fds)
         _exit(1);
     if (pidfd >= 0)
         close(pidfd);
+    /* The server reads the job's pid from the pidfd: not reaped before it says so. */
+    char ack;
+    if (pid > 0 && recv(sock, &ack, 1, 0) != 1)
+        _exit(1);
     if (pid > 0)
         keeper_end_job(sock, pid, &before);
     unmount_job(root);
@@ -413,6 +417,12 @@ pid_t keeper_spawn(struct spawn_request *rq, struct spawn_job *job, const int *s
         return -1;
     }
     pid_t pid = pidfd_pid(*pidfd);
+    if (send_with_fds(k->sock, "a", 1, NULL, 0) < 0 || pid <= 0) {
+        close(*pidfd);
+        *pidfd = -1;
+        errno = ESRCH;
+        return -1; /* (the keeper then ends the job and reports; nobody waits) */
+    }
     k->job = job;
     job->keeper = 1;
     return pid;
