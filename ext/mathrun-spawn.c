@@ -1,7 +1,9 @@
 /* mathrun-spawn: the sandbox's spawn server.
  *
- *   mathrun-spawn [--fd N]      (N: the server's end of a unix stream socket, default 3)
+ *   mathrun-spawn [--fd N] [--keeper]
  *
+ * N: the server's end of a unix stream socket, default 3.  --keeper: a
+ * root-mode job is forked by its slot's keeper (spawn-keeper.c) instead.
  * Started once by the sandbox and kept running (the Python side restarts it
  * with backoff when it dies).  One poll loop, never blocked on a job: for
  * each request it makes the job's stdio pipes, forks with jail_fork, and the
@@ -298,7 +300,7 @@ static void shut_down(int sigfd)
     spawn_flush();
 }
 
-int main(int argc, char **argv)
+static int parse_args(int argc, char **argv)
 {
     sock = 3;
     for (int i = 1; i < argc; i++) {
@@ -308,9 +310,16 @@ int main(int argc, char **argv)
             keeper_enable();
         } else {
             fprintf(stderr, "usage: mathrun-spawn [--fd N] [--keeper]\n");
-            return 2;
+            return -1;
         }
     }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (parse_args(argc, argv) < 0)
+        return 2;
     self_pid = getpid();
     spawn_wire_init(sock);
     /* The seccomp filter as exported at build time: each job loads it with

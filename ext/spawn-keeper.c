@@ -12,9 +12,10 @@
  * pidfd.  When the job's main process ends, the keeper kills everything
  * else in its namespace (kill(-1) from PID 1), reaps, and sends the wait
  * status, rusage and whether anything was left; then it unmounts the job's
- * mounts (each umount waits for an RCU grace period: after the report). */
+ * mounts (each umount waits for an RCU grace period: after the report).
+ * This file is the keeper's side; spawn-keepers.c the server's. */
 #define _GNU_SOURCE
-#include "spawn.h"
+#include "spawn-keeper.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -33,44 +34,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define KEEPER_FDS 5
-#define MAX_KEEPERS 256
-
-struct clone_args_k {
-    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls;
-};
-
-struct keeper {
-    uid_t uid;
-    int sock;   /* -1: none */
-    pid_t pid;
-    struct spawn_job *job;
-};
-
-/* What the keeper sends when a job has ended. */
-struct keeper_end {
-    int status;
-    int leftover;
-    struct rusage ru;
-};
-
-static struct keeper keepers[MAX_KEEPERS];
-static int nkeepers;
-static int enabled;
 static const char *private_dirs[] = {"/tmp", "/var/tmp", "/dev/shm", "/run/lock", NULL};
 
-void keeper_enable(void)
-{
-    enabled = 1;
-}
-
-int keeper_wanted(const struct spawn_request *rq)
-{
-    return enabled && rq->cfg.uid != (uid_t)-1 && rq->cfg.pidns && !rq->cfg.userns && rq->cfg.tmp && rq->cfg.dir;
-}
-
 /* ---- messages on the keeper's socket (SOCK_SEQPACKET) ---------------------- */
-static int send_with_fds(int sock, const void *data, size_t len, const int *fds, int nfds)
+int keeper_send(int sock, const void *data, size_t len, const int *fds, int nfds)
 {
     union {
         char buf[CMSG_SPACE(KEEPER_FDS * sizeof(int))];
@@ -95,7 +62,7 @@ static int send_with_fds(int sock, const void *data, size_t len, const int *fds,
 
 /* One message; its fds into `fds` (up to `max`, the rest closed).  Returns
  * its length, 0 at end of file, -1 on error. */
-static ssize_t recv_with_fds(int sock, void *buf, size_t size, int *fds, int max, int *nfds)
+ssize_t keeper_recv(int sock, void *buf, size_t size, int *fds, int max, int *nfds)
 {
     union {
         char buf[CMSG_SPACE(KEEPER_FDS * sizeof(int))];
@@ -264,7 +231,7 @@ static void keeper_end_job(int sock, pid_t main_pid, const struct rusage *before
     timersub(&after.ru_utime, &before->ru_utime, &end.ru.ru_utime);
     timersub(&after.ru_stime, &before->ru_stime, &end.ru.ru_stime);
     end.ru.ru_maxrss = ru.ru_maxrss;
-    if (send_with_fds(sock, &end, sizeof end, NULL, 0) < 0)
+    if (keeper_send(sock, &end, sizeof end, NULL, 0) < 0)
         _exit(1);
 }
 
@@ -294,7 +261,7 @@ static void keeper_job(int sock, char *frame, ssize_t len, int *fds)
     for (int i = 0; i < KEEPER_FDS; i++)
         close(fds[i]);
     int ok = pidfd >= 0;
-    if (send_with_fds(sock, &ok, sizeof ok, &pidfd, ok) < 0)
+    if (keeper_send(sock, &ok, sizeof ok, &pidfd, ok) < 0)
         _exit(1);
     if (pidfd >= 0)
         close(pidfd);
@@ -307,7 +274,7 @@ static void keeper_job(int sock, char *frame, ssize_t len, int *fds)
     unmount_job(root);
 }
 
-static void keeper_main(int sock, const struct jail_config *cfg)
+void keeper_main(int sock, const struct jail_config *cfg)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     prctl(PR_SET_NAME, "mathrun-keeper", 0, 0, 0);
@@ -318,12 +285,12 @@ static void keeper_main(int sock, const struct jail_config *cfg)
         if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) != fd)
             _exit(1);
     int ok = keeper_setup(cfg) == 0;
-    if (send_with_fds(sock, &ok, sizeof ok, NULL, 0) < 0 || !ok)
+    if (keeper_send(sock, &ok, sizeof ok, NULL, 0) < 0 || !ok)
         _exit(1);
     static char frame[1 << 20];
     for (;;) {
         int fds[KEEPER_FDS], nfds;
-        ssize_t got = recv_with_fds(sock, frame, sizeof frame - 1, fds, KEEPER_FDS, &nfds);
+        ssize_t got = keeper_recv(sock, frame, sizeof frame - 1, fds, KEEPER_FDS, &nfds);
         if (got <= 0)
             _exit(0);
         if (nfds != KEEPER_FDS) {
@@ -334,150 +301,4 @@ static void keeper_main(int sock, const struct jail_config *cfg)
         frame[got] = 0;
         keeper_job(sock, frame, got, fds);
     }
-}
-
-/* ---- the spawn server's side ----------------------------------------------- */
-static struct keeper *keeper_start(const struct jail_config *cfg)
-{
-    struct keeper *k = NULL;
-    for (int i = 0; i < nkeepers && !k; i++)
-        if (keepers[i].sock < 0)
-            k = &keepers[i];
-    if (!k && nkeepers == MAX_KEEPERS)
-        return NULL;
-    if (!k)
-        k = &keepers[nkeepers++];
-    int sv[2], ok = 0, nfds;
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
-        return NULL;
-    struct clone_args_k args = {.flags = CLONE_NEWPID | CLONE_NEWNS, .exit_signal = SIGCHLD};
-    pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
-    if (pid == 0) {
-        close(sv[0]);
-        keeper_main(sv[1], cfg);
-    }
-    close(sv[1]);
-    if (pid < 0 || recv_with_fds(sv[0], &ok, sizeof ok, NULL, 0, &nfds) != sizeof ok || !ok) {
-        int saved = errno;
-        close(sv[0]);
-        if (pid > 0)
-            kill(pid, SIGKILL); /* (reaped by spawn_reap) */
-        errno = pid < 0 ? saved : EPERM;
-        return NULL;
-    }
-    *k = (struct keeper){cfg->uid, sv[0], pid, NULL};
-    return k;
-}
-
-static struct keeper *keeper_of(const struct jail_config *cfg)
-{
-    for (int i = 0; i < nkeepers; i++)
-        if (keepers[i].sock >= 0 && keepers[i].uid == cfg->uid)
-        {
-            errno = EBUSY; /* (one job per slot at a time) */
-            return keepers[i].job ? NULL : &keepers[i];
-        }
-    return keeper_start(cfg);
-}
-
-/* The pid (in our namespace) of the process a pidfd stands for. */
-static pid_t pidfd_pid(int pidfd)
-{
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pidfd);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t got = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    buf[got > 0 ? got : 0] = 0;
-    char *p = strstr(buf, "\nPid:\t");
-    return p ? (pid_t)strtol(p + 6, NULL, 10) : -1;
-}
-
-pid_t keeper_spawn(struct spawn_request *rq, struct spawn_job *job, const int *stdio, int errw, int *pidfd)
-{
-    char root[4096];
-    struct keeper *k = keeper_of(&rq->cfg);
-    if (!k)
-        return -1;
-    snprintf(root, sizeof root, "%s", rq->cfg.dir);
-    *strrchr(root, '/') = 0; /* (keeper_wanted: an absolute dir below a root) */
-    int tree = (int)syscall(SYS_open_tree, AT_FDCWD, root, 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC);
-    if (tree < 0)
-        return -1;
-    int fds[KEEPER_FDS] = {stdio[0], stdio[1], stdio[2], errw, tree}, ok = 0, nfds = 0;
-    int sent = send_with_fds(k->sock, rq->raw, rq->raw_len, fds, KEEPER_FDS);
-    close(tree);
-    if (sent < 0 || recv_with_fds(k->sock, &ok, sizeof ok, pidfd, 1, &nfds) != sizeof ok || !ok || nfds != 1) {
-        if (nfds == 1)
-            close(*pidfd);
-        *pidfd = -1;
-        errno = sent < 0 || ok ? EPIPE : EPERM;
-        return -1;
-    }
-    pid_t pid = pidfd_pid(*pidfd);
-    if (send_with_fds(k->sock, "a", 1, NULL, 0) < 0 || pid <= 0) {
-        close(*pidfd);
-        *pidfd = -1;
-        errno = ESRCH;
-        return -1; /* (the keeper then ends the job and reports; nobody waits) */
-    }
-    k->job = job;
-    job->keeper = 1;
-    return pid;
-}
-
-int keeper_pollfds(struct pollfd *p, int max)
-{
-    int n = 0;
-    for (int i = 0; i < nkeepers && n < max; i++)
-        p[n++] = (struct pollfd){keepers[i].sock, POLLIN, 0};
-    return n;
-}
-
-/* A job's end from its keeper; a keeper gone ends its job as killed. */
-void keeper_events(const struct pollfd *p, int n)
-{
-    for (int i = 0; i < n && i < nkeepers; i++) {
-        struct keeper *k = &keepers[i];
-        if (k->sock < 0 || !(p[i].revents & (POLLIN | POLLHUP | POLLERR)))
-            continue;
-        struct keeper_end end;
-        int nfds;
-        ssize_t got = recv_with_fds(k->sock, &end, sizeof end, NULL, 0, &nfds);
-        if (got != (ssize_t)sizeof end) {
-            close(k->sock);
-            k->sock = -1;
-            end = (struct keeper_end){.status = SIGKILL, .leftover = 1};
-        }
-        if (k->job) {
-            k->job->ended = 1;
-            k->job->status = end.status;
-            k->job->ru = end.ru;
-            k->job->keeper_left = end.leftover;
-            k->job = NULL;
-        }
-    }
-}
-
-/* End every keeper (each exits at end of file) and reap it: its CPU, and
- * its jobs', count in ours. */
-void keeper_shutdown(void)
-{
-    for (int i = 0; i < nkeepers; i++)
-        if (keepers[i].sock >= 0) {
-            close(keepers[i].sock);
-            keepers[i].sock = -1;
-            while (waitpid(keepers[i].pid, NULL, 0) < 0 && errno == EINTR) {
-            }
-        }
-}
-
-/* A job forgotten before its end came (the server shutting down). */
-void keeper_forget(const struct spawn_job *job)
-{
-    for (int i = 0; i < nkeepers; i++)
-        if (keepers[i].job == job)
-            keepers[i].job = NULL;
 }

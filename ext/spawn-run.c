@@ -76,6 +76,18 @@ static void close_all(int *fds, int n)
             close(fds[i]);
 }
 
+/* The job's process: forked by its slot's keeper, or here into fresh
+ * namespaces (`fds`: its stdin, stdout, stderr, exec-error pipe). */
+static pid_t fork_job(struct spawn_request *rq, struct spawn_job *job, const int *fds, pid_t self_pid, int *pidfd)
+{
+    if (keeper_wanted(rq))
+        return keeper_spawn(rq, job, fds, fds[3], pidfd);
+    pid_t pid = jail_fork(&rq->cfg);
+    if (pid == 0)
+        job_child(rq, fds[0], fds[1], fds[2], fds[3], self_pid);
+    return pid;
+}
+
 void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
 {
     int p[8] = {-1, -1, -1, -1, -1, -1, -1, -1}; /* in, out, err, errpipe */
@@ -114,14 +126,7 @@ void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
         abort();
     clock_gettime(CLOCK_MONOTONIC, &job->t0);
     int pidfd = -1;
-    pid_t pid;
-    if (keeper_wanted(rq)) {
-        pid = keeper_spawn(rq, job, (int[]){child_in, child_out, child_err}, p[7], &pidfd);
-    } else {
-        pid = jail_fork(&rq->cfg);
-        if (pid == 0)
-            job_child(rq, child_in, child_out, child_err, p[7], self_pid);
-    }
+    pid_t pid = fork_job(rq, job, (int[]){child_in, child_out, child_err, p[7]}, self_pid, &pidfd);
     if (sp[1] >= 0)
         close(sp[1]);
     if (pid < 0) {
