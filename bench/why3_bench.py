@@ -1,13 +1,16 @@
 """mathrun-why3server vs Debian's C why3server, same run, same tasks.
 
     .venv/bin/python bench/why3_bench.py [-n 2000] [--rounds 3] [--c-server PATH] [--also NAME=PATH]
-        [--user-prefix P] [--real-runs 10] [--no-daemon]
+        [--user-prefix P] [--old-prefix P0] [--real-runs 10] [--no-daemon]
 
 As root (unless ``--no-daemon``) the bench starts a ``twistd mathrun`` with
 the Why3 front end only, on the job users ``P-1..4``, and adds the hand-off
 (``handoff``: the standalone passes its socket to that daemon, provers run
 as job users) to the rotation; ``mathrun`` is the standalone serving
-in-process.  The real-client row: wall time of ``why3 prove -P z3`` of a
+in-process.  ``--old-prefix P0`` adds a second daemon on the job users
+``P0-1..4`` started with ``--no-job-keeper`` (``handoff0``: each job forked
+into fresh namespaces and cgroups, as before the per-slot keepers), in the
+same rotation.  The real-client row: wall time of ``why3 prove -P z3`` of a
 theory of 20 easy goals, C server vs hand-off vs standalone, interleaved
 (the server swapped in by a private bind mount), and the client's CPU (why3
 and its server; the daemon's provers not counted).
@@ -16,7 +19,8 @@ For ``-j 1`` and ``-j 2``: n ``/bin/true`` tasks sent at once on one
 connection, timed until the last ``F`` line, the two servers taking turns
 (C, mathrun, C, mathrun, ...) so that both see the same load on a shared
 host; prints the median over the rounds of tasks per second and of the
-server's own CPU per task (its utime + stime from /proc, children excluded),
+server's own CPU per task (utime + stime from /proc of the server, its
+spawn server and the keepers; the jobs excluded),
 and the ratio mathrun / C.  A last row gives the floor that the sandbox sets:
 the spawn server alone running ``/bin/true``, one after the other, spoken to
 by hand, with no Python server around it.
@@ -138,27 +142,31 @@ def median(values: list[float]) -> float:
     return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
-def tree_cpu(pids) -> float:
-    """CPU seconds of these processes and of their direct children (a
-    mathrun server's spawn server; its jobs are its children, not counted)."""
+def tree_cpu(pids, depth: int = 2) -> float:
+    """CPU seconds of these processes and of their descendants down to
+    ``depth`` (a mathrun server's spawn server and its per-slot keepers,
+    which fork the jobs; ended jobs are not counted)."""
     total = 0.0
     for pid in pids:
         total += server_cpu(pid)
         try:
             with open(f"/proc/{pid}/task/{pid}/children") as f:
-                total += sum(server_cpu(int(child)) for child in f.read().split())
+                children = [int(child) for child in f.read().split()]
         except OSError:
-            pass
+            children = []
+        if depth > 0:
+            total += tree_cpu(children, depth - 1)
     return total
 
 
-def start_daemon(prefix: str, workdir: str):
+def start_daemon(prefix: str, workdir: str, extra: tuple = ()):
     """A ``twistd mathrun`` with the Why3 front end only: (process, control socket)."""
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-    control = os.path.join(workdir, "why3-control.sock")
-    args = ["--why3-socket", os.path.join(workdir, "why3.sock"), "--no-maxima", "--no-asy", "--no-http", "--jobs", "4"]
-    args += ["--user-prefix", prefix, "--helper-user", prefix]
-    log = open(os.path.join(workdir, "twistd.log"), "wb")  # noqa: SIM115 - the daemon's for its life
+    control = os.path.join(workdir, f"why3-control-{prefix}.sock")
+    why3_socket = os.path.join(workdir, f"why3-{prefix}.sock")
+    args = ["--why3-socket", why3_socket, "--why3-control", control, "--no-maxima", "--no-asy", "--no-http"]
+    args += ["--jobs", "4", "--user-prefix", prefix, "--helper-user", prefix, *extra]
+    log = open(os.path.join(workdir, f"twistd-{prefix}.log"), "wb")  # noqa: SIM115 - the daemon's for its life
     proc = subprocess.Popen([twistd, "-n", "--pidfile=", "mathrun", *args], cwd=workdir, stdout=log, stderr=log)
     deadline = time.monotonic() + 30
     while not os.path.exists(control):
@@ -191,7 +199,7 @@ def prove(server: str | None, workdir: str, env: dict) -> tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime
 
 
-def real_client_row(runs: int, control: str | None) -> None:
+def real_client_row(runs: int, control: str | None, old_control: str | None = None) -> None:
     if not shutil.which("why3") or os.geteuid() != 0:
         print("real client: needs why3 and root (the private bind mount)")
         return
@@ -203,6 +211,8 @@ def real_client_row(runs: int, control: str | None) -> None:
     rotation = [("C", None, env), ("standalone", OURS, env)]
     if control:
         rotation.insert(1, ("handoff", OURS, dict(env, MATHRUN_WHY3_CONTROL=control)))
+    if old_control:
+        rotation.insert(2, ("handoff0", OURS, dict(env, MATHRUN_WHY3_CONTROL=old_control)))
     times = {name: [] for name, _, _ in rotation}
     for _ in range(runs):
         for name, server, server_env in rotation:
@@ -248,6 +258,11 @@ def main():
     )
     parser.add_argument("--user-prefix", default="mathrun", help="the daemon's job users PREFIX-1..4 (as root)")
     parser.add_argument("--no-daemon", action="store_true", help="no hand-off rows (no twistd started)")
+    parser.add_argument(
+        "--old-prefix",
+        default=None,
+        help="also a daemon without per-slot keepers (--no-job-keeper) on these job users: the handoff0 rows",
+    )
     parser.add_argument("--real-runs", type=int, default=10, help="why3 prove runs per server (0: none)")
     args = parser.parse_args()
     alone = dict(os.environ, MATHRUN_WHY3_CONTROL="none")
@@ -257,15 +272,20 @@ def main():
     if os.geteuid() == 0 and not args.no_daemon:
         daemon, control = start_daemon(args.user_prefix, workdir)
         servers.insert(1, ("handoff", OURS, dict(os.environ, MATHRUN_WHY3_CONTROL=control), [daemon.pid]))
+    old, old_control = None, None
+    if daemon is not None and args.old_prefix:
+        old, old_control = start_daemon(args.old_prefix, workdir, ("--no-job-keeper",))
+        servers.insert(2, ("handoff0", OURS, dict(os.environ, MATHRUN_WHY3_CONTROL=old_control), [old.pid]))
     try:
         rotation_rows(servers, args, daemon)
         print(f"spawn server alone, serial: {spawn_floor(min(args.n, 1000)):.0f} tasks/s")
         if args.real_runs:
-            real_client_row(args.real_runs, control)
+            real_client_row(args.real_runs, control, old_control)
     finally:
-        if daemon is not None:
-            daemon.terminate()
-            daemon.wait()
+        for proc in (daemon, old):
+            if proc is not None:
+                proc.terminate()
+                proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -1,7 +1,9 @@
 /* mathrun-spawn: the sandbox's spawn server.
  *
- *   mathrun-spawn [--fd N]      (N: the server's end of a unix stream socket, default 3)
+ *   mathrun-spawn [--fd N] [--keeper]
  *
+ * N: the server's end of a unix stream socket, default 3.  --keeper: a
+ * root-mode job is forked by its slot's keeper (spawn-keeper.c) instead.
  * Started once by the sandbox and kept running (the Python side restarts it
  * with backoff when it dies).  One poll loop, never blocked on a job: for
  * each request it makes the job's stdio pipes, forks with jail_fork, and the
@@ -107,6 +109,7 @@ void spawn_forget_job(struct spawn_job *job)
         close(job->errfd);
     if (job->statusfd >= 0)
         close(job->statusfd);
+    keeper_forget(job);
     free(job->kill_lock);
     free(job->count_file);
     free(job);
@@ -186,6 +189,7 @@ static void request(char *payload, size_t len)
     if (n >= 2 && strcmp(fields[0], "spawn") == 0) {
         struct spawn_request rq;
         char message[300];
+        const char *raw = fields[1];
         int fd = brought_fd(fields, n);
         if (fd == -2) {
             send_error("spawn: output-fd without its descriptor");
@@ -200,6 +204,8 @@ static void request(char *payload, size_t len)
             return;
         }
         rq.output_fd = fd;
+        rq.raw = raw;
+        rq.raw_len = (size_t)(payload + len - raw);
         spawn_start(&rq, dev_null, self_pid);
         if (fd >= 0)
             close(fd);
@@ -281,25 +287,39 @@ static void shut_down(int sigfd)
         if (!jobs[i]->ended)
             spawn_kill(jobs[i], 0);
     for (int round = 0; njobs && round < 100; round++) {
-        struct pollfd p = {sigfd, POLLIN, 0};
-        poll(&p, 1, 50);
+        struct pollfd p[1 + 256] = {{sigfd, POLLIN, 0}};
+        int nk = keeper_pollfds(p + 1, 256);
+        poll(p, 1 + nk, 50);
+        keeper_events(p + 1, nk);
         struct signalfd_siginfo si;
         while (read(sigfd, &si, sizeof si) > 0) {}
         spawn_reap();
         finish_ended();
     }
+    keeper_shutdown();
     spawn_flush();
+}
+
+static int parse_args(int argc, char **argv)
+{
+    sock = 3;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--fd") == 0 && i + 1 < argc) {
+            sock = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--keeper") == 0) {
+            keeper_enable();
+        } else {
+            fprintf(stderr, "usage: mathrun-spawn [--fd N] [--keeper]\n");
+            return -1;
+        }
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
-    sock = 3;
-    if (argc == 3 && strcmp(argv[1], "--fd") == 0)
-        sock = atoi(argv[2]);
-    else if (argc != 1) {
-        fprintf(stderr, "usage: mathrun-spawn [--fd N]\n");
+    if (parse_args(argc, argv) < 0)
         return 2;
-    }
     self_pid = getpid();
     spawn_wire_init(sock);
     /* The seccomp filter as exported at build time: each job loads it with
@@ -334,9 +354,11 @@ int main(int argc, char **argv)
     spawn_flush();
 
     for (;;) {
-        struct pollfd p[2] = {{sock, POLLIN | (spawn_output_pending() ? POLLOUT : 0), 0}, {sigfd, POLLIN, 0}};
-        if (poll(p, 2, -1) < 0 && errno != EINTR)
+        struct pollfd p[2 + 256] = {{sock, POLLIN | (spawn_output_pending() ? POLLOUT : 0), 0}, {sigfd, POLLIN, 0}};
+        int nk = keeper_pollfds(p + 2, 256);
+        if (poll(p, 2 + nk, -1) < 0 && errno != EINTR)
             break;
+        keeper_events(p + 2, nk);
         if (p[1].revents & POLLIN) {
             struct signalfd_siginfo si;
             int stop = 0;

@@ -76,6 +76,18 @@ static void close_all(int *fds, int n)
             close(fds[i]);
 }
 
+/* The job's process: forked by its slot's keeper, or here into fresh
+ * namespaces (`fds`: its stdin, stdout, stderr, exec-error pipe). */
+static pid_t fork_job(struct spawn_request *rq, struct spawn_job *job, const int *fds, pid_t self_pid, int *pidfd)
+{
+    if (keeper_wanted(rq))
+        return keeper_spawn(rq, job, fds, fds[3], pidfd);
+    pid_t pid = jail_fork(&rq->cfg);
+    if (pid == 0)
+        job_child(rq, fds[0], fds[1], fds[2], fds[3], self_pid);
+    return pid;
+}
+
 void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
 {
     int p[8] = {-1, -1, -1, -1, -1, -1, -1, -1}; /* in, out, err, errpipe */
@@ -113,9 +125,8 @@ void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
     if (!job)
         abort();
     clock_gettime(CLOCK_MONOTONIC, &job->t0);
-    pid_t pid = jail_fork(&rq->cfg);
-    if (pid == 0)
-        job_child(rq, child_in, child_out, child_err, p[7], self_pid);
+    int pidfd = -1;
+    pid_t pid = fork_job(rq, job, (int[]){child_in, child_out, child_err, p[7]}, self_pid, &pidfd);
     if (sp[1] >= 0)
         close(sp[1]);
     if (pid < 0) {
@@ -148,7 +159,8 @@ void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
     for (int i = 0; i < 3; i++)
         if (ours[i] >= 0)
             fds[n++] = ours[i];
-    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0)
+        pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (pidfd >= 0)
         fds[n++] = pidfd;
     char pidf[32], nfds[16];
@@ -174,7 +186,8 @@ void spawn_finish(struct spawn_job *job)
             init_left = js.leftover;
         }
     }
-    int leftover = init_left == 1 || spawn_has_leftovers(job);
+    /* (A keeper counts in the slot's pids.current: its own word then.) */
+    int leftover = job->keeper ? job->keeper_left : init_left == 1 || spawn_has_leftovers(job);
     int remaining = 0;
     if (leftover || job->killed)
         remaining = spawn_kill(job, 1);

@@ -32,6 +32,8 @@ struct spawn_job {
     uid_t kill_ruid;
     char *kill_lock;
     char *count_file;     /* the slot's pids.current, or NULL */
+    int keeper;           /* forked by the slot's keeper (spawn-keeper.c) */
+    int keeper_left;      /* the keeper found processes left at its end */
 };
 
 /* A spawn request, pointing into the frame it was read from. */
@@ -44,6 +46,8 @@ struct spawn_request {
     int output_fd;        /* output-fd=1: the job's stdout and stderr are the
                            * descriptor sent with the request (-1: pipes) */
     int stdin_null;       /* stdin=null: /dev/null instead of a pipe */
+    const char *raw;      /* the frame's fields after the verb, for a keeper */
+    size_t raw_len;
 };
 
 /* The output queue (spawn-wire.c): frames of NUL-terminated fields, sent
@@ -87,5 +91,18 @@ void spawn_reap(void);
 
 /* The running job whose main process is `pid`, or NULL. */
 struct spawn_job *spawn_job_by_pid(pid_t pid);
+
+/* The per-slot keepers (spawn-keeper.c, with --keeper): whether a request
+ * goes to its slot's keeper; fork it there (the job's pid, its pidfd in
+ * *pidfd; -1 with errno); the keepers' sockets for the loop's poll, and
+ * what came on them (a job's end marks it ended). */
+void keeper_enable(void);
+int keeper_wanted(const struct spawn_request *rq);
+pid_t keeper_spawn(struct spawn_request *rq, struct spawn_job *job, const int *stdio, int errw, int *pidfd);
+struct pollfd;
+int keeper_pollfds(struct pollfd *p, int max);
+void keeper_events(const struct pollfd *p, int n);
+void keeper_forget(const struct spawn_job *job);
+void keeper_shutdown(void);
 
 #endif

@@ -76,6 +76,8 @@ class Options(AuthOptionMixin, usage.Options):
         ["unprivileged", None, "Run jobs as the server's own user (weaker isolation; automatic when not root)."],
         ["job-network", None, "Let jobs use the network (default: none, not even loopback)."],
         ["no-cgroups", None, "Do not use cgroups for memory and process limits."],
+        # -- the per-slot keeper (issue 9/14 speed work) --
+        ["no-job-keeper", None, "Root mode: fork each job afresh into its cgroups and namespaces (no slot keeper)."],
         [
             "maxima-quiet",
             None,

@@ -56,6 +56,7 @@ def sandbox_config(options) -> SandboxConfig:
         privileged=False if options["unprivileged"] else None,
         network=bool(options["job-network"]),
         use_cgroups=not options["no-cgroups"],
+        keeper=not options["no-job-keeper"],
         jail=options["jail"],
         spawn_server=paths.helper(paths.SPAWN, options["jail"]),
         limits=Limits(

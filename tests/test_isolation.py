@@ -92,7 +92,12 @@ class IsolationTests(unittest.TestCase):
         )
         self.assertEqual(seen["pids"], sorted([seen["me"], seen["child"]]), seen)
         self.assertEqual(seen["cmd"][str(seen["child"])], "sleep", seen)
-        self.assertEqual(seen["ppid"], 0, "the job's parent (the jail) is outside its namespace")
+        if self.sandbox.uses_keeper:
+            # Forked by its slot's keeper, PID 1 of the namespace, which it cannot see.
+            self.assertEqual(seen["ppid"], 1, "the job's parent is its slot's keeper")
+            self.assertNotIn(1, seen["pids"], "the keeper (root) is hidden from the job")
+        else:
+            self.assertEqual(seen["ppid"], 0, "the job's parent (the jail) is outside its namespace")
         self.assertLess(seen["me"], 10, "pids are the namespace's own")
 
     @async_test

@@ -56,6 +56,9 @@ class SandboxConfig:
     privileged: bool | None = None
     network: bool = False
     use_cgroups: bool = True
+    # Root mode: one long-lived keeper per job slot that forks its jobs, already
+    # in the slot's cgroups and namespaces (ext/spawn-keeper.c).
+    keeper: bool = True
     limits: Limits = field(default_factory=Limits)
     max_limits: Limits = field(
         default_factory=lambda: Limits(
@@ -222,7 +225,9 @@ class Lease:
     def prepare_limits(self, limits: Limits) -> None:
         """Set the cgroup's limits before a process of this lease starts."""
         if self.cgroup:
-            self.cgroup.prepare(limits.memory_bytes, limits.processes)
+            # The slot's keeper sits in its pids cgroup: one process more.
+            extra = 1 if limits.processes and self.sandbox.uses_keeper else 0
+            self.cgroup.prepare(limits.memory_bytes, limits.processes and limits.processes + extra)
 
     def adopt(self, starter, limits: Limits, on_output=None, frontend: str = "jobs") -> Job:
         """A Job whose process comes from ``starter`` (an IJobStarter) instead
@@ -312,7 +317,7 @@ class Sandbox:
             self.warnings.append("jobs may use the network (--job-network)")
         self.pool = SlotPool(users)
         if self.starter is None:
-            self.starter = SpawnServer(self.reactor, self.config.spawn_server)
+            self.starter = SpawnServer(self.reactor, self.config.spawn_server, keeper=self.uses_keeper)
         self.starter.start()
         for w in self.warnings:
             self.log.warn("sandbox: {warning}", warning=w)
@@ -406,6 +411,11 @@ class Sandbox:
 
     def _kill_options(self) -> list[str]:
         return ["--kill-ruid", str(self.helper.uid), "--kill-lock", self.kill_lock]
+
+    @property
+    def uses_keeper(self) -> bool:
+        """Whether the spawn server forks root-mode jobs in per-slot keepers."""
+        return self.config.keeper and self.privileged
 
     def jail_options(self, lease: Lease) -> list[str]:
         opts = ["--dir", lease.workspace.path]

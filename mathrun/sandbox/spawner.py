@@ -100,9 +100,10 @@ class SpawnServer:
     max_restart_delay = 30.0
     stable_after = 60.0  # seconds of life that reset the restart delay
 
-    def __init__(self, reactor, executable: str):
+    def __init__(self, reactor, executable: str, keeper: bool = False):
         self.reactor = reactor
         self.executable = executable
+        self.keeper = keeper
         self.pid: int | None = None
         self.restarts = 0
         self.jobs: dict[int, object] = {}
@@ -142,7 +143,7 @@ class SpawnServer:
             self._process = self.reactor.spawnProcess(
                 _ServerProcess(self._process_ended),
                 self.executable,
-                [self.executable, "--fd", "3"],
+                [self.executable, "--fd", "3"] + (["--keeper"] if self.keeper else []),
                 env={},
                 childFDs={1: "r", 2: "r", 3: theirs.fileno()},
             )

@@ -1,0 +1,114 @@
+"""The per-slot keeper (ext/spawn-keeper.c, root): jobs of one slot one after
+the other share its namespaces and cgroups but nothing of each other: no
+process, no file in /tmp, no pid numbering, no peak memory; a keeper that
+dies ends its job and the slot gets a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from twisted.trial import unittest
+
+from mathrun.sandbox import Limits, Status
+
+from .helpers import PYTHON, ROOT, async_test, make_sandbox, processes_of, within
+
+PROBE = """
+import json, os, subprocess, sys
+print(json.dumps({'pid': os.getpid(), 'ppid': os.getppid(), 'tmp': sorted(os.listdir('/tmp')),
+                  'procs': sorted(int(p) for p in os.listdir('/proc') if p.isdigit())}))
+"""
+
+# Leaves a daemon behind (its own session, parent gone), a file in /tmp and
+# 60 MB touched: none of it may reach the next job of the slot.
+LEAVE = """
+import os, subprocess
+open('/tmp/left-by-the-first', 'w').write('x')
+subprocess.Popen(['sleep', '60'], start_new_session=True)
+block = bytearray(60 << 20)
+for i in range(0, len(block), 4096):
+    block[i] = 1
+print('left')
+"""
+
+
+def keepers_of(server_pid: int) -> list[int]:
+    """The spawn server's children named mathrun-keeper."""
+    with open(f"/proc/{server_pid}/task/{server_pid}/children") as f:
+        children = [int(c) for c in f.read().split()]
+    found = []
+    for pid in children:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "mathrun-keeper":
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+class KeeperTests(unittest.TestCase):
+    if not ROOT:
+        skip = "the keepers are the privileged sandbox's (root)"
+
+    def setUp(self):
+        self.sandbox = make_sandbox(self, jobs=1)  # one slot: every job on the same keeper
+
+    async def run_python(self, code: str, limits=None):
+        return await within(self.sandbox.run([PYTHON, "-c", code], limits or Limits(wall_seconds=20)))
+
+    @async_test
+    async def test_the_next_job_of_a_slot_sees_nothing_of_the_last(self):
+        self.assertTrue(self.sandbox.uses_keeper)
+        first = await self.run_python(PROBE)
+        left = await self.run_python(LEAVE, Limits(wall_seconds=20, memory_bytes=256 << 20))
+        self.assertEqual((left.status, left.stdout), (Status.OK, b"left\n"), left.stderr)
+        self.assertTrue(left.leftover, "the daemon it left was found and killed")
+        self.assertGreater(left.peak_memory, 60 << 20)
+        after = await self.run_python(PROBE, Limits(wall_seconds=20, memory_bytes=256 << 20))
+        self.assertEqual(after.status, Status.OK, after.stderr)
+        seen, again = json.loads(first.stdout), json.loads(after.stdout)
+        self.assertEqual(again["tmp"], [], "a file of the job before")
+        self.assertEqual(again["procs"], [again["pid"]], "a process of the job before")
+        self.assertEqual((again["pid"], again["ppid"]), (seen["pid"], seen["ppid"]), "pids count up across jobs")
+        self.assertLess(after.peak_memory, 40 << 20, "the peak memory of the job before")
+        self.assertFalse(after.leftover)
+        (user,) = self.sandbox.pool._all
+        self.assertEqual(processes_of(user.uid), [], "the daemon of the job before survived")
+
+    @async_test
+    async def test_a_keeper_that_dies_ends_its_job_and_the_slot_gets_a_new_one(self):
+        await self.run_python("print('warm')")
+        (keeper,) = keepers_of(self.sandbox.starter.pid)
+        lease = await self.sandbox.acquire()
+        job = lease.spawn(["sh", "-c", "echo up; exec sleep 60"], Limits(wall_seconds=30))
+        job.close_stdin()
+        try:
+            os.kill(keeper, signal.SIGKILL)
+            result = await within(job.done)
+        finally:
+            await within(lease.release())
+        self.assertNotEqual(result.status, Status.OK)
+        self.assertEqual(processes_of(lease.user.uid), [], "the job outlived its keeper")
+        follow = await self.run_python("print('still here')")
+        self.assertEqual((follow.status, follow.stdout), (Status.OK, b"still here\n"), follow.stderr)
+        (new,) = keepers_of(self.sandbox.starter.pid)
+        self.assertNotEqual(new, keeper)
+
+
+class NoKeeperTests(unittest.TestCase):
+    if not ROOT:
+        skip = "the keepers are the privileged sandbox's (root)"
+
+    @async_test
+    async def test_without_keepers_each_job_gets_fresh_namespaces(self):
+        sandbox = make_sandbox(self, jobs=1, keeper=False)
+        self.assertFalse(sandbox.uses_keeper)
+        result = await within(sandbox.run([PYTHON, "-c", PROBE], Limits(wall_seconds=20)))
+        self.assertEqual(result.status, Status.OK, result.stderr)
+        seen = json.loads(result.stdout)
+        self.assertEqual((seen["ppid"], seen["procs"]), (0, [seen["pid"]]))
+        self.assertEqual(keepers_of(sandbox.starter.pid), [])
