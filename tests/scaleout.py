@@ -94,7 +94,7 @@ class Cluster:
         args += ["--no-why3", "--maxima-ready", "1", "--maxima-heap", "512"]
         args += ["--jobs", str(self.jobs_of(node))]
         if node == SMALL_NODE:
-            args += ["--maxima-max-waiting", "1"]
+            args += ["--maxima-max-waiting", "1", "--maxima-queue-wait", "60"]  # its waiting filler outlasts the first
         args += ["--http", f"tcp:{HTTP_PORT}:interface={addr}"]
         args += ["--asy-runner", f"tcp:{RUNNER_PORT}:interface={addr}", "--asy-runner-token-file", self.token_file]
         if node == QUEUE_NODE:

@@ -112,3 +112,24 @@ class NoKeeperTests(unittest.TestCase):
         seen = json.loads(result.stdout)
         self.assertEqual((seen["ppid"], seen["procs"]), (0, [seen["pid"]]))
         self.assertEqual(keepers_of(sandbox.starter.pid), [])
+
+
+class KeeperAndForeignProcessesTests(unittest.TestCase):
+    """A slot whose keeper ran a job, then leased to processes the keeper did
+    not start (a Maxima child, forked by its mother): their cleanup must not
+    count the keeper (root, in the slot's pids cgroup) as a survivor."""
+
+    if not ROOT:
+        skip = "the keepers are the privileged sandbox's (root)"
+
+    @async_test
+    async def test_a_keeper_slot_cleans_up_after_processes_of_its_own(self):
+        sandbox = make_sandbox(self, jobs=1)
+        first = await within(sandbox.run(["/bin/true"], Limits(wall_seconds=20)))
+        self.assertEqual(first.status, Status.OK, first.stderr)
+        lease = await within(sandbox.acquire())
+        lease.external_processes = True  # as the Maxima pool marks a child's lease
+        await within(lease.release())
+        self.assertEqual(sandbox.pool.quarantined, 0, "the slot was taken out of service")
+        again = await within(sandbox.run(["/bin/true"], Limits(wall_seconds=20)))
+        self.assertEqual(again.status, Status.OK, again.stderr)
