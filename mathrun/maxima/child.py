@@ -183,7 +183,7 @@ class Child:
         assert self.state == "ready"
         self.state = "running"
         self._started = self.reactor.seconds()
-        limits = dataclasses.replace(self.limits, wall_seconds=min(timeout, self.limits.wall_seconds or timeout))
+        limits = self.limits.with_wall_seconds(min(timeout, self.limits.wall_seconds or timeout))
         self.job = self.lease.adopt(self, limits, frontend="maxima")
         for data in self._early:
             self.job.output("stdout", data)
