@@ -49,13 +49,25 @@ class SandboxMetrics:
         users = Gauge("mathrun_job_users", "Job users by state.", ["state"], registry=registry)
         for state in ("busy", "free", "waiting", "quarantined"):
             users.labels(state).set_function(lambda state=state: getattr(sandbox.pool, state) if sandbox.pool else 0)
+        self._children: dict = {}
         sandbox.observers.append(self.observe)
 
     def observe(self, result, frontend: str = "jobs") -> None:
-        """A finished job (the sandbox calls every observer with each)."""
-        self.jobs.labels(frontend, result.status.value).inc()
-        self.wall.labels(frontend).observe(result.wall)
-        self.cpu.labels(frontend).observe(result.user_cpu + result.system_cpu)
+        """A finished job (the sandbox calls every observer with each).  The
+        labelled children are looked up once per (front end, status):
+        ``labels`` validates and locks at every call."""
+        key = (frontend, result.status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.jobs.labels(frontend, result.status.value),
+                self.wall.labels(frontend),
+                self.cpu.labels(frontend),
+            )
+        jobs, wall, cpu = children
+        jobs.inc()
+        wall.observe(result.wall)
+        cpu.observe(result.user_cpu + result.system_cpu)
 
 
 class MaximaMetrics:

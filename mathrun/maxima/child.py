@@ -76,7 +76,7 @@ class Child:
         read_fd = os.open(outpipe, os.O_RDONLY | flags)
         self._keep = os.open(outpipe, os.O_WRONLY | flags)
         write_fd = os.open(inpipe, os.O_RDWR | flags)
-        self._reader = OutputReader(self.reactor, read_fd, self._data, self._eof)
+        self._reader = OutputReader(self.reactor, read_fd, self._data, self._eof, nonblocking=True)
         self._input = write_fd
         self._reader.startReading()
 
@@ -183,7 +183,7 @@ class Child:
         assert self.state == "ready"
         self.state = "running"
         self._started = self.reactor.seconds()
-        limits = dataclasses.replace(self.limits, wall_seconds=min(timeout, self.limits.wall_seconds or timeout))
+        limits = self.limits.with_wall_seconds(min(timeout, self.limits.wall_seconds or timeout))
         self.job = self.lease.adopt(self, limits, frontend="maxima")
         for data in self._early:
             self.job.output("stdout", data)
@@ -231,7 +231,8 @@ class Child:
             return dataclasses.replace(
                 result, status=Status.INTERNAL_ERROR, detail=f"the plot files could not be returned: {e}"
             )
-        return dataclasses.replace(result, files=tuple(files))
+        # No plots (most requests): the result as it is, not a copy.
+        return dataclasses.replace(result, files=tuple(files)) if files else result
 
     def _end(self) -> None:
         """The child is done (or was killed): close the pipes and give the

@@ -41,6 +41,9 @@ def default_core_cache() -> str:
     return os.path.join(base, "mathrun", "maxima-cores")
 
 
+_LIMITS: dict = {}  # MaximaConfig.limits, by the fields it reads
+
+
 @dataclass(frozen=True)
 class MaximaConfig:
     """What an operator can set for the Maxima front end; ``options.py``
@@ -78,7 +81,19 @@ class MaximaConfig:
 
     def limits(self) -> Limits:
         """A child's sandbox limits (the request's timeout lowers the wall
-        limit); the sandbox caps them by the operator's maxima."""
+        limit); the sandbox caps them by the operator's maxima.  Memoized
+        (the config is frozen): one is asked for at every fork."""
+        key = (
+            self.max_timeout_ms, self.memory_bytes, self.workspace_bytes, self.open_files, self.processes, self.output_bytes
+        )  # fmt: skip
+        limits = _LIMITS.get(key)
+        if limits is None:
+            if len(_LIMITS) > 64:
+                _LIMITS.clear()
+            limits = _LIMITS[key] = self._limits()
+        return limits
+
+    def _limits(self) -> Limits:
         return Limits(
             cpu_seconds=self.max_timeout_ms / 1000 + 2,
             wall_seconds=self.max_timeout_ms / 1000,

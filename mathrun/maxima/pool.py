@@ -192,36 +192,58 @@ class MaximaPool:
             return
         while self._running and self.mother.ready and self._wanted() > 0 and self.sandbox.refusal is None:
             self.spawning += 1
-            d = defer.ensureDeferred(self._spawn())
+            try:
+                d = self._spawn()
+            except BaseException:
+                d = defer.fail()
             d.addBoth(self._spawned)
 
-    async def _spawn(self) -> Child:
+    def _spawn(self) -> defer.Deferred:
+        """A job user, a fork into it, its readiness: a Deferred firing with
+        the ready Child.  Plain callbacks, not a coroutine: this runs for
+        every request."""
         acquiring = self.sandbox.acquire(self.config.workspace_bytes)
-        self._acquiring.append(acquiring)
-        try:
-            lease = await acquiring
-        finally:
-            if acquiring in self._acquiring:
-                self._acquiring.remove(acquiring)
+        if not acquiring.called:
+            self._acquiring.append(acquiring)
+            acquiring.addBoth(self._acquired, acquiring)
+        return acquiring.addCallback(self._fork)
+
+    def _acquired(self, result, acquiring: defer.Deferred):
+        if acquiring in self._acquiring:
+            self._acquiring.remove(acquiring)
+        return result
+
+    def _fork(self, lease) -> defer.Deferred:
         # The mother forks the child, not the jail: reap the user at release.
         lease.external_processes = True
         started = self.reactor.seconds()
         child = self.child_factory(self.reactor, lease, self.config)
-        try:
-            child.prepare()
-            child.forked(await self.mother.fork(child.fork_fields()))
+
+        def forked(pid: int) -> defer.Deferred:
+            child.forked(pid)
             if self.waiters:
                 child.hurry()
             self._starting.add(child)
-            await child.ready.addTimeout(self.config.spawn_timeout, self.reactor)
+            return child.ready.addTimeout(self.config.spawn_timeout, self.reactor)
+
+        def ready(_) -> Child:
+            self._starting.discard(child)
+            if self.metrics:
+                self.metrics.spawn.observe(self.reactor.seconds() - started)
+            return child
+
+        def failed(failure):
+            self._starting.discard(child)
+            self._retire(child)
+            return failure
+
+        try:
+            child.prepare()
+            d = self.mother.fork(child.fork_fields())
         except BaseException:
             self._retire(child)
             raise
-        finally:
-            self._starting.discard(child)
-        if self.metrics:
-            self.metrics.spawn.observe(self.reactor.seconds() - started)
-        return child
+        return d.addCallback(forked).addCallbacks(ready, failed)
 
     def _spawned(self, result) -> None:
         self.spawning -= 1

@@ -10,6 +10,9 @@ import math
 from dataclasses import dataclass, fields, replace
 
 MiB = 1024 * 1024
+# Memos of capped_by and with_wall_seconds (Limits are frozen, so hashable).
+_CAPPED: dict = {}
+_WALL: dict = {}
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,36 @@ class Limits:
                 raise ValueError(f"{f.name} must be positive, not {value!r}")
 
     def capped_by(self, maximum: Limits) -> Limits:
-        """Each limit lowered to the operator's maximum (None there: no cap)."""
+        """Each limit lowered to the operator's maximum (None there: no cap).
+        Memoized: a server caps the same few limits at every job, and a new
+        Limits (``replace`` and its checks) costs ~30 us of Python."""
+        key = (self, maximum)
+        capped = _CAPPED.get(key)
+        if capped is None:
+            if len(_CAPPED) > 1024:
+                _CAPPED.clear()
+            capped = _CAPPED[key] = self._capped_by(maximum)
+        return capped
+
+    def with_wall_seconds(self, seconds: float | None) -> Limits:
+        """The same limits with another wall-clock limit (memoized as ``capped_by``)."""
+        if seconds == self.wall_seconds:
+            return self
+        key = (self, seconds)
+        changed = _WALL.get(key)
+        if changed is None:
+            if len(_WALL) > 1024:
+                _WALL.clear()
+            changed = _WALL[key] = replace(self, wall_seconds=seconds)
+        return changed
+
+    def _capped_by(self, maximum: Limits) -> Limits:
         changes = {}
         for f in fields(self):
             mine, cap = getattr(self, f.name), getattr(maximum, f.name)
             if cap is not None and (mine is None or mine > cap):
                 changes[f.name] = cap
-        return replace(self, **changes)
+        return replace(self, **changes) if changes else self
 
     def jail_args(self, memory_in_cgroup: bool) -> list[str]:
         """The rlimit options of ``mathrun-jail run``.

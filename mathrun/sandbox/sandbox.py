@@ -561,13 +561,19 @@ class Sandbox:
     def _job_finished(self, job: Job, result: JobResult) -> None:
         for observer in self.observers:
             observer(result, job.frontend)
+        user, status, cpu = job.lease.user.name, result.describe(), result.user_cpu + result.system_cpu
+        # The line is made here with an f-string and passed as a format with
+        # no fields (its braces doubled): Twisted's Formatter, pure Python,
+        # took two thirds of the line's cost for six fields.  The fields stay
+        # in the event for observers that read them.
+        text = f"job {user} {status}: wall {result.wall:.3f}s cpu {cpu:.3f}s peak {result.peak_memory} ({job.frontend})"
         self.log.info(
-            "job {user} {status}: wall {wall:.3f}s cpu {cpu:.3f}s peak {peak} ({frontend})",
+            text.replace("{", "{{").replace("}", "}}"),
             frontend=job.frontend,
-            user=job.lease.user.name,
-            status=result.describe(),
+            user=user,
+            status=status,
             wall=result.wall,
-            cpu=result.user_cpu + result.system_cpu,
+            cpu=cpu,
             peak=result.peak_memory,
         )
 

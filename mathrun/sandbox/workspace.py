@@ -83,15 +83,29 @@ class Workspace:
             elif os.listdir(self.path) or os.listdir(self.tmp):
                 raise OSError(errno.ENOTEMPTY, f"{self.root} still holds a job's files")
             return
-        if os.path.ismount(self.root):
-            raise OSError(errno.EBUSY, f"{self.root} is still mounted")
-        os.makedirs(self.root, 0o700, exist_ok=True)
+        self._mount_point()
         size = self.size or DEFAULT_SIZE
         mount_tmpfs(self.root, size, max(MIN_INODES, size // BYTES_PER_INODE), self.owner.uid, self.owner.gid)
         self._mounted = True
         for sub in (self.path, self.tmp):
             os.mkdir(sub, 0o700)
             os.chown(sub, self.owner.uid, self.owner.gid)
+
+    def _mount_point(self) -> None:
+        """Make sure the root is an empty mount point, not mounted yet: two
+        ``lstat`` (``ismount`` and ``makedirs`` took eight system calls and
+        a ``realpath`` in Python), and a ``mkdir`` at a slot's first job."""
+        try:
+            st = os.lstat(self.root)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(self.root), 0o711, exist_ok=True)
+            os.mkdir(self.root, 0o700)
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, f"{self.root} is not a directory")
+        parent = os.lstat(os.path.dirname(self.root))
+        if st.st_dev != parent.st_dev or st.st_ino == parent.st_ino:
+            raise OSError(errno.EBUSY, f"{self.root} is still mounted")
 
     @property
     def mounted(self) -> bool:
