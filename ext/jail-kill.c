@@ -44,6 +44,45 @@ int jail_count_file(const char *path)
     return (end == buf || v < 0) ? -1 : (int)v;
 }
 
+/* The real uid of process PID (its status' Uid line), or -1. */
+static long real_uid_of(const char *pid)
+{
+    char path[64], buf[2048];
+    snprintf(path, sizeof path, "/proc/%s/status", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    char *line = strstr(buf, "\nUid:");
+    return line ? strtol(line + 5, NULL, 10) : -1;
+}
+
+/* A slot's keeper (root) sits in the slot's pids cgroup, so its count is
+ * never 0 there: count the processes in the cgroup (cgroup.procs beside
+ * COUNT_FILE) that are not root's; one that vanished while we looked counts
+ * (the caller looks again).  -1 if the list cannot be read. */
+static int count_not_root(const char *count_file)
+{
+    char path[4096], pid[32];
+    const char *slash = strrchr(count_file, '/');
+    if (!slash || (size_t)(slash - count_file) + sizeof "/cgroup.procs" > sizeof path)
+        return -1;
+    snprintf(path, sizeof path, "%.*s/cgroup.procs", (int)(slash - count_file), count_file);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -1;
+    int left = 0;
+    while (fscanf(f, "%31s", pid) == 1)
+        if (real_uid_of(pid) != 0)
+            left++;
+    fclose(f);
+    return left;
+}
+
 int jail_kill_user(uid_t uid, uid_t kill_ruid, const char *lock)
 {
     return jail_kill_user_counted(uid, kill_ruid, lock, NULL);
@@ -77,6 +116,8 @@ int jail_kill_user_counted(uid_t uid, uid_t kill_ruid, const char *lock, const c
     for (int round = 0; round < KILL_ROUNDS; round++) {
         kill(-1, SIGKILL);
         int left = count_file ? jail_count_file(count_file) : -1;
+        if (left > 0)
+            left = count_not_root(count_file); /* a keeper there is not the user's */
         if (left < 0)
             left = jail_count_user_processes(uid);
         if (left == 0) {

@@ -143,7 +143,9 @@ int jail_kill_user(uid_t uid, uid_t kill_ruid, const char *lock);
 /* The same, counting what is left by reading `count_file` (the pids.current
  * of the cgroup every process of the user is confined in, which a job cannot
  * leave) instead of scanning /proc: one read instead of one per process of
- * root on the host.  NULL, or a file that cannot be read: /proc. */
+ * root on the host; a non-zero count is checked in the cgroup's list, where
+ * root's processes (the slot's keeper) do not count.  NULL, or a file that
+ * cannot be read: /proc. */
 int jail_kill_user_counted(uid_t uid, uid_t kill_ruid, const char *lock, const char *count_file);
 
 /* The number in a cgroup file such as pids.current; -1 when it cannot be read. */

@@ -543,10 +543,9 @@ class Sandbox:
             self.reactor.spawnProcess(
                 self._reaper, self.config.jail, [self.config.jail, "reaper"] + self._kill_options(), env={}
             )
-        # A slot's keeper (root) sits in its pids cgroup, so there the count
-        # never reaches 0: count the user's processes instead.
-        count = cgroup.pids_current if cgroup is not None and not self.uses_keeper else None
-        return self._reaper.reap(user.uid, count, unmount)
+        # (A slot's keeper, root, sits in its pids cgroup: the reaper does
+        # not count it, ext/jail-kill.c.)
+        return self._reaper.reap(user.uid, cgroup.pids_current if cgroup is not None else None, unmount)
 
     async def _reap_and_unmount(self, lease: Lease) -> None:
         """The reaper also detaches the tmpfs workspace once the user's
