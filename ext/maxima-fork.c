@@ -160,41 +160,51 @@ static int unprivileged_fork(const char *token, const struct jail_config *cfg)
 
 /* In the child: the pipes as stdio, the job's confinement, nothing else
  * open.  On failure the reason goes to the mother's stdout (still fd 1). */
+/* The jail of a child from the fork request's words (uid, gid, root,
+ * limits, then netns= and cgroup directories); `work` and `tmp` (PATH_MAX
+ * each) hold the paths the config points to.  -1 for a malformed request. */
+static int child_config(char **w, int nwords, struct jail_config *cfg, char *work, char *tmp)
+{
+    long long uid, gid;
+    memset(cfg, 0, sizeof *cfg);
+    if (parse_number(w[2], &uid) < 0 || parse_number(w[3], &gid) < 0
+        || parse_number(w[5], &cfg->cpu) < 0 || parse_number(w[6], &cfg->fsize) < 0
+        || parse_number(w[7], &cfg->nofile) < 0 || parse_number(w[8], &cfg->nproc) < 0
+        || w[4][0] != '/' || strlen(w[4]) >= sizeof child_root)
+        return -1;
+    cfg->uid = (uid_t)uid;
+    cfg->gid = (gid_t)gid;
+    cfg->as = -1; /* SBCL reserves its whole heap: memory is the cgroup's job */
+    for (int i = 9; i < nwords; i++) {
+        if (strncmp(w[i], "netns=", 6) == 0)
+            cfg->netns = w[i] + 6;
+        else if (cfg->ncgroups < JAIL_MAX_CGROUPS)
+            cfg->cgroups[cfg->ncgroups++] = w[i];
+    }
+    /* As root fork_with_init made the PID namespace: mount its /proc. */
+    cfg->pidns = 1;
+    cfg->seccomp = 1;
+    snprintf(child_root, sizeof child_root, "%s", w[4]);
+    snprintf(work, PATH_MAX, "%s/work", child_root);
+    snprintf(tmp, PATH_MAX, "%s/tmp", child_root);
+    cfg->dir = work;
+    cfg->tmp = tmp;
+    /* Unprivileged: a user and a PID namespace of its own bound the child's
+     * processes (RLIMIT_NPROC counts them apart) and end them all with it. */
+    cfg->userns = cfg->uid == (uid_t)-1;
+    cfg->unshare_net = cfg->userns && fresh_netns;
+    return 0;
+}
+
 static void child_setup(const char *token, char **w, int nwords)
 {
     struct jail_config cfg;
-    long long uid, gid;
     char path[PATH_MAX], work[PATH_MAX], tmp[PATH_MAX];
     const char *step = "request";
 
-    memset(&cfg, 0, sizeof cfg);
     sigaction(SIGCHLD, &saved_sigchld, NULL); /* run-program must wait for gnuplot */
-    if (parse_number(w[2], &uid) < 0 || parse_number(w[3], &gid) < 0
-        || parse_number(w[5], &cfg.cpu) < 0 || parse_number(w[6], &cfg.fsize) < 0
-        || parse_number(w[7], &cfg.nofile) < 0 || parse_number(w[8], &cfg.nproc) < 0
-        || w[4][0] != '/' || strlen(w[4]) >= sizeof child_root)
+    if (child_config(w, nwords, &cfg, work, tmp) < 0)
         goto fail_einval;
-    cfg.uid = (uid_t)uid;
-    cfg.gid = (gid_t)gid;
-    cfg.as = -1; /* SBCL reserves its whole heap: memory is the cgroup's job */
-    for (int i = 9; i < nwords; i++) {
-        if (strncmp(w[i], "netns=", 6) == 0)
-            cfg.netns = w[i] + 6;
-        else if (cfg.ncgroups < JAIL_MAX_CGROUPS)
-            cfg.cgroups[cfg.ncgroups++] = w[i];
-    }
-    /* As root jail_fork_with_init made the PID namespace: mount its /proc. */
-    cfg.pidns = 1;
-    cfg.seccomp = 1;
-    snprintf(child_root, sizeof child_root, "%s", w[4]);
-    snprintf(work, sizeof work, "%s/work", child_root);
-    snprintf(tmp, sizeof tmp, "%s/tmp", child_root);
-    cfg.dir = work;
-    cfg.tmp = tmp;
-    /* Unprivileged: a user and a PID namespace of its own bound the child's
-     * processes (RLIMIT_NPROC counts them apart) and end them all with it. */
-    cfg.userns = cfg.uid == (uid_t)-1;
-    cfg.unshare_net = cfg.userns && fresh_netns;
 
     /* The server holds the read end of outpipe and both ends of inpipe,
      * so neither open blocks. */

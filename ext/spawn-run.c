@@ -88,6 +88,55 @@ static pid_t fork_job(struct spawn_request *rq, struct spawn_job *job, const int
     return pid;
 }
 
+/* Pipes for stdin, stdout, stderr and exec errors into p[8], but for what
+ * the request brought (its output file) or wants none of (stdin); on a
+ * failure the request is answered and -1 returned. */
+static int open_pipes(const struct spawn_request *rq, int p[8])
+{
+    for (int i = 0; i < 4; i++) {
+        if ((i == 0 && rq->stdin_null) || ((i == 1 || i == 2) && rq->output_fd >= 0))
+            continue;
+        if (pipe2(p + 2 * i, O_CLOEXEC) < 0) {
+            int code = errno;
+            close_all(p, 8);
+            spawn_failed(rq->id, "jail", code);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The job table's entry of a job just forked. */
+static void record_job(struct spawn_job *job, const struct spawn_request *rq, pid_t pid, int errfd)
+{
+    snprintf(job->id, sizeof job->id, "%s", rq->id);
+    job->pid = pid;
+    job->errfd = errfd;
+    job->uid = rq->cfg.uid;
+    job->kill_ruid = rq->cfg.kill_ruid;
+    job->kill_lock = rq->cfg.kill_lock ? strdup(rq->cfg.kill_lock) : NULL;
+    job->count_file = rq->count_file ? strdup(rq->count_file) : NULL;
+    spawn_add_job(job); /* (room was checked before the fork) */
+}
+
+/* "spawned ID pid=N fds=K" with the reactor's pipe ends and a pidfd. */
+static void announce(const char *id, pid_t pid, const int ours[3], int pidfd)
+{
+    int fds[4], n = 0;
+    for (int i = 0; i < 3; i++)
+        if (ours[i] >= 0)
+            fds[n++] = ours[i];
+    if (pidfd < 0)
+        pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd >= 0)
+        fds[n++] = pidfd;
+    char pidf[32], nfds[16];
+    snprintf(pidf, sizeof pidf, "pid=%d", (int)pid);
+    snprintf(nfds, sizeof nfds, "fds=%d", n);
+    const char *fields[] = {"spawned", id, pidf, nfds};
+    spawn_send(fields, 4, fds, n);
+}
+
 void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
 {
     int p[8] = {-1, -1, -1, -1, -1, -1, -1, -1}; /* in, out, err, errpipe */
@@ -96,18 +145,8 @@ void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
         spawn_failed(rq->id, "jail", full ? EAGAIN : EEXIST);
         return;
     }
-    /* Pipes for stdin, stdout, stderr and exec errors, but for what the
-     * request brought (its output file) or wants none of (stdin). */
-    for (int i = 0; i < 4; i++) {
-        if ((i == 0 && rq->stdin_null) || ((i == 1 || i == 2) && rq->output_fd >= 0))
-            continue;
-        if (pipe2(p + 2 * i, O_CLOEXEC) < 0) {
-            int code = errno;
-            close_all(p, 8);
-            spawn_failed(rq->id, "jail", code);
-            return;
-        }
-    }
+    if (open_pipes(rq, p) < 0)
+        return;
     int child_in = rq->stdin_null ? dev_null : p[0];
     int child_out = rq->output_fd >= 0 ? rq->output_fd : p[3];
     int child_err = rq->output_fd >= 0 ? rq->output_fd : p[5];
@@ -146,28 +185,8 @@ void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
         if (ours[i] >= 0)
             fcntl(ours[i], F_SETFL, O_NONBLOCK);
     fcntl(p[6], F_SETFL, O_NONBLOCK); /* read when the job has ended: never wait on it */
-    snprintf(job->id, sizeof job->id, "%s", rq->id);
-    job->pid = pid;
-    job->errfd = p[6];
-    job->uid = rq->cfg.uid;
-    job->kill_ruid = rq->cfg.kill_ruid;
-    job->kill_lock = rq->cfg.kill_lock ? strdup(rq->cfg.kill_lock) : NULL;
-    job->count_file = rq->count_file ? strdup(rq->count_file) : NULL;
-    spawn_add_job(job); /* (room was checked above) */
-
-    int fds[4], n = 0;
-    for (int i = 0; i < 3; i++)
-        if (ours[i] >= 0)
-            fds[n++] = ours[i];
-    if (pidfd < 0)
-        pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    if (pidfd >= 0)
-        fds[n++] = pidfd;
-    char pidf[32], nfds[16];
-    snprintf(pidf, sizeof pidf, "pid=%d", (int)pid);
-    snprintf(nfds, sizeof nfds, "fds=%d", n);
-    const char *fields[] = {"spawned", rq->id, pidf, nfds};
-    spawn_send(fields, 4, fds, n);
+    record_job(job, rq, pid, p[6]);
+    announce(rq->id, pid, ours, pidfd);
 }
 
 /* The main process is gone: kill what it left, report, forget. */

@@ -108,6 +108,24 @@ def run_reaper(helper: int, requests: str) -> subprocess.CompletedProcess:
     )
 
 
+def wait_until_running_as(pid: int, uid: int, comm: str, seconds: float = 10) -> None:
+    """Until process ``pid`` is ``comm`` with real uid ``uid`` (a kill by
+    uid before that would miss it, and the test would wait for nothing)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            if fields["Name"].strip() == comm and int(fields["Uid"].split()[0]) == uid:
+                return
+        except (OSError, KeyError, ValueError):
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} never ran {comm} as uid {uid}")
+
+
 class ReaperTests(unittest.TestCase):
     """``mathrun-jail reaper``: the server's long-lived killer."""
 
@@ -119,6 +137,7 @@ class ReaperTests(unittest.TestCase):
         sleeper = subprocess.Popen(["setpriv", f"--reuid={victim.pw_uid}", f"--regid={victim.pw_gid}",
                                     "--clear-groups", "sleep", "600"])  # fmt: skip
         self.addCleanup(lambda: sleeper.poll() is None and sleeper.kill())
+        wait_until_running_as(sleeper.pid, victim.pw_uid, "sleep")  # setpriv switches, then execs
         requests = f"0\n{helper}\nnonsense\n{victim.pw_uid}\n{victim.pw_uid} /nonexistent/pids.current\n"
         proc = run_reaper(helper, requests)
         self.assertEqual(proc.returncode, 0, proc.stderr)

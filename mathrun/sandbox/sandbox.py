@@ -11,243 +11,38 @@ The sandbox knows nothing of HTTP, WebSocket or Why3.
 
 from __future__ import annotations
 
-import collections
-import fcntl
 import os
 import shutil
 import subprocess
-import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from twisted.internet import defer, protocol
-from twisted.logger import Logger, LogLevel
+from twisted.internet import defer
 from twisted.python import failure
 
-from .. import paths
 from . import cgroups as cgroups_mod
+from .config import DEFAULT_JAIL, DEFAULT_PATH, DEFAULT_SPAWN, RUN_DIR, SandboxConfig, ServerLocked, hold_server_lock
 from .job import Job
+from .lease import Lease
 from .limits import Limits
-from .lines import LineSplitter
-from .pipes import write_now
 from .pool import JobUser, SlotPool, find_job_users
-from .result import JobResult, Status
+from .reaper import _JobLogger, _Reaper
+from .result import JobResult
 from .spawner import SpawnServer
 from .userns import userns_refusal
 from .workspace import Workspace, unmount
 
-DEFAULT_JAIL = paths.helper(paths.JAIL)
-DEFAULT_SPAWN = paths.helper(paths.SPAWN)
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
-RUN_DIR = "/run/mathrun"
-
-
-@dataclass
-class SandboxConfig:
-    """What an operator can set; ``privileged=None`` means "root or not"."""
-
-    jobs: int = 8
-    user_prefix: str = "mathrun"
-    helper_user: str = "mathrun"
-    job_root: str | None = None
-    jail: str = DEFAULT_JAIL
-    spawn_server: str = DEFAULT_SPAWN
-    privileged: bool | None = None
-    network: bool = False
-    use_cgroups: bool = True
-    # Root mode: one long-lived keeper per job slot that forks its jobs, already
-    # in the slot's cgroups and namespaces (ext/spawn-keeper.c).
-    keeper: bool = True
-    limits: Limits = field(default_factory=Limits)
-    max_limits: Limits = field(
-        default_factory=lambda: Limits(
-            cpu_seconds=300,
-            wall_seconds=600,
-            memory_bytes=4 << 30,
-            file_size_bytes=1 << 30,
-            open_files=1024,
-            processes=256,
-            output_bytes=256 << 20,
-            workspace_bytes=1 << 30,
-        )
-    )
-    # False only for a server with nothing to share: unprivileged, with a
-    # job root of its own (the standalone Why3 server, started per session).
-    server_lock: bool = True
-
-    def resolved_job_root(self, privileged: bool) -> str:
-        """Each job-user set has its own job root, so that two servers with
-        different prefixes never clear each other's workspaces."""
-        if self.job_root:
-            return self.job_root
-        name = "jobs" if self.user_prefix == "mathrun" else f"jobs-{self.user_prefix}"
-        return os.path.join(self.state_dir(privileged), name)
-
-    def state_dir(self, privileged: bool) -> str:
-        """Where the lock and the shared namespace files live."""
-        if privileged:
-            return RUN_DIR
-        return os.path.join(tempfile.gettempdir(), f"mathrun-{os.getuid()}")
-
-    def lock_path(self, privileged: bool) -> str:
-        """One server per job-user set; without job users (unprivileged
-        mode), one per job root."""
-        if privileged:
-            return os.path.join(RUN_DIR, f"{self.user_prefix}.lock")
-        return self.resolved_job_root(privileged).rstrip("/") + ".lock"
-
-
-_LEVELS = frozenset(LogLevel.iterconstants())
-
-
-class _JobLogger(Logger):
-    """Twisted's Logger without its scan of every log level at each event
-    (``LogLevel.iterconstants()`` sorts them: 7% of the why3 server's time,
-    which logs one line per job)."""
-
-    def emit(self, level, format=None, **kwargs):
-        if level not in _LEVELS:
-            return super().emit(level, format, **kwargs)
-        kwargs.update(
-            log_logger=self,
-            log_level=level,
-            log_namespace=self.namespace,
-            log_source=self.source,
-            log_format=format,
-            log_time=time.time(),
-        )
-        if "log_trace" in kwargs:
-            kwargs["log_trace"].append((self, self.observer))
-        self.observer(kwargs)
-        return None
-
-
-class _Reaper(protocol.ProcessProtocol):
-    """A long-lived ``mathrun-jail reaper``: kills every process of a job
-    user on request, without a process spawn per job.  It answers each
-    request in order with ``ok UID`` or ``failed UID REASON``."""
-
-    log = Logger()
-
-    def __init__(self):
-        self.waiting: collections.deque[tuple[int, defer.Deferred]] = collections.deque()
-        self.ended = defer.Deferred()
-        self.lines = LineSplitter(self._line, self._unexpected)
-
-    def reap(self, uid: int, count_file: str | None = None, unmount: str | None = None) -> defer.Deferred:
-        """Kill the user's processes, then (``unmount``) detach that mount."""
-        d = defer.Deferred()
-        self.waiting.append((uid, d))
-        line = b"%d" % uid
-        if count_file:
-            line += b" " + count_file.encode()
-        if unmount:
-            line += b" umount=" + os.fsencode(unmount)
-        write_now(self.transport, line + b"\n")
-        return d
-
-    def outReceived(self, data: bytes) -> None:
-        self.lines.dataReceived(data)
-
-    def _line(self, line: bytes) -> None:
-        """The reply to the oldest request, if it names that request's uid;
-        anything else is logged (raising here would raise in the reactor)."""
-        verdict, _, rest = line.partition(b" ")
-        answered, _, reason = rest.partition(b" ")
-        # "failed - bad request": the reaper could not read the request's uid.
-        expected = (b"%d" % self.waiting[0][0], b"-") if self.waiting else ()
-        if verdict not in (b"ok", b"failed") or answered not in expected:
-            return self._unexpected(line)
-        uid, d = self.waiting.popleft()
-        if verdict == b"ok":
-            d.callback(None)
-        else:
-            d.errback(RuntimeError(f"processes of uid {uid} survived the cleanup: {reason.decode(errors='replace')}"))
-
-    def _unexpected(self, line: bytes) -> None:
-        self.log.error("sandbox: unexpected line from the reaper: {line!r}", line=line)
-
-    def processEnded(self, reason) -> None:
-        waiting, self.waiting = self.waiting, collections.deque()
-        for uid, d in waiting:
-            d.errback(RuntimeError(f"the reaper ended before uid {uid} was cleaned up: {reason.value}"))
-        self.ended.callback(None)
-
-
-class Lease:
-    """A job user and a workspace, held until ``release``."""
-
-    def __init__(self, sandbox: Sandbox, user: JobUser, workspace: Workspace, cgroup):
-        self.sandbox = sandbox
-        self.user = user
-        self.workspace = workspace
-        self.cgroup = cgroup
-        self.job: Job | None = None
-        self.external_processes = False
-        self._released = None
-
-    def spawn(
-        self,
-        argv: list[str],
-        limits: Limits | None = None,
-        env: dict | None = None,
-        on_output: Callable[[str, bytes], None] | None = None,
-        frontend: str = "jobs",
-        stdin: bytes | None = None,
-        output_fd: int | None = None,
-    ) -> Job:
-        """Start ``argv`` in the sandbox.  Output is collected into the
-        result unless ``on_output(stream, data)`` takes it as it comes, or
-        ``output_fd`` (a file) takes it straight from the job.  ``stdin``:
-        the whole input, given now (b"": none, /dev/null); None: a pipe
-        that the caller writes and closes."""
-        sandbox = self.sandbox
-        if self.job is not None and not self.job._ended:
-            raise RuntimeError("this lease already runs a job")
-        limits, options = sandbox.spawn_settings(self, limits or sandbox.config.limits)
-        self.prepare_limits(limits)
-        job = self.job = Job(self, limits, on_output, frontend)
-        if stdin is not None:
-            if stdin:
-                job.write(stdin)
-            job.close_stdin()
-        environment = {"PATH": DEFAULT_PATH, "HOME": self.workspace.path, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
-        if env:
-            environment.update(env)
-        job.start(sandbox.starter, list(argv), environment, options, output_fd)
-        return job
-
-    def capped(self, limits: Limits | None) -> Limits:
-        """``limits`` (default: the sandbox's) lowered to the operator's maxima."""
-        return (limits or self.sandbox.config.limits).capped_by(self.sandbox.config.max_limits)
-
-    def prepare_limits(self, limits: Limits) -> None:
-        """Set the cgroup's limits before a process of this lease starts."""
-        if self.cgroup:
-            # The slot's keeper sits in its pids cgroup: one process more.
-            extra = 1 if limits.processes and self.sandbox.uses_keeper else 0
-            self.cgroup.prepare(limits.memory_bytes, limits.processes and limits.processes + extra)
-
-    def adopt(self, starter, limits: Limits, on_output=None, frontend: str = "jobs") -> Job:
-        """A Job whose process comes from ``starter`` (an IJobStarter) instead
-        of the spawn server: a Maxima child, forked by its mother into this
-        lease, starts itself this way."""
-        if self.job is not None and not self.job._ended:
-            raise RuntimeError("this lease already runs a job")
-        self.job = Job(self, self.capped(limits), on_output, frontend)
-        self.job.start(starter, [], {}, [])
-        return self.job
-
-    def release(self) -> defer.Deferred:
-        """Stop what runs, kill what is left, remove the workspace, free the user."""
-        if self._released is None:
-            if self.job is not None and not self.job._ended:
-                self.job.stop(Status.CANCELLED)
-                self._released = self.job.done.addCallback(lambda _: self.sandbox._cleanup(self))
-            else:
-                self._released = self.sandbox._cleanup(self)
-        return self._released
+__all__ = [
+    "DEFAULT_JAIL",
+    "DEFAULT_PATH",
+    "DEFAULT_SPAWN",
+    "RUN_DIR",
+    "Lease",
+    "Sandbox",
+    "SandboxConfig",
+    "SandboxRefused",
+    "ServerLocked",
+    "hold_server_lock",
+]
 
 
 class Sandbox:
@@ -598,29 +393,6 @@ class Sandbox:
 class SandboxRefused(RuntimeError):
     """No job can run here with its process count bounded (unprivileged
     mode without user namespaces): refused, never run unbounded."""
-
-
-class ServerLocked(RuntimeError):
-    """Another server already uses this set of job users."""
-
-
-def hold_server_lock(path: str, what: str) -> int:
-    """Take the lock of a job-user set for the server's life: a second
-    server with the same users would kill the first one's jobs."""
-    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise ServerLocked(
-            f"another mathrun server (pid {holder}) already uses {what}"
-            f" (lock {path}): stop it, or give this one its own --user-prefix or --job-root"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def _helper(name: str) -> JobUser:

@@ -121,6 +121,40 @@ def main(argv=None) -> None:
     sys.exit(serve(sock, options))
 
 
+def _start_logging(enabled: bool) -> None:
+    """Like the C server: with --logging, why3server.log in the working
+    directory; else no log at all."""
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    observers = []
+    if enabled:
+        logfile = open("why3server.log", "a", buffering=1)  # noqa: SIM115 - open for the whole run
+        observers.append(FilteringLogObserver(textFileLogObserver(logfile), [LogLevelFilterPredicate(LogLevel.debug)]))
+    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
+
+
+def _own_sandbox(job_root: str, reactor):
+    """An unprivileged sandbox of this process's own, under ``job_root``:
+    the provers' limits come from each request, none from an operator."""
+    from ..sandbox import Limits, Sandbox, SandboxConfig
+
+    unlimited = Limits(**{name: None for name in Limits.__dataclass_fields__})
+    config = SandboxConfig(
+        jobs=64,
+        privileged=False,
+        job_root=os.path.join(job_root, "jobs"),
+        max_limits=unlimited,
+        server_lock=False,  # its job root is its own: any number of these may run
+    )
+    return Sandbox(config, reactor)
+
+
 def serve(sock, options: dict) -> int:
     """Serve in this process (no daemon took the session); the exit status."""
     import shutil
@@ -130,15 +164,7 @@ def serve(sock, options: dict) -> int:
 
     from twisted.internet import reactor
     from twisted.internet.error import ReactorNotRunning
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
 
-    from ..sandbox import Limits, Sandbox, SandboxConfig
     from . import protocol as wire
     from .server import Why3Config, Why3Server
 
@@ -155,25 +181,11 @@ def serve(sock, options: dict) -> int:
         status[0] = 1  # what the C server exits with then
         stop()
 
-    observers = []
-    if options["logging"]:  # like the C server: why3server.log in the working directory
-        logfile = open("why3server.log", "a", buffering=1)  # noqa: SIM115 - open for the whole run
-        observers.append(FilteringLogObserver(textFileLogObserver(logfile), [LogLevelFilterPredicate(LogLevel.debug)]))
-    globalLogBeginner.beginLoggingTo(observers, redirectStandardIO=False)
+    _start_logging(options["logging"])
     path = options["socket"]
     job_root = tempfile.mkdtemp(prefix="mathrun-why3-")
     try:
-        unlimited = Limits(**{name: None for name in Limits.__dataclass_fields__})
-        sandbox = Sandbox(
-            SandboxConfig(
-                jobs=64,
-                privileged=False,
-                job_root=os.path.join(job_root, "jobs"),
-                max_limits=unlimited,
-                server_lock=False,  # its job root is its own: any number of these may run
-            ),
-            reactor,
-        )
+        sandbox = _own_sandbox(job_root, reactor)
         sandbox.start()
         config = Why3Config(
             jobs=options["jobs"], time_format=wire.TIME_FORMATS[options["time_format"]], output_dir=os.getcwd()
