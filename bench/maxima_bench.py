@@ -159,9 +159,12 @@ def start_goemaxima(anchor: str, port: int, group: CpuGroup | None = None) -> in
     """goemaxima via the anchor's ctl; returns the pid of its process tree's root."""
     argv = [os.path.join(anchor, "ctl"), str(port)]
     subprocess.run(group.wrap(argv) if group else argv, check=True, stdout=subprocess.DEVNULL)
-    pidfile = os.path.join("/var/cache/anchors/goemaxima/run", f"goemaxima-{port}.pid")
-    with open(pidfile) as f:
-        return int(f.read().split()[0])
+    # "running on 127.0.0.1:PORT (pid N)": the anchor knows where it keeps its pid files.
+    status = subprocess.run([os.path.join(anchor, "ctl"), "--status", str(port)], capture_output=True, text=True)
+    found = re.search(r"\(pid (\d+)\)", status.stdout)
+    if not found:
+        sys.exit(f"goemaxima on port {port}: {status.stdout.strip() or status.stderr.strip()}")
+    return int(found.group(1))
 
 
 def tree_pss(root: int) -> int:
