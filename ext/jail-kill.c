@@ -28,44 +28,49 @@ static void pause_briefly(long usec)
     nanosleep(&ts, NULL);
 }
 
-int jail_count_file(const char *path)
+ssize_t jail_read_file(const char *path, char *buf, size_t size)
 {
-    char buf[32];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
+    ssize_t n = read(fd, buf, size - 1);
     close(fd);
-    if (n <= 0)
+    if (n < 0)
         return -1;
     buf[n] = 0;
+    return n;
+}
+
+int jail_count_file(const char *path)
+{
+    char buf[32];
+    if (jail_read_file(path, buf, sizeof buf) <= 0)
+        return -1;
     char *end;
     long v = strtol(buf, &end, 10);
     return (end == buf || v < 0) ? -1 : (int)v;
 }
 
-/* The real uid of process PID (its status' Uid line), or -1. */
-static long real_uid_of(const char *pid)
+/* Whether process PID (a /proc name) is alive and has `uid` as its real,
+ * effective or saved uid: what kill(-1) as that uid reaches. */
+static int of_user(const char *pid, uid_t uid)
 {
-    char path[64], buf[2048];
+    char path[300], buf[1024];
     snprintf(path, sizeof path, "/proc/%s/status", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = 0;
-    char *line = strstr(buf, "\nUid:");
-    return line ? strtol(line + 5, NULL, 10) : -1;
+    if (jail_read_file(path, buf, sizeof buf) <= 0)
+        return 0;
+    char *state = strstr(buf, "\nState:\t");
+    char *uids = strstr(buf, "\nUid:\t");
+    if (!state || !uids || state[8] == 'Z' || state[8] == 'X')
+        return 0;
+    unsigned long r, e, sv;
+    return sscanf(uids + 6, "%lu %lu %lu", &r, &e, &sv) == 3 && (r == uid || e == uid || sv == uid);
 }
 
 /* A slot's keeper (root) sits in the slot's pids cgroup, so its count is
- * never 0 there: count the processes in the cgroup (cgroup.procs beside
- * COUNT_FILE) that are not root's; one that vanished while we looked counts
- * (the caller looks again).  -1 if the list cannot be read. */
-static int count_not_root(const char *count_file)
+ * never 0 there: count the user's processes among those the cgroup lists
+ * (cgroup.procs beside COUNT_FILE).  -1 if that list cannot be read. */
+static int count_in_cgroup(const char *count_file, uid_t uid)
 {
     char path[4096], pid[32];
     const char *slash = strrchr(count_file, '/');
@@ -77,8 +82,7 @@ static int count_not_root(const char *count_file)
         return -1;
     int left = 0;
     while (fscanf(f, "%31s", pid) == 1)
-        if (real_uid_of(pid) != 0)
-            left++;
+        left += of_user(pid, uid);
     fclose(f);
     return left;
 }
@@ -117,7 +121,7 @@ int jail_kill_user_counted(uid_t uid, uid_t kill_ruid, const char *lock, const c
         kill(-1, SIGKILL);
         int left = count_file ? jail_count_file(count_file) : -1;
         if (left > 0)
-            left = count_not_root(count_file); /* a keeper there is not the user's */
+            left = count_in_cgroup(count_file, uid); /* a keeper there is not the user's */
         if (left < 0)
             left = jail_count_user_processes(uid);
         if (left == 0) {
@@ -139,7 +143,6 @@ int jail_count_user_processes(uid_t uid)
     struct dirent *de;
     int count = 0;
     pid_t self = getpid();
-    char path[300], buf[1024];
 
     if (!d)
         return -1;
@@ -151,22 +154,7 @@ int jail_count_user_processes(uid_t uid)
          * it made itself non-dumpable: a cheap filter before the status. */
         if (fstatat(dirfd(d), de->d_name, &st, 0) < 0 || (st.st_uid != uid && st.st_uid != 0))
             continue;
-        snprintf(path, sizeof path, "/proc/%s/status", de->d_name);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            continue;
-        ssize_t n = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (n <= 0)
-            continue;
-        buf[n] = 0;
-        char *state = strstr(buf, "\nState:\t");
-        char *uids = strstr(buf, "\nUid:\t");
-        if (!state || !uids || state[8] == 'Z' || state[8] == 'X')
-            continue;
-        unsigned long r, e, sv;
-        if (sscanf(uids + 6, "%lu %lu %lu", &r, &e, &sv) == 3 && (r == uid || e == uid || sv == uid))
-            count++;
+        count += of_user(de->d_name, uid);
     }
     closedir(d);
     return count;

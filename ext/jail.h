@@ -148,6 +148,10 @@ int jail_kill_user(uid_t uid, uid_t kill_ruid, const char *lock);
  * cannot be read: /proc. */
 int jail_kill_user_counted(uid_t uid, uid_t kill_ruid, const char *lock, const char *count_file);
 
+/* Read a small file (at most size - 1 bytes) into buf, NUL-terminated; its
+ * length, or -1. */
+ssize_t jail_read_file(const char *path, char *buf, size_t size);
+
 /* The number in a cgroup file such as pids.current; -1 when it cannot be read. */
 int jail_count_file(const char *path);
 

@@ -98,12 +98,8 @@ static pid_t pidfd_pid(int pidfd)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pidfd);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (jail_read_file(path, buf, sizeof buf) < 0)
         return -1;
-    ssize_t got = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    buf[got > 0 ? got : 0] = 0;
     char *p = strstr(buf, "\nPid:\t");
     return p ? (pid_t)strtol(p + 6, NULL, 10) : -1;
 }
