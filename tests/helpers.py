@@ -31,6 +31,19 @@ def within(d: defer.Deferred, seconds: float = TIMEOUT) -> defer.Deferred:
     return d.addTimeout(seconds, reactor)
 
 
+async def until(condition, what: str, seconds: float = 20.0, step: float = 0.01) -> None:
+    """Poll ``condition()`` until it holds; after ``seconds`` fail saying
+    ``what`` never happened (a bare polling loop only hits the test's
+    overall timeout, which does not say which wait hung)."""
+    from twisted.internet import task
+
+    deadline = reactor.seconds() + seconds
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"after {seconds:g} s: {what}")
+        await task.deferLater(reactor, step, lambda: None)
+
+
 def temp_dir(testcase, prefix="mathrun-test-") -> str:
     path = tempfile.mkdtemp(prefix=prefix)
     testcase.addCleanup(shutil.rmtree, path, True)

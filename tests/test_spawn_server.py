@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 
-from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from mathrun.sandbox import Status
@@ -18,7 +17,7 @@ from mathrun.sandbox.result import parse_report
 from mathrun.sandbox.sandbox import DEFAULT_SPAWN
 from mathrun.sandbox.spawner import FrameParser, encode
 
-from .helpers import async_test, make_sandbox, make_unprivileged_sandbox, processes_of, temp_dir
+from .helpers import async_test, make_sandbox, make_unprivileged_sandbox, processes_of, temp_dir, until, within
 
 
 class Peer:
@@ -183,28 +182,25 @@ class SpawnServerDeathTests(unittest.TestCase):
     @async_test
     async def test_killed_server_fails_the_jobs_and_comes_back(self):
         starter = self.sandbox.starter
-        leases = [await self.sandbox.acquire() for _ in range(2)]
+        leases = [await within(self.sandbox.acquire(), 20) for _ in range(2)]
         jobs = [lease.spawn(["sleep", "60"]) for lease in leases]
-        while any(job.pid is None for job in jobs):
-            await task.deferLater(reactor, 0.01, lambda: None)
+        await until(lambda: all(job.pid is not None for job in jobs), "the sleepers never started")
         old = starter.pid
         os.kill(old, signal.SIGKILL)
         for job in jobs:
-            result = await job.done
+            result = await within(job.done, 20)
             self.assertEqual(result.status, Status.INTERNAL_ERROR)
             self.assertIn("spawn server", result.detail)
         for lease in leases:
-            await lease.release()
+            await within(lease.release(), 20)
             if self.sandbox.privileged:
                 self.assertEqual(processes_of(lease.user.uid), [])
         for job in jobs:  # the jobs die with their server (parent-death signal)
-            while not gone(job.pid):
-                await task.deferLater(reactor, 0.01, lambda: None)
-        while not starter.ready:
-            await task.deferLater(reactor, 0.05, lambda: None)
+            await until(lambda job=job: gone(job.pid), f"job {job.pid} outlived its spawn server")
+        await until(lambda: starter.ready, "the spawn server never came back", step=0.05)
         self.assertNotEqual(starter.pid, old)
         self.assertEqual(starter.restarts, 1)
-        result = await self.sandbox.run(["echo", "back"])
+        result = await within(self.sandbox.run(["echo", "back"]), 20)
         self.assertEqual((result.status, result.stdout), (Status.OK, b"back\n"))
 
 
