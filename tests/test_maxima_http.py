@@ -222,7 +222,8 @@ class HttpApiTests(unittest.TestCase):
     async def test_every_child_has_its_own_random_state(self):
         answers = set()
         for _ in range(3):
-            _, _, body = await self.server.post("random(10^15);")
+            code, _, body = await self.server.post("random(10^15);")
+            self.assertEqual(code, 200, body[:300])  # an error twice is not "the same random state"
             answers.add(body.strip())
         self.assertEqual(len(answers), 3, answers)
 
