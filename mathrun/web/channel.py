@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from twisted.internet import protocol, tcp
+from twisted.internet import defer, protocol, tcp
 from twisted.logger import Logger
+from twisted.python import failure
 from twisted.web import server
 from twisted.web.http import datetimeToString
 
@@ -159,7 +160,7 @@ class LeanChannel(protocol.Protocol):
             if not outcome:  # a checker that answers later
                 self.pending = d
                 d.addCallback(lambda _: self._checked(outcome[0], route, head, fields))
-                d.addErrback(self._broken)
+                d.addErrback(self._answered, head, None)
                 return
             if not outcome[0]:
                 self._send(head, self.unauthorized)
@@ -191,21 +192,22 @@ class LeanChannel(protocol.Protocol):
             self._send(head, answer)
             return
         self.pending = answer
-        answer.addCallback(self._answered, head, lease)
-        answer.addErrback(self._broken)
+        answer.addBoth(self._answered, head, lease)
 
-    def _answered(self, answer: Answer | None, head: Head, lease) -> None:
+    def _answered(self, answer, head: Head, lease) -> None:
+        """The handler's answer (None: cancelled) or its failure."""
         if lease is not None:
             lease.release()
         self.pending = None
+        if isinstance(answer, failure.Failure):
+            if answer.check(defer.CancelledError):
+                return
+            self.log.failure("lean channel: answering a request failed", answer)
+            if not self.closing:
+                self._send(head, text_answer(500, "500 - internal server error\n"), persistent=False)
+            return
         if answer is not None and not self.closing:
             self._send(head, answer)
-
-    def _broken(self, failure) -> None:
-        self.log.failure("lean channel: answering a request failed", failure)
-        self.pending = None
-        if not self.closing and self.current is not None:
-            self._send(self.current, text_answer(500, "500 - internal server error\n"), persistent=False)
 
     def _send(self, head: Head, answer: Answer, persistent: bool = True) -> None:
         persistent = persistent and head.persistent

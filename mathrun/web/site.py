@@ -6,7 +6,6 @@ from __future__ import annotations
 import email.parser
 import json
 import os
-from urllib.parse import parse_qs
 
 from prometheus_client.twisted import MetricsResource
 from twisted.internet import defer
@@ -14,6 +13,7 @@ from twisted.web import http, pages, resource, server, static
 
 from .. import paths
 from .channel import DateHeader, LeanChannel, Route
+from .lean import parse_form
 from .perclient import PerClientResource
 
 FORM = b"application/x-www-form-urlencoded"
@@ -140,7 +140,7 @@ class BoundedRequest(server.Request):
         if not body:
             return True  # as Twisted: an empty body has no fields
         if kind == FORM:
-            self.args.update(parse_qs(body, 1))
+            self.args.update(parse_form(body))
             return True
         fields = multipart_fields(ctype, body)
         if fields is not None:
