@@ -88,6 +88,14 @@ class TwistdTests(TwistdServer):
         self.stop(proc)
         self.assertIn(f"job {USER_PREFIX}-" if ROOT else "job self-", self.log())
 
+    def test_no_tls_library_without_a_tls_option(self):
+        """pyOpenSSL, and cryptography's library behind it, stay out of a
+        server that needs no TLS (mathrun/lean_imports.py: ~12 MB of PSS)."""
+        proc = self.start("mathrun", *self.common(), "--no-asy")
+        with open(f"/proc/{proc.pid}/maps") as f:
+            self.assertNotIn("cryptography", f.read())
+        self.stop(proc)
+
     def test_second_server_on_the_same_job_users_exits(self):
         """One server per job-user set: the second one says who holds them,
         and the first one's running job is not disturbed."""
