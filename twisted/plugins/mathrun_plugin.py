@@ -17,6 +17,10 @@ class MathrunServiceMaker:
         from mathrun.lean_imports import leave_out_tls
 
         leave_out_tls(options)  # before the reactor's modules are imported
+        if not options["twisted-reactor"]:
+            from mathrun.reactor import install
+
+            install()  # unless twistd --reactor chose one
         from mathrun.service import make_service
 
         return make_service(options)
