@@ -106,7 +106,9 @@ class MaximaHandler:
             text = b"URL_BASE: " + maxima_string(ploturl) + b"$\n" + text
         version = field(b"version")
         pool = self.pools.get(version.decode(errors="replace"), self.default) if version else self.default
-        d = defer.ensureDeferred(pool.evaluate(text, seconds))  # (a Deferred passes as it is)
+        d = pool.evaluate(text, seconds)
+        if not isinstance(d, defer.Deferred):
+            d = defer.ensureDeferred(d)  # a coroutine's (the tests' fake pools)
         d.addCallbacks(self._result, self._failed, (health, self.reactor.seconds()))
         return d
 
