@@ -85,6 +85,11 @@ class Options(AuthOptionMixin, usage.Options):
             "Run on Twisted's epoll reactor (or twistd --reactor's), not mathrun's (mathrun/reactor.py).",
         ],
         [
+            "no-lean-http",
+            None,
+            "Answer every HTTP request through twisted.web (not Maxima's plain requests on the lean channel).",
+        ],
+        [
             "maxima-quiet",
             None,
             "Answer Maxima requests with the output alone (no REPL labels and prompts, unlike goemaxima).",
