@@ -259,6 +259,16 @@ class ChannelTests(unittest.SynchronousTestCase):
             channel.dataReceived(data[i : i + 1])
         self.assertEqual(self.handler.calls, [(b"POST", {b"input": [b"x+y"], b"timeout": [b"5"]})])
 
+    def test_a_large_body_in_many_pieces_then_the_next_request(self):
+        channel, transport = self.connect()
+        channel.site.max_body = 1 << 20
+        value = b"x" * 500_000
+        data = post(b"input=" + value) + post(b"input=next")
+        for i in range(0, len(data), 1000):
+            channel.dataReceived(data[i : i + 1000])
+        self.assertEqual([f[b"input"] for _, f in self.handler.calls], [[value], [b"next"]])
+        self.assertEqual(transport.value().count(b"HTTP/1.1 200 OK"), 2)
+
     def test_other_requests_are_twisted_webs_on_the_same_connection(self):
         channel, transport = self.connect()
         channel.dataReceived(post() + b"GET /health HTTP/1.1\r\nHost: h\r\n\r\n")

@@ -86,7 +86,9 @@ class LeanChannel(protocol.Protocol):
     def __init__(self, site, addr):
         self.site = site
         self.addr = addr
-        self.buffer = b""
+        self.chunks: list[bytes] = []  # received, not yet taken: joined only when enough is there
+        self.size = 0
+        self.need = 1  # bytes to have before parsing again (a whole body, once its head is read)
 
     def connectionMade(self):
         # GuardedRoot's check and 401 (web/auth.py), or None
@@ -99,10 +101,12 @@ class LeanChannel(protocol.Protocol):
         if self.inner is not None:
             self.inner.dataReceived(data)
             return
-        self.buffer = self.buffer + data if self.buffer else data
+        self.chunks.append(data)
+        self.size += len(data)
         if self.current is None:
-            self._serve()
-        elif len(self.buffer) > MAX_HEAD + self.site.max_body and not self.paused:
+            if self.size >= self.need:
+                self._serve()
+        elif self.size > MAX_HEAD + self.site.max_body and not self.paused:
             self.paused = True  # pipelined requests piling up: let TCP hold them
             self.transport.pauseProducing()
 
@@ -126,12 +130,14 @@ class LeanChannel(protocol.Protocol):
         self._serving = True
         try:
             while self.current is None and self.inner is None and not self.closing:
-                end = self.buffer.find(b"\r\n\r\n")
+                buffer = self._joined()
+                end = buffer.find(b"\r\n\r\n")
                 if end < 0:
-                    if len(self.buffer) > MAX_HEAD:
+                    if self.size > MAX_HEAD:
                         self._hand_over()
+                    self.need = self.size + 1
                     return
-                head = parse_head(self.buffer[:end])
+                head = parse_head(buffer[:end])
                 route = self.site.lean_routes.get(first_segment(head.path)) if head is not None else None
                 if route is None:
                     self._hand_over()
@@ -140,9 +146,11 @@ class LeanChannel(protocol.Protocol):
                     self._too_large(head)
                     return
                 total = end + 4 + head.length
-                if len(self.buffer) < total:
+                if self.size < total:
+                    self.need = total
                     return
-                body, self.buffer = self.buffer[end + 4 : total], self.buffer[total:]
+                body, rest = buffer[end + 4 : total], buffer[total:]
+                self.chunks, self.size, self.need = [rest] if rest else [], len(rest), 1
                 self._start(route, head, body)
         finally:
             self._serving = False
@@ -225,7 +233,7 @@ class LeanChannel(protocol.Protocol):
         if self.paused:
             self.paused = False
             self.transport.resumeProducing()
-        if self.buffer:
+        if self.size:
             self._serve()
 
     def _too_large(self, head: Head) -> None:
@@ -235,6 +243,12 @@ class LeanChannel(protocol.Protocol):
         size, cap = head.length, self.site.max_body
         self._send(head, text_answer(413, f"413 - request body too large ({size} bytes, at most {cap})\n"), False)
 
+    def _joined(self) -> bytes:
+        """What was received and not taken, as one string (joined once)."""
+        if len(self.chunks) != 1:
+            self.chunks = [b"".join(self.chunks)]
+        return self.chunks[0]
+
     # -- the rest -------------------------------------------------------------
     def _hand_over(self) -> None:
         """twisted.web's channel takes the connection, with what was read."""
@@ -242,7 +256,8 @@ class LeanChannel(protocol.Protocol):
             self.idle.cancel()
         self.inner = server.Site.buildProtocol(self.site, self.addr)
         self.inner.makeConnection(self.transport)
-        data, self.buffer = self.buffer, b""
+        data = self._joined()
+        self.chunks, self.size = [], 0
         if data:
             self.inner.dataReceived(data)
 
