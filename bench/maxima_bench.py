@@ -328,6 +328,7 @@ def main() -> None:
         inputs = ["integrate(x^2,x);", "1+1;", STACK_REQUEST]
     if args.inputs:
         inputs = [inputs[int(i)] for i in args.inputs.split(",")]
+    if args.stack:
         version = subprocess.run(
             ["grep", "-o", "-m1", r"stackmaximaversion:[0-9]*", os.path.join(args.stack, "stackmaxima.mac")],
             capture_output=True, text=True,
