@@ -211,6 +211,22 @@ class TwistdTests(TwistdServer):
         self.assertIn("origin 'http://evil.example' not allowed", str(error))
         self.stop(proc)
 
+    @async_test
+    async def test_asy_upgrade_beside_the_lean_channel(self):
+        """With Maxima mounted, connections start on the lean channel: the
+        /asy WebSocket upgrade is handed to twisted.web and autobahn."""
+        proc = self.start("mathrun", *[a for a in self.common() if a != "--no-maxima"])
+        body = urllib.parse.urlencode({"input": "6*7;", "timeout": "10000"}).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/maxima", body, timeout=30) as r:
+            self.assertIn(b"42", r.read())
+        factory = connect(f"ws://127.0.0.1:{self.port}/asy")
+        client = await within(factory.opened)
+        client.add("main.asy", b"draw(unitcircle);", main=True, hashed=True)
+        client.send("run")
+        received = await within(factory.closed)
+        self.assertTrue(messages(received, "complete")[0][1]["success"], received)
+        self.stop(proc)
+
     def test_configuration_file(self):
         path = os.path.join(self.dir, "mathrun.ini")
         with open(path, "w") as f:
