@@ -167,8 +167,8 @@ def start_goemaxima(anchor: str, port: int, group: CpuGroup | None = None) -> in
     return int(found.group(1))
 
 
-def tree_pss(root: int) -> int:
-    """PSS of a process and all its descendants, in bytes."""
+def tree_pss(root: int) -> dict[str, list[int]]:
+    """PSS of a process and all its descendants: command -> [bytes, processes]."""
     children: dict[int, list[int]] = {}
     for name in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -177,16 +177,22 @@ def tree_pss(root: int) -> int:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(name))
-    total, todo = 0, [root]
+    parts: dict[str, list[int]] = {}
+    todo = [root]
     while todo:
         pid = todo.pop()
         todo += children.get(pid, [])
         try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
             with open(f"/proc/{pid}/smaps_rollup") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+                pss = next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
         except (OSError, StopIteration):
-            pass
-    return total
+            continue
+        part = parts.setdefault(comm, [0, 0])
+        part[0] += pss
+        part[1] += 1
+    return parts
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -277,9 +283,12 @@ def compare(servers: dict, text: str, levels: list[int], seconds: float, version
 
 
 def memory(servers: dict, label: str) -> None:
-    print(
-        f"  memory ({label}): " + ", ".join(f"{n} {tree_pss(root) / 1e6:.1f} MB" for n, (_u, root) in servers.items())
-    )
+    """Each server's whole PSS, and by command (the front process's own)."""
+    for name, (_url, root) in servers.items():
+        parts = tree_pss(root)
+        total = sum(pss for pss, _n in parts.values())
+        shown = ", ".join(f"{c} {p / 1e6:.1f}" + (f" ({n})" if n > 1 else "") for c, (p, n) in sorted(parts.items()))
+        print(f"  memory ({label}): {name} {total / 1e6:.1f} MB = {shown}")
 
 
 def main() -> None:
@@ -319,6 +328,7 @@ def main() -> None:
         inputs = ["integrate(x^2,x);", "1+1;", STACK_REQUEST]
     if args.inputs:
         inputs = [inputs[int(i)] for i in args.inputs.split(",")]
+    if args.stack:
         version = subprocess.run(
             ["grep", "-o", "-m1", r"stackmaximaversion:[0-9]*", os.path.join(args.stack, "stackmaxima.mac")],
             capture_output=True, text=True,

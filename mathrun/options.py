@@ -78,6 +78,17 @@ class Options(AuthOptionMixin, usage.Options):
         ["no-cgroups", None, "Do not use cgroups for memory and process limits."],
         # -- the per-slot keeper (issue 9/14 speed work) --
         ["no-job-keeper", None, "Root mode: fork each job afresh into its cgroups and namespaces (no slot keeper)."],
+        # -- twistd's own cost (issue 10, front-end speed and memory) --
+        [
+            "twisted-reactor",
+            None,
+            "Run on Twisted's epoll reactor (or twistd --reactor's), not mathrun's (mathrun/reactor.py).",
+        ],
+        [
+            "no-lean-http",
+            None,
+            "Answer every HTTP request through twisted.web (not Maxima's plain requests on the lean channel).",
+        ],
         [
             "maxima-quiet",
             None,

@@ -221,7 +221,8 @@ def make_service(options, reactor=None) -> service.MultiService:
 
         reports = {s.name: s.snapshot for s in top if IFrontEnd.providedBy(s)}
         static_dir = options["web-static"] or default_static_dir()
-        site = build_site(sandbox, registry, resources, max_body(options), reports, static_dir)
+        lean = not options.get("no-lean-http")
+        site = build_site(sandbox, registry, resources, max_body(options), reports, static_dir, lean=lean)
         if protect_site(site, options):
             opened = ", ".join(sorted("/" + p.decode() for p in site.resource.open_paths)) or "none"
             log.info("HTTP site behind basic auth (open: {paths})", paths=opened)

@@ -88,6 +88,14 @@ class TwistdTests(TwistdServer):
         self.stop(proc)
         self.assertIn(f"job {USER_PREFIX}-" if ROOT else "job self-", self.log())
 
+    def test_no_tls_library_without_a_tls_option(self):
+        """pyOpenSSL, and cryptography's library behind it, stay out of a
+        server that needs no TLS (mathrun/lean_imports.py: ~12 MB of PSS)."""
+        proc = self.start("mathrun", *self.common(), "--no-asy")
+        with open(f"/proc/{proc.pid}/maps") as f:
+            self.assertNotIn("cryptography", f.read())
+        self.stop(proc)
+
     def test_second_server_on_the_same_job_users_exits(self):
         """One server per job-user set: the second one says who holds them,
         and the first one's running job is not disturbed."""
@@ -201,6 +209,22 @@ class TwistdTests(TwistdServer):
         error = await within(factory.opened.addErrback(lambda f: f.value))
         self.assertIsInstance(error, ConnectionError)
         self.assertIn("origin 'http://evil.example' not allowed", str(error))
+        self.stop(proc)
+
+    @async_test
+    async def test_asy_upgrade_beside_the_lean_channel(self):
+        """With Maxima mounted, connections start on the lean channel: the
+        /asy WebSocket upgrade is handed to twisted.web and autobahn."""
+        proc = self.start("mathrun", *[a for a in self.common() if a != "--no-maxima"])
+        body = urllib.parse.urlencode({"input": "6*7;", "timeout": "10000"}).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/maxima", body, timeout=30) as r:
+            self.assertIn(b"42", r.read())
+        factory = connect(f"ws://127.0.0.1:{self.port}/asy")
+        client = await within(factory.opened)
+        client.add("main.asy", b"draw(unitcircle);", main=True, hashed=True)
+        client.send("run")
+        received = await within(factory.closed)
+        self.assertTrue(messages(received, "complete")[0][1]["success"], received)
         self.stop(proc)
 
     def test_configuration_file(self):

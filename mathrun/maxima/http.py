@@ -18,16 +18,17 @@ import math
 import socket
 import zipfile
 
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
 from .. import __version__
 from ..sandbox.result import JobResult, Status
+from ..web.channel import flush_now
+from ..web.lean import TEXT, Answer, text_answer
 from .mother import maxima_string
 from .pool import PoolBusy
 
-TEXT = b"text/plain;charset=UTF-8"
 # goemaxima's health check, word for word: it writes a file into
 # maxima_tempdir and prints it back, so the fork, the job user's workspace
 # and the pipes all work when the answer holds "healthcheck successful".
@@ -49,16 +50,16 @@ def make_zip(output: bytes, files: list[tuple[str, bytes]]) -> bytes:
     return buffer.getvalue()
 
 
-class MaximaResource(resource.Resource):
-    """goemaxima's HTTP API at /maxima and /goemaxima: fields to an evaluation
-    in a version's pool, its result to a status and body."""
+class MaximaHandler:
+    """goemaxima's API without its framing: a request's fields to an
+    evaluation in a version's pool, its result to an :class:`Answer`.
+    Framed by :class:`MaximaResource` (twisted.web) and by the lean
+    channel (web/channel.py)."""
 
-    isLeaf = True
     log = Logger()
 
     def __init__(self, pools: dict, config, reactor, metrics=None):
         """``pools``: version -> MaximaPool; the first is the default."""
-        super().__init__()
         self.pools = pools
         self.default = next(iter(pools.values()))
         self.config = config
@@ -66,15 +67,18 @@ class MaximaResource(resource.Resource):
         self.metrics = metrics
         self.hostname = socket.gethostname()
 
-    def render(self, request):
+    def answer(self, fields: dict, method: bytes):
+        """An Answer, or a Deferred of one (None if it was cancelled:
+        cancelling stops the job)."""
+
         def field(name: bytes):
-            values = request.args.get(name)
+            values = fields.get(name)
             return values[0] if values else None
 
         text = field(b"input")
         health = field(b"health") == b"1"
-        if text is None and not health and request.method in (b"GET", b"HEAD"):
-            return self._text(request, 200, f"Hostname: {self.hostname}, version: mathrun {__version__}\n")
+        if text is None and not health and method in (b"GET", b"HEAD"):
+            return text_answer(200, f"Hostname: {self.hostname}, version: mathrun {__version__}\n")
         if health:
             text, seconds = HEALTH_CHECK, HEALTH_TIMEOUT
         else:
@@ -82,7 +86,7 @@ class MaximaResource(resource.Resource):
             if raw is None or not raw.isdigit():
                 self._count("bad_request")
                 self.log.warn("maxima: invalid timeout {raw!r}", raw=raw)
-                return self._text(request, 400, "400 - bad request (invalid timeout)\n")
+                return text_answer(400, "400 - bad request (invalid timeout)\n")
             ms = int(raw)
             if ms > self.config.max_timeout_ms:
                 self.log.warn("maxima: timeout {ms} ms reduced to {cap} ms", ms=ms, cap=self.config.max_timeout_ms)
@@ -91,13 +95,8 @@ class MaximaResource(resource.Resource):
             text = text or b""
             if len(text) > self.config.max_input_bytes:
                 self._count("too_large")
-                return self._text(
-                    request,
-                    413,
-                    f"413 - input too large ({len(text)} bytes, at most {self.config.max_input_bytes})\n",
-                )
-            # As goemaxima: a missing ploturlbase counts as an empty one
-            # (URL_BASE: ""$ runs first, and takes a label).
+                size, cap = len(text), self.config.max_input_bytes
+                return text_answer(413, f"413 - input too large ({size} bytes, at most {cap})\n")
             if not text.endswith(b"\n"):
                 text += b"\n"
         # As goemaxima (the health check included): a missing ploturlbase
@@ -107,11 +106,68 @@ class MaximaResource(resource.Resource):
             text = b"URL_BASE: " + maxima_string(ploturl) + b"$\n" + text
         version = field(b"version")
         pool = self.pools.get(version.decode(errors="replace"), self.default) if version else self.default
-        started = self.reactor.seconds()
-        d = defer.ensureDeferred(pool.evaluate(text, seconds))  # (a Deferred passes as it is)
-        request.notifyFinish().addErrback(self._gone, request, d)
-        d.addCallback(self._answer, request, health, started)
-        d.addErrback(self._failed, request)
+        d = pool.evaluate(text, seconds)
+        if not isinstance(d, defer.Deferred):
+            d = defer.ensureDeferred(d)  # a coroutine's (the tests' fake pools)
+        d.addCallbacks(self._result, self._failed, (health, self.reactor.seconds()))
+        return d
+
+    def _result(self, result: JobResult, health: bool, started: float) -> Answer | None:
+        if result.status is Status.CANCELLED:
+            return None
+        if self.metrics:
+            self.metrics.response.observe(self.reactor.seconds() - started)
+        output = result.stdout
+        if health:
+            ok = result.ok and b"healthcheck successful" in output
+            self._count("success" if ok else "error")
+            body = output if ok else f"500 - health check failed ({result.describe()})\n".encode() + output
+            return Answer(200 if ok else 500, TEXT, body, job=True)
+        if result.ok:
+            self._count("success")
+            if result.files:
+                return Answer(200, b"application/zip", make_zip(output, result.files), job=True)
+            return Answer(200, TEXT, output, job=True)
+        if result.status is Status.TIME_LIMIT:
+            self._count("timeout")
+            return Answer(416, TEXT, output or b"416 - timeout\n", job=True)
+        self._count("error")
+        self.log.warn("maxima: job ended with {status}", status=result.describe())
+        return Answer(500, TEXT, f"500 - internal server error ({result.describe()})\n".encode(), job=True)
+
+    def _failed(self, failure) -> Answer | None:
+        if failure.check(defer.CancelledError):
+            return None
+        if failure.check(PoolBusy):
+            self._count("busy")
+            retry = ((b"Retry-After", str(math.ceil(self.config.queue_wait)).encode()),)
+            return text_answer(503, f"503 - service unavailable ({failure.value})\n", retry)
+        self._count("error")
+        self.log.failure("maxima: request failed", failure)
+        return text_answer(500, "500 - internal server error\n")
+
+    def _count(self, result: str) -> None:
+        if self.metrics:
+            self.metrics.responses.labels(result).inc()
+
+
+class MaximaResource(resource.Resource):
+    """The handler at /maxima and /goemaxima through twisted.web: the
+    requests the lean channel leaves to it (chunked bodies, Expect, HEAD,
+    TLS without the lean channel...)."""
+
+    isLeaf = True
+
+    def __init__(self, pools: dict, config, reactor, metrics=None):
+        super().__init__()
+        self.handler = MaximaHandler(pools, config, reactor, metrics)
+
+    def render(self, request):
+        answer = self.handler.answer(request.args, request.method)
+        if isinstance(answer, Answer):
+            return self._headers(request, answer)
+        request.notifyFinish().addErrback(self._gone, request, answer)
+        answer.addCallback(self._finish, request)
         return server.NOT_DONE_YET
 
     @staticmethod
@@ -120,58 +176,20 @@ class MaximaResource(resource.Resource):
         request.mathrun_gone = True
         d.cancel()
 
-    def _answer(self, result: JobResult, request, health: bool, started: float) -> None:
-        if getattr(request, "mathrun_gone", False) or result.status is Status.CANCELLED:
-            return
-        if self.metrics:
-            self.metrics.response.observe(self.reactor.seconds() - started)
-        request.access_logged = False  # the job's log line stands for it (web/site.py)
-        output = result.stdout
-        if health:
-            ok = result.ok and b"healthcheck successful" in output
-            self._count("success" if ok else "error")
-            body = output if ok else f"500 - health check failed ({result.describe()})\n".encode() + output
-            self._finish(request, 200 if ok else 500, TEXT, body)
-        elif result.ok:
-            self._count("success")
-            if result.files:
-                self._finish(request, 200, b"application/zip", make_zip(output, result.files))
-            else:
-                self._finish(request, 200, TEXT, output)
-        elif result.status is Status.TIME_LIMIT:
-            self._count("timeout")
-            self._finish(request, 416, TEXT, output or b"416 - timeout\n")
-        else:
-            self._count("error")
-            self.log.warn("maxima: job ended with {status}", status=result.describe())
-            self._finish(request, 500, TEXT, f"500 - internal server error ({result.describe()})\n".encode())
-
-    def _failed(self, failure, request) -> None:
-        if failure.check(defer.CancelledError) or getattr(request, "mathrun_gone", False):
-            return
-        if failure.check(PoolBusy):
-            self._count("busy")
-            request.setHeader(b"Retry-After", str(math.ceil(self.config.queue_wait)).encode())
-            self._finish(request, 503, TEXT, f"503 - service unavailable ({failure.value})\n".encode())
-            return
-        self._count("error")
-        self.log.failure("maxima: request failed", failure)
-        self._finish(request, 500, TEXT, b"500 - internal server error\n")
-
-    def _count(self, result: str) -> None:
-        if self.metrics:
-            self.metrics.responses.labels(result).inc()
-
     @staticmethod
-    def _text(request, code: int, body: str) -> bytes:
-        request.setResponseCode(code)
-        request.setHeader(b"Content-Type", TEXT)
-        return body.encode()
+    def _headers(request, answer: Answer) -> bytes:
+        request.setResponseCode(answer.code)
+        request.setHeader(b"Content-Type", answer.content_type)
+        for name, value in answer.headers:
+            request.setHeader(name, value)
+        if answer.job:
+            request.access_logged = False  # the job's log line stands for it (web/site.py)
+        return answer.body
 
-    @staticmethod
-    def _finish(request, code: int, content_type: bytes, body: bytes) -> None:
-        request.setResponseCode(code)
-        request.setHeader(b"Content-Type", content_type)
+    def _finish(self, answer: Answer | None, request) -> None:
+        if answer is None or getattr(request, "mathrun_gone", False):
+            return
+        body = self._headers(request, answer)
         request.setHeader(b"Content-Length", str(len(body)).encode())
         request.write(body)
         request.finish()
@@ -179,12 +197,5 @@ class MaximaResource(resource.Resource):
 
 
 def send_now(request) -> None:
-    """Send the answer in this turn of the reactor, not the next: the
-    child's cleanup (which the pool schedules after the answer) and the
-    next poll then come after it.  Only on a plain TCP connection that
-    stays open; anything else (TLS, closing) is left to the reactor, and
-    so is an error, which the next write attempt reports again."""
-    transport = getattr(getattr(request, "channel", None), "transport", None)
-    if isinstance(transport, tcp.Connection) and transport.connected:
-        if not (transport.disconnecting or transport._writeDisconnecting):
-            transport.doWrite()
+    """The answer sent in this turn of the reactor (web/channel.py)."""
+    flush_now(getattr(getattr(request, "channel", None), "transport", None))

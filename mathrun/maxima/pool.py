@@ -124,6 +124,11 @@ class MaximaPool:
         callbacks: this runs for every request."""
         if self.sandbox.refusal is not None:
             return defer.succeed(JobResult(Status.INTERNAL_ERROR, detail=self.sandbox.refusal))
+        if self.ready:  # the common case: no Deferred for the take
+            try:
+                return self._run(self._take_ready(), text, timeout, self.reactor.seconds())
+            except Exception:
+                return defer.fail()
         return self._take().addCallback(self._run, text, timeout, self.reactor.seconds())
 
     def _run(self, child: Child, text: bytes, timeout: float, asked: float) -> defer.Deferred:
@@ -148,15 +153,18 @@ class MaximaPool:
             raise
         return d.addBoth(done)
 
+    def _take_ready(self) -> Child:
+        child = self.ready.popleft()
+        if not self.ready:
+            # The last one: its replacement starts now, if a job user is
+            # free (else after this job's cleanup, which costs the
+            # running job no CPU).
+            self._refill()
+        return child
+
     def _take(self) -> defer.Deferred:
         if self.ready:
-            child = self.ready.popleft()
-            if not self.ready:
-                # The last one: its replacement starts now, if a job user is
-                # free (else after this job's cleanup, which costs the
-                # running job no CPU).
-                self._refill()
-            return defer.succeed(child)
+            return defer.succeed(self._take_ready())
         if not self._running:
             return defer.fail(PoolBusy("the server is stopping"))
         if len(self.waiters) >= self.config.max_waiting:

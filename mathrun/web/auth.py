@@ -21,6 +21,8 @@ from twisted.python import failure
 from twisted.web import guard, resource, util
 from zope.interface import implementer
 
+from .lean import TEXT, Answer
+
 REALM = b"mathrun"
 _log = Logger()
 
@@ -103,14 +105,18 @@ class Unauthorized(resource.Resource):
 
     isLeaf = True
 
+    challenge = (b"WWW-Authenticate", b'basic realm="' + REALM + b'"')
+    body = b"401 - unauthorized (basic auth with a known name and password needed)\n"
+
     def render(self, request):
         request.setResponseCode(401)
-        request.setHeader(b"WWW-Authenticate", b'basic realm="' + REALM + b'"')
+        request.setHeader(*self.challenge)
         request.setHeader(b"Content-Type", b"text/plain;charset=UTF-8")
-        return b"401 - unauthorized (basic auth with a known name and password needed)\n"
+        return self.body
 
 
 UNAUTHORIZED = Unauthorized()
+UNAUTHORIZED_ANSWER = Answer(401, TEXT, Unauthorized.body, (Unauthorized.challenge,))
 
 
 class GuardedRoot(resource.Resource):
@@ -131,12 +137,22 @@ class GuardedRoot(resource.Resource):
         self.decoder = guard.BasicCredentialFactory(REALM)
         self.open_paths = frozenset(open_paths)
 
+    unauthorized = UNAUTHORIZED_ANSWER  # the lean channel's 401
+
+    def authorized(self, header: bytes | None) -> defer.Deferred:
+        """Fires True when a checker accepts the Authorization header's
+        credentials, else False (the lean channel's check, web/channel.py)."""
+        return self._login_header(header).addBoth(lambda result: self._allowed(result) is self.root)
+
     def _login(self, request) -> defer.Deferred:
-        scheme, _, response = (request.getHeader(b"authorization") or b"").partition(b" ")
+        return self._login_header(request.getHeader(b"authorization"))
+
+    def _login_header(self, header: bytes | None) -> defer.Deferred:
+        scheme, _, response = (header or b"").partition(b" ")
         if scheme.lower() != b"basic":
             return defer.fail(error.UnauthorizedLogin())
         try:
-            credentials = self.decoder.decode(response.strip(), request)
+            credentials = self.decoder.decode(response.strip(), None)
         except error.LoginFailed:
             return defer.fail(error.UnauthorizedLogin())
         return self.checker.requestAvatarId(credentials)

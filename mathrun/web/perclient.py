@@ -46,6 +46,11 @@ def client_of(address) -> str:
     return getattr(address, "host", None) or "local"
 
 
+def too_many(client: str, limit: int) -> str:
+    """The 429's body."""
+    return f"429 - too many requests at once from {client} (at most {limit})\n"
+
+
 class Lease:
     """One acquisition, released at most once whatever calls it."""
 
@@ -78,7 +83,7 @@ class PerClientResource(resource.Resource):
             request.setResponseCode(429)
             request.setHeader(b"Content-Type", TEXT)
             request.setHeader(b"Retry-After", str(self.retry_after).encode())
-            return f"429 - too many requests at once from {client} (at most {self.policy.limit})\n".encode()
+            return too_many(client, self.policy.limit).encode()
         lease = Lease(self.policy, client)
         request.notifyFinish().addBoth(lease.release)  # answered, failed or the client went away
         return self.inner.render(request)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import email.parser
 import json
 import os
-from urllib.parse import parse_qs
 
 from prometheus_client.twisted import MetricsResource
 from twisted.internet import defer
 from twisted.web import http, pages, resource, server, static
 
 from .. import paths
+from .channel import DateHeader, LeanChannel, Route
+from .lean import parse_form
+from .perclient import PerClientResource
 
 FORM = b"application/x-www-form-urlencoded"
 MULTIPART = b"multipart/form-data"
@@ -138,7 +140,7 @@ class BoundedRequest(server.Request):
         if not body:
             return True  # as Twisted: an empty body has no fields
         if kind == FORM:
-            self.args.update(parse_qs(body, 1))
+            self.args.update(parse_form(body))
             return True
         fields = multipart_fields(ctype, body)
         if fields is not None:
@@ -234,19 +236,56 @@ class Site(server.Site):
     """A site where a front end may leave a request out of the access log
     (``request.access_logged = False``): the Maxima front end's job log
     line already says what each of its requests did, and a second line per
-    request costs the reactor ~0.1 ms of formatting at hundreds a second."""
+    request costs the reactor ~0.1 ms of formatting at hundreds a second.
+
+    With ``lean_routes`` (first path segment -> channel.Route), each
+    connection starts on the lean channel (web/channel.py), which answers
+    those paths' plain requests itself and hands the rest to twisted.web."""
+
+    lean_routes: dict = {}
+    max_body = BoundedRequest.max_body
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.date = DateHeader(self.reactor)
+
+    def buildProtocol(self, addr):
+        if not self.lean_routes:
+            return super().buildProtocol(addr)
+        channel = LeanChannel(self, addr)
+        channel.factory = self
+        return channel
 
     def log(self, request):
         if getattr(request, "access_logged", True):
             super().log(request)
 
 
+def lean_route(child) -> Route | None:
+    """The lean channel's route to a front end's resource: its ``handler``
+    (maxima/http.py), behind its per-client limit if it has one."""
+    policy, retry_after = None, 1
+    if isinstance(child, PerClientResource):
+        policy, retry_after, child = child.policy, child.retry_after, child.inner
+    handler = getattr(child, "handler", None)
+    if handler is None or not hasattr(handler, "answer"):
+        return None
+    return Route(handler, policy, retry_after)
+
+
 def build_site(
-    sandbox, registry, front_ends=(), max_body: int = BoundedRequest.max_body, reports=None, static_dir=None
+    sandbox,
+    registry,
+    front_ends=(),
+    max_body: int = BoundedRequest.max_body,
+    reports=None,
+    static_dir=None,
+    lean: bool = True,
 ) -> server.Site:
     """The site: health, metrics, plus ``(path, resource)`` of each front end;
     request bodies of at most ``max_body`` bytes; ``reports`` (name ->
-    callable) add front ends' states to /health; the page from ``static_dir``."""
+    callable) add front ends' states to /health; the page from ``static_dir``;
+    ``lean``: the front ends' plain requests on the lean channel."""
     root = Root(static_dir)
     if static_dir:
         root.putChild(b"static", StaticFiles(static_dir))
@@ -256,5 +295,9 @@ def build_site(
         root.putChild(path.encode(), child)
     site = Site(root, parsePOSTFormSubmission=False)
     site.requestFactory = type("SiteRequest", (BoundedRequest,), {"max_body": max_body})
+    site.max_body = max_body
+    if lean:
+        routes = ((path.encode(), lean_route(child)) for path, child in front_ends)
+        site.lean_routes = {path: route for path, route in routes if route is not None}
     site.displayTracebacks = False
     return site

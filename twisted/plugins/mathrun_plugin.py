@@ -14,6 +14,13 @@ class MathrunServiceMaker:
     options = Options
 
     def makeService(self, options):
+        from mathrun.lean_imports import leave_out_tls
+
+        leave_out_tls(options)  # before the reactor's modules are imported
+        if not options["twisted-reactor"]:
+            from mathrun.reactor import install
+
+            install()  # unless twistd --reactor chose one
         from mathrun.service import make_service
 
         return make_service(options)
