@@ -101,6 +101,16 @@ static int field(struct spawn_request *rq, char *f, int *nargs, int *nenv)
         if (strcmp(v, "1") != 0)
             return -1;
         rq->output_fd = -2; /* request() hands it the descriptor */
+    } else if ((v = value(f, "output-create"))) {
+        if (!*v || strchr(v, '/') || strlen(v) > 64)
+            return -1;
+        rq->output_create = v; /* request() makes it in the descriptor sent */
+    } else if ((v = value(f, "as-uid"))) {
+        rq->as[0] = v;
+    } else if ((v = value(f, "as-gid"))) {
+        rq->as[1] = v;
+    } else if ((v = value(f, "as-groups"))) {
+        rq->as[2] = v;
     } else if ((v = value(f, "stdin"))) {
         if (strcmp(v, "null") != 0)
             return -1;

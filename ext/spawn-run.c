@@ -119,8 +119,9 @@ static void record_job(struct spawn_job *job, const struct spawn_request *rq, pi
     spawn_add_job(job); /* (room was checked before the fork) */
 }
 
-/* "spawned ID pid=N fds=K" with the reactor's pipe ends and a pidfd. */
-static void announce(const char *id, pid_t pid, const int ours[3], int pidfd)
+/* "spawned ID pid=N fds=K [output=NAME]" with the reactor's pipe ends and
+ * a pidfd. */
+static void announce(const char *id, pid_t pid, const int ours[3], int pidfd, const char *output)
 {
     int fds[4], n = 0;
     for (int i = 0; i < 3; i++)
@@ -130,23 +131,24 @@ static void announce(const char *id, pid_t pid, const int ours[3], int pidfd)
         pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (pidfd >= 0)
         fds[n++] = pidfd;
-    char pidf[32], nfds[16];
+    char pidf[32], nfds[16], name[160];
     snprintf(pidf, sizeof pidf, "pid=%d", (int)pid);
     snprintf(nfds, sizeof nfds, "fds=%d", n);
-    const char *fields[] = {"spawned", id, pidf, nfds};
-    spawn_send(fields, 4, fds, n);
+    snprintf(name, sizeof name, "output=%s", output ? output : "");
+    const char *fields[] = {"spawned", id, pidf, nfds, name};
+    spawn_send(fields, output ? 5 : 4, fds, n);
 }
 
-void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
+int spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
 {
     int p[8] = {-1, -1, -1, -1, -1, -1, -1, -1}; /* in, out, err, errpipe */
     int full = spawn_job_count() == SPAWN_MAX_JOBS;
     if (full || spawn_find_job(rq->id, 0)) {
         spawn_failed(rq->id, "jail", full ? EAGAIN : EEXIST);
-        return;
+        return -1;
     }
     if (open_pipes(rq, p) < 0)
-        return;
+        return -1;
     int child_in = rq->stdin_null ? dev_null : p[0];
     int child_out = rq->output_fd >= 0 ? rq->output_fd : p[3];
     int child_err = rq->output_fd >= 0 ? rq->output_fd : p[5];
@@ -157,7 +159,7 @@ void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
         int code = errno;
         close_all(p, 8);
         spawn_failed(rq->id, "jail", code);
-        return;
+        return -1;
     }
     rq->cfg.status_fd = sp[1];
     struct spawn_job *job = calloc(1, sizeof *job);
@@ -175,7 +177,7 @@ void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
             close(sp[0]);
         free(job);
         spawn_failed(rq->id, "namespaces", code);
-        return;
+        return -1;
     }
     job->statusfd = sp[0];
     int ours[3] = {p[1], p[2], p[4]};
@@ -186,7 +188,8 @@ void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
             fcntl(ours[i], F_SETFL, O_NONBLOCK);
     fcntl(p[6], F_SETFL, O_NONBLOCK); /* read when the job has ended: never wait on it */
     record_job(job, rq, pid, p[6]);
-    announce(rq->id, pid, ours, pidfd);
+    announce(rq->id, pid, ours, pidfd, rq->output_name);
+    return 0;
 }
 
 /* The main process is gone: kill what it left, report, forget. */

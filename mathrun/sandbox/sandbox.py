@@ -78,6 +78,7 @@ class Sandbox:
         self._slot_netns: dict[JobUser, str] = {}  # unprivileged mode as root: made so far
         self._slot_netns_dir: str | None = None
         self._emptied: dict[JobUser, bool] = {}  # slots whose workspace a cleanup just emptied
+        self._kept: dict[JobUser, int] = {}  # privileged: slots whose tmpfs stays mounted, emptied (its size)
         self._lock_fd = -1
         self.refusal: str | None = None  # why no job can run here (unprivileged mode)
 
@@ -268,7 +269,7 @@ class Sandbox:
         size = min(workspace_bytes, self.config.max_limits.workspace_bytes or workspace_bytes)
         workspace = Workspace(root, user, self.privileged, size)
         try:
-            workspace.create(known_empty=self._emptied.pop(user, False))
+            workspace.create(known_empty=self._emptied.pop(user, False), kept=self._kept.pop(user, None))
         except Exception as e:
             # Never walk a directory a job may have owned: only undo our mount.
             workspace.unmount_if_mounted()
@@ -293,14 +294,28 @@ class Sandbox:
         return defer.succeed(None)
 
     def _cleaned(self, lease: Lease) -> None:
+        workspace = lease.workspace
         try:
-            lease.workspace.remove()
+            if self.privileged and workspace.mounted and not lease.external_processes and self._emptied_in_place(lease):
+                self._kept[lease.user] = workspace.mounted_size
+            else:
+                workspace.remove()
         except Exception as e:
             self._quarantine(lease.user, f"its cleanup failed: {e}")
             raise
         # Emptied, with nothing of the job left to write there again.
         self._emptied[lease.user] = not lease.external_processes
         self.pool.release(lease.user)
+
+    def _emptied_in_place(self, lease: Lease) -> bool:
+        """Every process of the job is gone: its tmpfs is emptied and kept
+        for the slot's next job; False (to be unmounted) if that failed."""
+        try:
+            lease.workspace.empty()
+        except OSError as e:
+            self.log.warn("sandbox: the workspace of {user} is remade: {e}", user=lease.user.name, e=e)
+            return False
+        return True
 
     def _cleanup_failed(self, lease: Lease, reason):
         self._quarantine(lease.user, f"its cleanup failed: {reason.getErrorMessage()}")
@@ -327,6 +342,12 @@ class Sandbox:
             await self.starter.stop()
         for cgroup in self._slot_cgroups.values():
             cgroup.close()
+        kept, self._kept = self._kept, {}
+        for user in kept:
+            try:
+                unmount(os.path.join(self.job_root, user.name))
+            except OSError as e:
+                self.log.warn("sandbox: {e}", e=e)
         self._remove_slot_netns()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
