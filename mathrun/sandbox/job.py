@@ -248,7 +248,7 @@ class Job:
             peak_memory=cgroup.peak_memory() if cgroup else None,
             problem=problem,
         )
-        if self._on_output is None:
+        if self._on_output is None and not self._direct:
             stdout, stderr = b"".join(self._chunks["stdout"]), b"".join(self._chunks["stderr"])
             result = dataclasses.replace(result, stdout=stdout, stderr=stderr)
         self.result = result
