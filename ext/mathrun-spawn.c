@@ -27,14 +27,16 @@
  *                               as-groups=G1,... (the frame brings a
  *                               directory: the output file, as output-fd's,
  *                               is made there as that user, named PREFIX and
- *                               6 random characters, O_EXCL, 0600)
+ *                               6 random characters, O_EXCL, 0600),
+ *                               quiet=1 (with stdin=null and an output file:
+ *                               no `spawned`, the file's name in `exited`)
  *   -> kill ID
  *   <- ready pid=PID
  *   <- spawned ID pid=PID fds=N [output=NAME]  (+ N fds: stdin unless
  *                                 stdin=null, stdout and stderr unless
  *                                 output-fd or -create, pidfd; the pipe ends
  *                                 already non-blocking; NAME: output-create's)
- *   <- exited ID report=LINE
+ *   <- exited ID report=LINE [output=NAME]  (NAME: a quiet job's file)
  *   <- error MESSAGE             (a request it could not read)
  * A job whose spawn failed gets `exited` with a `status=failed` report and
  * no `spawned` (stage=output: its output file could not be made; one that

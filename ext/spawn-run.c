@@ -17,12 +17,13 @@
 
 extern char **environ;
 
-static void send_report(const char *id, const char *report)
+static void send_report(const char *id, const char *report, const char *output)
 {
-    char field[600];
+    char field[600], name[100];
     snprintf(field, sizeof field, "report=%s", report);
-    const char *fields[] = {"exited", id, field};
-    spawn_send(fields, 3, NULL, 0);
+    snprintf(name, sizeof name, "output=%s", output ? output : "");
+    const char *fields[] = {"exited", id, field, name};
+    spawn_send(fields, output && *output ? 4 : 3, NULL, 0);
 }
 
 /* The job, between jail_fork and exec: its pipes as stdio, no signal
@@ -66,7 +67,7 @@ void spawn_failed(const char *id, const char *stage, int code)
     snprintf(line, sizeof line,
              "status=failed stage=%s errno=%d utime=0.000000 stime=0.000000 maxrss_kb=0"
              " wall=0.000000 leftover=0 killed=0 remaining=0", stage, code);
-    send_report(id, line);
+    send_report(id, line, NULL);
 }
 
 static void close_all(int *fds, int n)
@@ -188,7 +189,14 @@ int spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
             fcntl(ours[i], F_SETFL, O_NONBLOCK);
     fcntl(p[6], F_SETFL, O_NONBLOCK); /* read when the job has ended: never wait on it */
     record_job(job, rq, pid, p[6]);
-    announce(rq->id, pid, ours, pidfd, rq->output_name);
+    if (rq->quiet) {
+        /* (no pipes to hand over: its output file's name comes with `exited`) */
+        snprintf(job->output, sizeof job->output, "%s", rq->output_name ? rq->output_name : "");
+        if (pidfd >= 0)
+            close(pidfd);
+    } else {
+        announce(rq->id, pid, ours, pidfd, rq->output_name);
+    }
     return 0;
 }
 
@@ -229,7 +237,7 @@ void spawn_finish(struct spawn_job *job)
              " utime=%ld.%06ld stime=%ld.%06ld maxrss_kb=%ld wall=%.6f leftover=%d killed=%d remaining=%d",
              (long)job->ru.ru_utime.tv_sec, (long)job->ru.ru_utime.tv_usec, (long)job->ru.ru_stime.tv_sec,
              (long)job->ru.ru_stime.tv_usec, job->ru.ru_maxrss, wall, leftover, job->killed, remaining);
-    send_report(job->id, line);
+    send_report(job->id, line, job->output);
     spawn_forget_job(job);
 }
 

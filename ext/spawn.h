@@ -34,6 +34,7 @@ struct spawn_job {
     char *count_file;     /* the slot's pids.current, or NULL */
     int keeper;           /* forked by the slot's keeper (spawn-keeper.c) */
     int keeper_left;      /* the keeper found processes left at its end */
+    char output[80];      /* output-create's file, named again in `exited` */
 };
 
 /* A spawn request, pointing into the frame it was read from. */
@@ -46,6 +47,7 @@ struct spawn_request {
     int output_fd;        /* output-fd=1: the job's stdout and stderr are the
                            * descriptor sent with the request (-1: pipes) */
     int stdin_null;       /* stdin=null: /dev/null instead of a pipe */
+    int quiet;            /* quiet=1: no `spawned` (a job with no pipes back) */
     const char *output_create; /* output-create=PREFIX: the output file is made
                            * (PREFIX and 6 random characters, O_EXCL, 0600)
                            * in the directory sent with the request, as the

@@ -155,6 +155,27 @@ class SpawnServerProtocolTests(unittest.SynchronousTestCase):
         for fd in running.fds:
             os.close(fd)
 
+    def test_a_quiet_job_is_heard_of_once(self):
+        """quiet=1 (no stdin, output to a file): no ``spawned``, the made
+        file's name with ``exited``; refused for a job with pipes."""
+        where = temp_dir(self)
+        os.chmod(where, 0o777)
+        directory = os.open(where, os.O_PATH | os.O_DIRECTORY)
+        self.addCleanup(os.close, directory)
+        fields = [b"spawn", b"9", b"dir=" + self.dir.encode(), b"stdin=null", b"quiet=1", b"output-create=q"]
+        fields += [b"as-uid=65534", b"as-gid=65534", b"as-groups=", b"arg=sh", b"arg=-c", b"arg=echo quiet"]
+        socket.send_fds(self.peer.sock, [encode(fields)], [directory])
+        exited = self.peer.next()
+        name = exited.value(b"output").decode()
+        self.assertEqual((exited.verb, exited.fields[0], exited.fds), (b"exited", b"9", ()))
+        self.assertEqual(parse_report(exited.value(b"report"))["status"], "exited")
+        with open(os.path.join(where, name), "rb") as f:
+            self.assertEqual(f.read(), b"quiet\n")
+        self.spawn(10, "true", extra=[b"quiet=1"])
+        self.assertEqual(self.peer.next().verb, b"error")
+        report = parse_report(self.peer.next().value(b"report"))
+        self.assertEqual((report["status"], report["errno"]), ("failed", errno.EINVAL))
+
     def test_output_fd_without_its_descriptor_fails_the_job(self):
         self.spawn(4, "true", extra=[b"output-fd=1"])
         self.assertEqual(self.peer.next().verb, b"error")

@@ -57,6 +57,7 @@ class Job:
         self._direct = False  # output straight to a file of the front end's
         self._no_stdin = False
         self.output_name: str | None = None  # the file the starter made for the output
+        self.on_end: Callable[[], None] | None = None  # called as soon as the job has ended (see _finished)
 
     @property
     def done(self) -> defer.Deferred:
@@ -230,6 +231,11 @@ class Job:
             return
         self._ended = True
         self._release_fds()
+        if self.on_end is not None:
+            # Before the verdict, the log line and the observers: a front end
+            # may start its next job in another slot first (its latency is
+            # the rate of a queue that runs N at a time).
+            self.on_end()
         report, problem = None, self._problem
         if self._report is not None:
             try:

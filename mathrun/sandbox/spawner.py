@@ -37,7 +37,8 @@ __all__ = [
 
 class IJobEvents(Interface):
     """What a job hears from its starter, in this order: ``spawned`` (unless
-    the start failed), then ``exited``; or ``lost`` at any time instead."""
+    the start failed, or the job has no pipe to be handed: no stdin and its
+    output to a file), then ``exited``; or ``lost`` at any time instead."""
 
     def spawned(pid, fds):
         """The job runs; ``fds`` (stdin, stdout, stderr[, pidfd], without the
@@ -184,7 +185,9 @@ class SpawnServer:
                 self._fields.clear()
             fields = self._fields[key] = option_fields(options)
         if not stdin:
-            fields = [*fields, b"stdin=null"]
+            # With no pipe to hand over either, no ``spawned`` (IJobEvents).
+            quiet = output_create is not None or output_fd is not None
+            fields = [*fields, b"stdin=null", b"quiet=1"] if quiet else [*fields, b"stdin=null"]
         if output_create is not None:
             directory, creds, prefix = output_create
             fields = [*fields, b"output-create=" + os.fsencode(prefix), *_as_fields(creds)]
@@ -235,6 +238,9 @@ class SpawnServer:
         elif m.verb == b"exited":
             events = self.jobs.pop(int(m.fields[0]), None)
             if events is not None:
+                output = m.value(b"output")  # (a quiet job's)
+                if output is not None:
+                    events.output_created(os.fsdecode(output))
                 events.exited(m.value(b"report") or b"")
         elif m.verb == b"opened":
             d = self._opens.pop(int(m.fields[0]), None)

@@ -243,8 +243,15 @@ class Why3Server(protocol.Factory):
         except Exception:
             self._failed(request)
             return self._done(request, lease)
+        request.job.on_end = lambda: self._ended(request)
         request.job.done.addCallback(self._ran, request, lease)
         return None
+
+    def _ended(self, request: Request) -> None:
+        """The prover is gone: the next request may start (in another slot)
+        before this one's answer and its lease's release."""
+        self.running.discard(request)
+        self._schedule()
 
     def _ran(self, result, request: Request, lease) -> None:
         try:
