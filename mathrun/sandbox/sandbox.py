@@ -78,6 +78,7 @@ class Sandbox:
         self._slot_netns: dict[JobUser, str] = {}  # unprivileged mode as root: made so far
         self._slot_netns_dir: str | None = None
         self._emptied: dict[JobUser, bool] = {}  # slots whose workspace a cleanup just emptied
+        self._roots: dict[JobUser, str] = {}  # a slot's workspace root
         self._kept: dict[JobUser, int] = {}  # privileged: slots whose tmpfs stays mounted, emptied (its size)
         self._lock_fd = -1
         self.refusal: str | None = None  # why no job can run here (unprivileged mode)
@@ -264,8 +265,18 @@ class Sandbox:
         d.addCallback(self._lease, workspace_bytes or self.config.limits.workspace_bytes)
         return d
 
+    def try_acquire(self, workspace_bytes: int | None = None) -> Lease | None:
+        """A Lease now if a job user is free, else None (then ``acquire``):
+        no Deferred on a front end's hot path."""
+        if self.refusal is not None:
+            raise SandboxRefused(self.refusal)
+        user = self.pool.take()
+        return None if user is None else self._lease(user, workspace_bytes or self.config.limits.workspace_bytes)
+
     def _lease(self, user: JobUser, workspace_bytes: int | None) -> Lease:
-        root = os.path.join(self.job_root, user.name)
+        root = self._roots.get(user)
+        if root is None:
+            root = self._roots[user] = os.path.join(self.job_root, user.name)
         size = min(workspace_bytes, self.config.max_limits.workspace_bytes or workspace_bytes)
         workspace = Workspace(root, user, self.privileged, size)
         try:

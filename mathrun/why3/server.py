@@ -158,11 +158,15 @@ class Why3Server(protocol.Factory):
         coroutine per task (this is the hot path of a proof session)."""
         try:
             limits = self._limits(request.run)
-            d = self.sandbox.acquire(limits.workspace_bytes)
+            now = getattr(self.sandbox, "try_acquire", None)  # (a job user free: no Deferred)
+            lease = now(limits.workspace_bytes) if now is not None else None
+            d = self.sandbox.acquire(limits.workspace_bytes) if lease is None else None
         except Exception:
             self._failed(request)
             self._done(request, None)
-            return
+            return None
+        if d is None:
+            return self._leased(lease, request, limits)
         d.addCallbacks(self._leased, self._lease_failed, callbackArgs=(request, limits), errbackArgs=(request,))
 
     def _lease_failed(self, reason, request: Request) -> None:
