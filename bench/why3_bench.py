@@ -1,16 +1,16 @@
 """mathrun-why3server vs Debian's C why3server, same run, same tasks.
 
     .venv/bin/python bench/why3_bench.py [-n 2000] [--rounds 3] [--c-server PATH] [--also NAME=PATH]
-        [--user-prefix P] [--old-prefix P0] [--real-runs 10] [--no-daemon]
+        [--user-prefix P] [--base-tree DIR --base-prefix P0] [--real-runs 10] [--no-daemon]
 
 As root (unless ``--no-daemon``) the bench starts a ``twistd mathrun`` with
 the Why3 front end only, on the job users ``P-1..4``, and adds the hand-off
 (``handoff``: the standalone passes its socket to that daemon, provers run
 as job users) to the rotation; ``mathrun`` is the standalone serving
-in-process.  ``--old-prefix P0`` adds a second daemon on the job users
-``P0-1..4`` started with ``--no-job-keeper`` (``handoff0``: each job forked
-into fresh namespaces and cgroups, as before the per-slot keepers), in the
-same rotation.  The real-client row: wall time of ``why3 prove -P z3`` of a
+in-process.  ``--base-tree DIR --base-prefix P0`` adds a second daemon run
+from another source tree (an export of an older commit, its ``ext/`` built)
+on the job users ``P0-1..4`` (``base``: the hand-off before a change), in
+the same rotation.  The real-client row: wall time of ``why3 prove -P z3`` of a
 theory of 20 easy goals, C server vs hand-off vs standalone, interleaved
 (the server swapped in by a private bind mount), and the client's CPU (why3
 and its server; the daemon's provers not counted).
@@ -23,7 +23,9 @@ server's own CPU per task (utime + stime from /proc of the server, its
 spawn server and the keepers; the jobs excluded),
 and the ratio mathrun / C.  A last row gives the floor that the sandbox sets:
 the spawn server alone running ``/bin/true``, one after the other, spoken to
-by hand, with no Python server around it.
+by hand, with no Python server around it.  For a daemon, the server CPU is
+also split: the daemon's own (``twistd``), and its spawn server's and
+keepers' (``spawn``).
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ def server_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def run(server: str, n: int, jobs: int, env: dict | None = None, cpu_of=None) -> tuple[float, float]:
-    """(tasks/s, server CPU ms per task); ``cpu_of``: whose CPU that is
-    (the daemon's, for the hand-off), else the server process's."""
+def run(server: str, n: int, jobs: int, env: dict | None = None, cpu_of=None) -> tuple[float, float, float]:
+    """(tasks/s, server CPU ms per task, of which the daemon's own);
+    ``cpu_of``: whose CPU that is (the daemon's, for the hand-off), else
+    the server process's."""
     workdir = tempfile.mkdtemp(prefix="why3-bench-")
     path = os.path.join(workdir, "s.sock")
     proc = subprocess.Popen([server, "--socket", path, "-j", str(jobs)], cwd=workdir, env=env)
@@ -66,7 +69,7 @@ def run(server: str, n: int, jobs: int, env: dict | None = None, cpu_of=None) ->
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(path)
         cpu_pids = cpu_of or [proc.pid]
-        cpu0 = tree_cpu(cpu_pids)
+        cpu0, own0 = tree_cpu(cpu_pids), sum(server_cpu(pid) for pid in cpu_pids)
         start = time.perf_counter()
         sock.sendall(b"".join(b"run;%d;0;0;/bin/true\n" % i for i in range(n)))
         done, buffer = 0, b""
@@ -78,9 +81,9 @@ def run(server: str, n: int, jobs: int, env: dict | None = None, cpu_of=None) ->
                     done += 1
                     os.unlink(line.rsplit(b";", 1)[1])
         elapsed = time.perf_counter() - start
-        cpu = tree_cpu(cpu_pids) - cpu0
+        cpu, own = tree_cpu(cpu_pids) - cpu0, sum(server_cpu(pid) for pid in cpu_pids) - own0
         sock.close()
-        return n / elapsed, cpu / n * 1000
+        return n / elapsed, cpu / n * 1000, own / n * 1000
     finally:
         proc.terminate()
         proc.wait()
@@ -159,19 +162,22 @@ def tree_cpu(pids, depth: int = 2) -> float:
     return total
 
 
-def start_daemon(prefix: str, workdir: str, extra: tuple = ()):
-    """A ``twistd mathrun`` with the Why3 front end only: (process, control socket)."""
+def start_daemon(prefix: str, workdir: str, tree: str | None = None):
+    """A ``twistd mathrun`` with the Why3 front end only, from this source
+    tree or ``tree``: (process, control socket)."""
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    env = dict(os.environ, PYTHONPATH=tree) if tree else None
     control = os.path.join(workdir, f"why3-control-{prefix}.sock")
     why3_socket = os.path.join(workdir, f"why3-{prefix}.sock")
     args = ["--why3-socket", why3_socket, "--why3-control", control, "--no-maxima", "--no-asy", "--no-http"]
-    args += ["--jobs", "4", "--user-prefix", prefix, "--helper-user", prefix, *extra]
+    args += ["--jobs", "4", "--user-prefix", prefix, "--helper-user", prefix]
     log = open(os.path.join(workdir, f"twistd-{prefix}.log"), "wb")  # noqa: SIM115 - the daemon's for its life
-    proc = subprocess.Popen([twistd, "-n", "--pidfile=", "mathrun", *args], cwd=workdir, stdout=log, stderr=log)
+    command = [twistd, "-n", "--pidfile=", "mathrun", *args]
+    proc = subprocess.Popen(command, cwd=tree or workdir, stdout=log, stderr=log, env=env)
     deadline = time.monotonic() + 30
     while not os.path.exists(control):
         if proc.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"the daemon did not start; see {workdir}/twistd.log")
+            sys.exit(f"the daemon did not start; see {log.name}")
         time.sleep(0.05)
     return proc, control
 
@@ -199,7 +205,7 @@ def prove(server: str | None, workdir: str, env: dict) -> tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime
 
 
-def real_client_row(runs: int, control: str | None, old_control: str | None = None) -> None:
+def real_client_row(runs: int, control: str | None, base_control: str | None = None) -> None:
     if not shutil.which("why3") or os.geteuid() != 0:
         print("real client: needs why3 and root (the private bind mount)")
         return
@@ -211,8 +217,8 @@ def real_client_row(runs: int, control: str | None, old_control: str | None = No
     rotation = [("C", None, env), ("standalone", OURS, env)]
     if control:
         rotation.insert(1, ("handoff", OURS, dict(env, MATHRUN_WHY3_CONTROL=control)))
-    if old_control:
-        rotation.insert(2, ("handoff0", OURS, dict(env, MATHRUN_WHY3_CONTROL=old_control)))
+    if base_control:
+        rotation.insert(2, ("base", OURS, dict(env, MATHRUN_WHY3_CONTROL=base_control)))
     times = {name: [] for name, _, _ in rotation}
     for _ in range(runs):
         for name, server, server_env in rotation:
@@ -227,18 +233,23 @@ def real_client_row(runs: int, control: str | None, old_control: str | None = No
 
 def rotation_rows(servers, args, daemon) -> None:
     print(f"{args.n} /bin/true tasks per row, median of {args.rounds} interleaved rounds; {os.cpu_count()} CPUs")
-    print(f"{'-j':>3} {'server':>8} {'tasks/s':>8} {'server CPU ms/task':>19}   rounds (tasks/s)")
+    print(f"{'-j':>3} {'server':>8} {'tasks/s':>8} {'server CPU ms/task':>19} {'twistd':>6} {'spawn':>6}   rounds")
     for jobs in (1, 2):
         runs = {name: [] for name, *_ in servers}
         for _ in range(args.rounds):
             for name, server, env, cpu_of in servers:
                 runs[name].append(run(server, args.n, jobs, env, cpu_of))
         rows = {}
-        for name, *_ in servers:
+        for name, _server, _env, cpu_of in servers:
             rates = [r[0] for r in runs[name]]
             rows[name] = (median(rates), median([r[1] for r in runs[name]]))
             every = " ".join(f"{r:.0f}" for r in rates)
-            print(f"{jobs:>3} {name:>8} {rows[name][0]:>8.0f} {rows[name][1]:>19.2f}   {every}")
+            if cpu_of:
+                own = median([r[2] for r in runs[name]])
+                split = f" {own:>6.2f} {rows[name][1] - own:>6.2f}"
+            else:
+                split = f" {'':>6} {'':>6}"
+            print(f"{jobs:>3} {name:>8} {rows[name][0]:>8.0f} {rows[name][1]:>19.2f}{split}   {every}")
         for name, *_ in servers[1:]:
             label = f"{name}/C"[:8]
             print(f"{jobs:>3} {label:>8} {rows[name][0] / rows['C'][0]:>8.2f} {rows[name][1] / rows['C'][1]:>19.2f}")
@@ -258,11 +269,8 @@ def main():
     )
     parser.add_argument("--user-prefix", default="mathrun", help="the daemon's job users PREFIX-1..4 (as root)")
     parser.add_argument("--no-daemon", action="store_true", help="no hand-off rows (no twistd started)")
-    parser.add_argument(
-        "--old-prefix",
-        default=None,
-        help="also a daemon without per-slot keepers (--no-job-keeper) on these job users: the handoff0 rows",
-    )
+    parser.add_argument("--base-tree", default=None, help="also a daemon run from this source tree: the base rows")
+    parser.add_argument("--base-prefix", default=None, help="the base daemon's job users PREFIX-1..4")
     parser.add_argument("--real-runs", type=int, default=10, help="why3 prove runs per server (0: none)")
     args = parser.parse_args()
     alone = dict(os.environ, MATHRUN_WHY3_CONTROL="none")
@@ -273,9 +281,11 @@ def main():
         daemon, control = start_daemon(args.user_prefix, workdir)
         servers.insert(1, ("handoff", OURS, dict(os.environ, MATHRUN_WHY3_CONTROL=control), [daemon.pid]))
     old, old_control = None, None
-    if daemon is not None and args.old_prefix:
-        old, old_control = start_daemon(args.old_prefix, workdir, ("--no-job-keeper",))
-        servers.insert(2, ("handoff0", OURS, dict(os.environ, MATHRUN_WHY3_CONTROL=old_control), [old.pid]))
+    if daemon is not None and args.base_tree:
+        if not args.base_prefix:
+            sys.exit("--base-tree needs --base-prefix (job users of its own)")
+        old, old_control = start_daemon(args.base_prefix, workdir, os.path.abspath(args.base_tree))
+        servers.insert(2, ("base", OURS, dict(os.environ, MATHRUN_WHY3_CONTROL=old_control), [old.pid]))
     try:
         rotation_rows(servers, args, daemon)
         print(f"spawn server alone, serial: {spawn_floor(min(args.n, 1000)):.0f} tasks/s")

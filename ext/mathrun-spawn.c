@@ -22,16 +22,25 @@
  *                               count-file (the slot's pids.current),
  *                               output-fd=1 (the frame brings one fd, with
  *                               its first byte: the job's stdout and stderr,
- *                               no pipes), stdin=null (/dev/null, no pipe)
+ *                               no pipes), stdin=null (/dev/null, no pipe),
+ *                               output-create=PREFIX as-uid=U as-gid=G
+ *                               as-groups=G1,... (the frame brings a
+ *                               directory: the output file, as output-fd's,
+ *                               is made there as that user, named PREFIX and
+ *                               6 random characters, O_EXCL, 0600),
+ *                               quiet=1 (with stdin=null and an output file:
+ *                               no `spawned`, the file's name in `exited`)
  *   -> kill ID
  *   <- ready pid=PID
- *   <- spawned ID pid=PID fds=N  (+ N fds: stdin unless stdin=null, stdout
- *                                 and stderr unless output-fd, pidfd; the
- *                                 pipe ends already non-blocking)
- *   <- exited ID report=LINE
+ *   <- spawned ID pid=PID fds=N [output=NAME]  (+ N fds: stdin unless
+ *                                 stdin=null, stdout and stderr unless
+ *                                 output-fd or -create, pidfd; the pipe ends
+ *                                 already non-blocking; NAME: output-create's)
+ *   <- exited ID report=LINE [output=NAME]  (NAME: a quiet job's file)
  *   <- error MESSAGE             (a request it could not read)
  * A job whose spawn failed gets `exited` with a `status=failed` report and
- * no `spawned`.  On end of input, or SIGTERM, every job is killed and the
+ * no `spawned` (stage=output: its output file could not be made; one that
+ * was made is removed again).  On end of input, or SIGTERM, every job is killed and the
  * server exits. */
 #define _GNU_SOURCE
 #include "jail-seccomp-bpf.h"
@@ -143,12 +152,13 @@ static void finish_ended(void)
 }
 
 /* ---- requests -------------------------------------------------------------- */
-/* The descriptor a spawn frame brought (output-fd=1), taken from the queue;
- * -1 when it brought none, -2 when none came. */
+/* The descriptor a spawn frame brought (output-fd=1: the output file;
+ * output-create: the directory to make it in), taken from the queue; -1
+ * when it brought none, -2 when none came. */
 static int brought_fd(char **fields, int n)
 {
     for (int i = 2; i < n; i++)
-        if (strncmp(fields[i], "output-fd=", 10) == 0) {
+        if (strncmp(fields[i], "output-fd=", 10) == 0 || strncmp(fields[i], "output-create=", 14) == 0) {
             if (n_in_fds == 0)
                 return -2;
             int fd = in_fds[0];
@@ -156,6 +166,46 @@ static int brought_fd(char **fields, int n)
             return fd;
         }
     return -1;
+}
+
+/* A spawn request: its fields, the descriptor it brought, its output file
+ * made if it asks for one (removed again if the job could not start). */
+static void spawn_request_frame(char **fields, int n, const char *end)
+{
+    struct spawn_request rq;
+    char message[300], name[128];
+    int fd = brought_fd(fields, n), dirfd = -1;
+    if (fd == -2) {
+        send_error("spawn: output-fd without its descriptor");
+        spawn_failed(fields[1], "jail", EBADF);
+        return;
+    }
+    if (spawn_parse(fields + 1, n - 1, &rq, message, sizeof message) < 0) {
+        if (fd >= 0)
+            close(fd);
+        send_error(message);
+        spawn_failed(fields[1], "jail", EINVAL);
+        return;
+    }
+    if (rq.output_create) {
+        dirfd = fd;
+        fd = spawn_create_output(&rq, dirfd, name, sizeof name);
+        if (fd < 0) {
+            spawn_failed(rq.id, "output", errno);
+            close(dirfd);
+            return;
+        }
+        rq.output_name = name;
+    }
+    rq.output_fd = fd;
+    rq.raw = fields[1];
+    rq.raw_len = (size_t)(end - fields[1]);
+    if (spawn_start(&rq, dev_null, self_pid) < 0 && dirfd >= 0)
+        unlinkat(dirfd, name, 0); /* (nobody will hear of it) */
+    if (fd >= 0)
+        close(fd);
+    if (dirfd >= 0)
+        close(dirfd);
 }
 
 static void request(char *payload, size_t len)
@@ -187,28 +237,7 @@ static void request(char *payload, size_t len)
         return;
     }
     if (n >= 2 && strcmp(fields[0], "spawn") == 0) {
-        struct spawn_request rq;
-        char message[300];
-        const char *raw = fields[1];
-        int fd = brought_fd(fields, n);
-        if (fd == -2) {
-            send_error("spawn: output-fd without its descriptor");
-            spawn_failed(fields[1], "jail", EBADF);
-            return;
-        }
-        if (spawn_parse(fields + 1, n - 1, &rq, message, sizeof message) < 0) {
-            if (fd >= 0)
-                close(fd);
-            send_error(message);
-            spawn_failed(fields[1], "jail", EINVAL);
-            return;
-        }
-        rq.output_fd = fd;
-        rq.raw = raw;
-        rq.raw_len = (size_t)(payload + len - raw);
-        spawn_start(&rq, dev_null, self_pid);
-        if (fd >= 0)
-            close(fd);
+        spawn_request_frame(fields, n, payload + len);
         return;
     }
     send_error("unknown request");

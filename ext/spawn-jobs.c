@@ -101,6 +101,18 @@ static int field(struct spawn_request *rq, char *f, int *nargs, int *nenv)
         if (strcmp(v, "1") != 0)
             return -1;
         rq->output_fd = -2; /* request() hands it the descriptor */
+    } else if ((v = value(f, "output-create"))) {
+        if (!*v || strchr(v, '/') || strlen(v) > 64)
+            return -1;
+        rq->output_create = v; /* request() makes it in the descriptor sent */
+    } else if ((v = value(f, "as-uid"))) {
+        rq->as[0] = v;
+    } else if ((v = value(f, "as-gid"))) {
+        rq->as[1] = v;
+    } else if ((v = value(f, "as-groups"))) {
+        rq->as[2] = v;
+    } else if ((v = value(f, "quiet"))) {
+        rq->quiet = strcmp(v, "0") != 0;
     } else if ((v = value(f, "stdin"))) {
         if (strcmp(v, "null") != 0)
             return -1;
@@ -141,6 +153,8 @@ int spawn_parse(char **fields, int n, struct spawn_request *rq, char *message, s
         why = "kill-ruid must name another unprivileged user";
     else if (cfg->uid != (uid_t)-1 && geteuid() != 0)
         why = "uid needs root";
+    else if (rq->quiet && (!rq->stdin_null || (rq->output_fd == -1 && !rq->output_create)))
+        why = "quiet needs stdin=null and an output file (no pipes to hand over)";
     if (why) {
         snprintf(message, size, "spawn %s: %s", rq->id, why);
         return -1;

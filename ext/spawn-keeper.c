@@ -5,14 +5,16 @@
  * the keeper, the uid switch, seccomp and exec: no cgroup join (which waits
  * for an RCU grace period on cgroup v1) and no namespace made per job.
  *
- * The spawn server sends the keeper the job's spawn frame with five fds
- * (stdin, stdout, stderr, exec-error pipe, the workspace's mount cloned with
- * open_tree); the keeper mounts that workspace and its tmp/ as the private
- * /tmp, /var/tmp, /dev/shm and /run/lock, forks the job and answers with its
- * pidfd.  When the job's main process ends, the keeper kills everything
- * else in its namespace (kill(-1) from PID 1), reaps, and sends the wait
- * status, rusage and whether anything was left; then it unmounts the job's
- * mounts (each umount waits for an RCU grace period: after the report).
+ * The spawn server sends the keeper the job's spawn frame with four fds
+ * (stdin, stdout, stderr, exec-error pipe), and a fifth, the workspace's
+ * mount cloned with open_tree, when the slot's workspace is not the one the
+ * keeper has mounted (its first job, or a workspace remade); the keeper
+ * mounts that workspace and its tmp/ as the private /tmp, /var/tmp,
+ * /dev/shm and /run/lock and keeps them for the slot's next jobs (the
+ * sandbox empties a workspace between jobs), forks the job and answers
+ * with its pidfd.  When the job's main process ends, the keeper kills
+ * everything else in its namespace (kill(-1) from PID 1), reaps, and sends
+ * the wait status, rusage and whether anything was left.
  * This file is the keeper's side; spawn-keepers.c the server's. */
 #define _GNU_SOURCE
 #include "spawn-keeper.h"
@@ -153,29 +155,44 @@ static int keeper_setup(const struct jail_config *cfg)
     return mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "hidepid=invisible");
 }
 
-/* The job's workspace (a detached clone of its mount) at its own path, and
- * its tmp/ over the shared writable directories. */
-static int mount_job(const struct jail_config *cfg, int tree, char *root, size_t size)
+/* The root the slot's workspace is mounted at in this namespace ("": none
+ * yet).  It stays mounted from job to job: the spawn server sends a new
+ * clone only when the host's workspace is another file system than the one
+ * mounted here (remade after a cleanup that had to unmount it). */
+static char mounted_root[4096];
+
+static void unmount_job(void)
 {
-    snprintf(root, size, "%s", cfg->dir);
+    for (int i = 0; private_dirs[i]; i++)
+        umount2(private_dirs[i], MNT_DETACH);
+    if (*mounted_root)
+        umount2(mounted_root, MNT_DETACH);
+    *mounted_root = 0;
+}
+
+/* The job's workspace at its own path, and its tmp/ over the shared
+ * writable directories: `tree` (a detached clone of the host's mount)
+ * replaces what is mounted; -1: what is mounted is that workspace still. */
+static int mount_job(const struct jail_config *cfg, int tree)
+{
+    char root[4096];
+    snprintf(root, sizeof root, "%s", cfg->dir);
     char *slash = strrchr(root, '/');
     if (!slash || slash == root)
         return -1;
     *slash = 0;
+    if (tree < 0)
+        return *mounted_root && strcmp(root, mounted_root) == 0 ? 0 : -1;
+    unmount_job();
     if (syscall(SYS_move_mount, tree, "", AT_FDCWD, root, 0x4 /* MOVE_MOUNT_F_EMPTY_PATH */) < 0)
         return -1;
+    snprintf(mounted_root, sizeof mounted_root, "%s", root);
     for (int i = 0; private_dirs[i]; i++)
-        if (access(private_dirs[i], F_OK) == 0 && mount(cfg->tmp, private_dirs[i], NULL, MS_BIND, NULL) < 0)
+        if (access(private_dirs[i], F_OK) == 0 && mount(cfg->tmp, private_dirs[i], NULL, MS_BIND, NULL) < 0) {
+            unmount_job();
             return -1;
+        }
     return 0;
-}
-
-static void unmount_job(const char *root)
-{
-    for (int i = 0; private_dirs[i]; i++)
-        umount2(private_dirs[i], MNT_DETACH);
-    if (*root)
-        umount2(root, MNT_DETACH);
 }
 
 /* The job, between the keeper's fork and exec. */
@@ -236,9 +253,9 @@ static void keeper_end_job(int sock, pid_t main_pid, const struct rusage *before
 }
 
 /* One job: mounts, fork, its pidfd back, then its end. */
-static void keeper_job(int sock, char *frame, ssize_t len, int *fds)
+static void keeper_job(int sock, char *frame, ssize_t len, int *fds, int nfds)
 {
-    char *fields[SPAWN_MAX_FIELDS], root[4096] = "", message[300];
+    char *fields[SPAWN_MAX_FIELDS], message[300];
     int n = 0, pidfd = -1;
     struct spawn_request rq;
     for (char *p = frame; p < frame + len && n < SPAWN_MAX_FIELDS; p += strlen(p) + 1)
@@ -251,14 +268,14 @@ static void keeper_job(int sock, char *frame, ssize_t len, int *fds)
     static int last_pid = -1;
     if (last_pid < 0)
         last_pid = open("/proc/sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
-    if (spawn_parse(fields, n, &rq, message, sizeof message) == 0 && mount_job(&rq.cfg, fds[4], root, sizeof root) == 0
+    if (spawn_parse(fields, n, &rq, message, sizeof message) == 0 && mount_job(&rq.cfg, nfds == KEEPER_FDS ? fds[4] : -1) == 0
         && pwrite(last_pid, "1", 1, 0) == 1)
         pid = fork();
     if (pid == 0)
         keeper_child(&rq, fds);
     if (pid > 0)
         pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    for (int i = 0; i < KEEPER_FDS; i++)
+    for (int i = 0; i < nfds; i++)
         close(fds[i]);
     int ok = pidfd >= 0;
     if (keeper_send(sock, &ok, sizeof ok, &pidfd, ok) < 0)
@@ -271,7 +288,6 @@ static void keeper_job(int sock, char *frame, ssize_t len, int *fds)
         _exit(1);
     if (pid > 0)
         keeper_end_job(sock, pid, &before);
-    unmount_job(root);
 }
 
 void keeper_main(int sock, const struct jail_config *cfg)
@@ -293,12 +309,12 @@ void keeper_main(int sock, const struct jail_config *cfg)
         ssize_t got = keeper_recv(sock, frame, sizeof frame - 1, fds, KEEPER_FDS, &nfds);
         if (got <= 0)
             _exit(0);
-        if (nfds != KEEPER_FDS) {
+        if (nfds != KEEPER_FDS && nfds != KEEPER_FDS - 1) {
             for (int i = 0; i < nfds; i++)
                 close(fds[i]);
             _exit(1);
         }
         frame[got] = 0;
-        keeper_job(sock, frame, got, fds);
+        keeper_job(sock, frame, got, fds, nfds);
     }
 }

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -30,6 +31,7 @@ struct keeper {
     int sock;   /* -1: none */
     pid_t pid;
     struct spawn_job *job;
+    dev_t tree_dev; /* the file system of the workspace the keeper has mounted (0: none) */
 };
 
 static struct keeper keepers[MAX_KEEPERS];
@@ -78,7 +80,7 @@ static struct keeper *keeper_start(const struct jail_config *cfg)
         errno = pid < 0 ? saved : EPERM;
         return NULL;
     }
-    *k = (struct keeper){cfg->uid, sv[0], pid, NULL};
+    *k = (struct keeper){cfg->uid, sv[0], pid, NULL, 0};
     return k;
 }
 
@@ -104,27 +106,46 @@ static pid_t pidfd_pid(int pidfd)
     return p ? (pid_t)strtol(p + 6, NULL, 10) : -1;
 }
 
-pid_t keeper_spawn(struct spawn_request *rq, struct spawn_job *job, const int *stdio, int errw, int *pidfd)
+/* A clone of the slot's workspace mount for the keeper, unless it has that
+ * file system mounted already (*dev: the workspace's; -1: none needed). */
+static int workspace_tree(const struct keeper *k, const struct jail_config *cfg, dev_t *dev)
 {
     char root[4096];
+    struct stat st;
+    snprintf(root, sizeof root, "%s", cfg->dir);
+    *strrchr(root, '/') = 0; /* (keeper_wanted: an absolute dir below a root) */
+    if (stat(root, &st) < 0)
+        return -2;
+    *dev = st.st_dev;
+    if (k->tree_dev && st.st_dev == k->tree_dev)
+        return -1; /* (its clone there keeps that file system, and its number, alive) */
+    int tree = (int)syscall(SYS_open_tree, AT_FDCWD, root, 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC);
+    return tree < 0 ? -2 : tree;
+}
+
+pid_t keeper_spawn(struct spawn_request *rq, struct spawn_job *job, const int *stdio, int errw, int *pidfd)
+{
     struct keeper *k = keeper_of(&rq->cfg);
+    dev_t dev = 0;
     if (!k)
         return -1;
-    snprintf(root, sizeof root, "%s", rq->cfg.dir);
-    *strrchr(root, '/') = 0; /* (keeper_wanted: an absolute dir below a root) */
-    int tree = (int)syscall(SYS_open_tree, AT_FDCWD, root, 1 /* OPEN_TREE_CLONE */ | O_CLOEXEC);
-    if (tree < 0)
+    int tree = workspace_tree(k, &rq->cfg, &dev);
+    if (tree == -2)
         return -1;
     int fds[KEEPER_FDS] = {stdio[0], stdio[1], stdio[2], errw, tree}, ok = 0, nfds = 0;
-    int sent = keeper_send(k->sock, rq->raw, rq->raw_len, fds, KEEPER_FDS);
-    close(tree);
+    int sent = keeper_send(k->sock, rq->raw, rq->raw_len, fds, tree >= 0 ? KEEPER_FDS : KEEPER_FDS - 1);
+    if (tree >= 0)
+        close(tree);
     if (sent < 0 || keeper_recv(k->sock, &ok, sizeof ok, pidfd, 1, &nfds) != sizeof ok || !ok || nfds != 1) {
         if (nfds == 1)
             close(*pidfd);
         *pidfd = -1;
+        k->tree_dev = 0; /* (what it has mounted is unknown now) */
         errno = sent < 0 || ok ? EPIPE : EPERM;
         return -1;
     }
+    if (tree >= 0)
+        k->tree_dev = dev;
     pid_t pid = pidfd_pid(*pidfd);
     if (keeper_send(k->sock, "a", 1, NULL, 0) < 0 || pid <= 0) {
         close(*pidfd);

@@ -11,6 +11,10 @@
  *          owned by the client
  *   <- opened ID fds=1 (+ the descriptor)  |  opened ID errno=N
  *
+ * A spawn request may make its job's output file the same way (its
+ * output-create and as-* fields: spawn_create_output), with no round trip
+ * of its own.
+ *
  * setfsuid, setfsgid and setgroups are per thread (raw system calls) and
  * this process has one: they are set for the open and put back at once. */
 #define _GNU_SOURCE
@@ -22,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -154,4 +159,42 @@ void spawn_open(char **fields, int n, int dirfd)
     snprintf(result, sizeof result, "errno=%d", errno);
     const char *failed[] = {"opened", n > 0 ? fields[0] : "", result};
     spawn_send(failed, 3, NULL, 0);
+}
+
+/* `prefix` and six random letters or digits, as mkstemp's names. */
+static void random_name(const char *prefix, char *name, size_t size)
+{
+    static const char letters[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    unsigned char bytes[6];
+    if (getrandom(bytes, sizeof bytes, 0) != (ssize_t)sizeof bytes)
+        abort(); /* (never fails for 6 bytes once the pool is up) */
+    int n = snprintf(name, size, "%s", prefix);
+    for (int i = 0; i < 6 && n + i + 1 < (int)size; i++)
+        name[n + i] = letters[bytes[i] % 62], name[n + i + 1] = 0;
+}
+
+int spawn_create_output(const struct spawn_request *rq, int dirfd, char *name, size_t size)
+{
+    struct open_request orq;
+    char uid[40], gid[40], groups[4096];
+    if (!rq->as[0] || !rq->as[1] || dirfd < 0 || geteuid() != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    snprintf(uid, sizeof uid, "as-uid=%s", rq->as[0]);
+    snprintf(gid, sizeof gid, "as-gid=%s", rq->as[1]);
+    snprintf(groups, sizeof groups, "as-groups=%s", rq->as[2] ? rq->as[2] : "");
+    char *fields[] = {(char *)rq->id, uid, gid, groups, "create=x"};
+    if (parse_open(fields, 5, &orq) < 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (int tries = 0; tries < 16; tries++) {
+        random_name(rq->output_create, name, size);
+        orq.create = name;
+        int fd = open_as(&orq, dirfd);
+        if (fd >= 0 || errno != EEXIST)
+            return fd;
+    }
+    return -1;
 }

@@ -17,12 +17,13 @@
 
 extern char **environ;
 
-static void send_report(const char *id, const char *report)
+static void send_report(const char *id, const char *report, const char *output)
 {
-    char field[600];
+    char field[600], name[100];
     snprintf(field, sizeof field, "report=%s", report);
-    const char *fields[] = {"exited", id, field};
-    spawn_send(fields, 3, NULL, 0);
+    snprintf(name, sizeof name, "output=%s", output ? output : "");
+    const char *fields[] = {"exited", id, field, name};
+    spawn_send(fields, output && *output ? 4 : 3, NULL, 0);
 }
 
 /* The job, between jail_fork and exec: its pipes as stdio, no signal
@@ -66,7 +67,7 @@ void spawn_failed(const char *id, const char *stage, int code)
     snprintf(line, sizeof line,
              "status=failed stage=%s errno=%d utime=0.000000 stime=0.000000 maxrss_kb=0"
              " wall=0.000000 leftover=0 killed=0 remaining=0", stage, code);
-    send_report(id, line);
+    send_report(id, line, NULL);
 }
 
 static void close_all(int *fds, int n)
@@ -119,8 +120,9 @@ static void record_job(struct spawn_job *job, const struct spawn_request *rq, pi
     spawn_add_job(job); /* (room was checked before the fork) */
 }
 
-/* "spawned ID pid=N fds=K" with the reactor's pipe ends and a pidfd. */
-static void announce(const char *id, pid_t pid, const int ours[3], int pidfd)
+/* "spawned ID pid=N fds=K [output=NAME]" with the reactor's pipe ends and
+ * a pidfd. */
+static void announce(const char *id, pid_t pid, const int ours[3], int pidfd, const char *output)
 {
     int fds[4], n = 0;
     for (int i = 0; i < 3; i++)
@@ -130,23 +132,24 @@ static void announce(const char *id, pid_t pid, const int ours[3], int pidfd)
         pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
     if (pidfd >= 0)
         fds[n++] = pidfd;
-    char pidf[32], nfds[16];
+    char pidf[32], nfds[16], name[160];
     snprintf(pidf, sizeof pidf, "pid=%d", (int)pid);
     snprintf(nfds, sizeof nfds, "fds=%d", n);
-    const char *fields[] = {"spawned", id, pidf, nfds};
-    spawn_send(fields, 4, fds, n);
+    snprintf(name, sizeof name, "output=%s", output ? output : "");
+    const char *fields[] = {"spawned", id, pidf, nfds, name};
+    spawn_send(fields, output ? 5 : 4, fds, n);
 }
 
-void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
+int spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
 {
     int p[8] = {-1, -1, -1, -1, -1, -1, -1, -1}; /* in, out, err, errpipe */
     int full = spawn_job_count() == SPAWN_MAX_JOBS;
     if (full || spawn_find_job(rq->id, 0)) {
         spawn_failed(rq->id, "jail", full ? EAGAIN : EEXIST);
-        return;
+        return -1;
     }
     if (open_pipes(rq, p) < 0)
-        return;
+        return -1;
     int child_in = rq->stdin_null ? dev_null : p[0];
     int child_out = rq->output_fd >= 0 ? rq->output_fd : p[3];
     int child_err = rq->output_fd >= 0 ? rq->output_fd : p[5];
@@ -157,7 +160,7 @@ void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
         int code = errno;
         close_all(p, 8);
         spawn_failed(rq->id, "jail", code);
-        return;
+        return -1;
     }
     rq->cfg.status_fd = sp[1];
     struct spawn_job *job = calloc(1, sizeof *job);
@@ -175,7 +178,7 @@ void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
             close(sp[0]);
         free(job);
         spawn_failed(rq->id, "namespaces", code);
-        return;
+        return -1;
     }
     job->statusfd = sp[0];
     int ours[3] = {p[1], p[2], p[4]};
@@ -186,7 +189,15 @@ void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid)
             fcntl(ours[i], F_SETFL, O_NONBLOCK);
     fcntl(p[6], F_SETFL, O_NONBLOCK); /* read when the job has ended: never wait on it */
     record_job(job, rq, pid, p[6]);
-    announce(rq->id, pid, ours, pidfd);
+    if (rq->quiet) {
+        /* (no pipes to hand over: its output file's name comes with `exited`) */
+        snprintf(job->output, sizeof job->output, "%s", rq->output_name ? rq->output_name : "");
+        if (pidfd >= 0)
+            close(pidfd);
+    } else {
+        announce(rq->id, pid, ours, pidfd, rq->output_name);
+    }
+    return 0;
 }
 
 /* The main process is gone: kill what it left, report, forget. */
@@ -226,7 +237,7 @@ void spawn_finish(struct spawn_job *job)
              " utime=%ld.%06ld stime=%ld.%06ld maxrss_kb=%ld wall=%.6f leftover=%d killed=%d remaining=%d",
              (long)job->ru.ru_utime.tv_sec, (long)job->ru.ru_utime.tv_usec, (long)job->ru.ru_stime.tv_sec,
              (long)job->ru.ru_stime.tv_usec, job->ru.ru_maxrss, wall, leftover, job->killed, remaining);
-    send_report(job->id, line);
+    send_report(job->id, line, job->output);
     spawn_forget_job(job);
 }
 

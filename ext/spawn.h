@@ -34,6 +34,7 @@ struct spawn_job {
     char *count_file;     /* the slot's pids.current, or NULL */
     int keeper;           /* forked by the slot's keeper (spawn-keeper.c) */
     int keeper_left;      /* the keeper found processes left at its end */
+    char output[80];      /* output-create's file, named again in `exited` */
 };
 
 /* A spawn request, pointing into the frame it was read from. */
@@ -46,6 +47,13 @@ struct spawn_request {
     int output_fd;        /* output-fd=1: the job's stdout and stderr are the
                            * descriptor sent with the request (-1: pipes) */
     int stdin_null;       /* stdin=null: /dev/null instead of a pipe */
+    int quiet;            /* quiet=1: no `spawned` (a job with no pipes back) */
+    const char *output_create; /* output-create=PREFIX: the output file is made
+                           * (PREFIX and 6 random characters, O_EXCL, 0600)
+                           * in the directory sent with the request, as the
+                           * as-uid, as-gid, as-groups user */
+    const char *as[3];    /* as-uid, as-gid, as-groups */
+    const char *output_name; /* the file output-create made (for `spawned`) */
     const char *raw;      /* the frame's fields after the verb, for a keeper */
     size_t raw_len;
 };
@@ -62,6 +70,9 @@ int spawn_output_pending(void);
 /* An `open` request (spawn-open.c): fields after the verb, the id first;
  * `dirfd` the directory the frame brought, or -1.  Answers `opened`. */
 void spawn_open(char **fields, int n, int dirfd);
+/* The output file of an output-create request, made in `dirfd` as the
+ * request's as-* user; its name into `name`; -1 with errno. */
+int spawn_create_output(const struct spawn_request *rq, int dirfd, char *name, size_t size);
 
 /* Fields after the verb (the id first) into `rq`; -1 with a message. */
 int spawn_parse(char **fields, int n, struct spawn_request *rq, char *message, size_t size);
@@ -82,7 +93,9 @@ int spawn_job_count(void);
 /* From fork to report (spawn-run.c): start one job (answers `spawned`, or
  * `exited` with a failed report); report an ended one and forget it; a
  * failed report for a request that never became a job. */
-void spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid);
+/* 0: forked (or failed after the fork: reported); -1: failed before it
+ * (reported). */
+int spawn_start(struct spawn_request *rq, int dev_null, pid_t self_pid);
 void spawn_finish(struct spawn_job *job);
 void spawn_failed(const char *id, const char *stage, int code);
 

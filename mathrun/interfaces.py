@@ -45,7 +45,9 @@ class ILease(Interface):
 
     workspace = Attribute("The job's Workspace (``path``; staging and reading files).")
 
-    def spawn(argv, limits=None, env=None, on_output=None, frontend="jobs", stdin=None, output_fd=None):
+    def spawn(
+        argv, limits=None, env=None, on_output=None, frontend="jobs", stdin=None, output_fd=None, output_create=None
+    ):
         """Start one job in the workspace as the job user; returns an IJob."""
 
     def release():

@@ -105,7 +105,7 @@ class FakeStarter:
     def start(self) -> None:
         pass
 
-    def spawn(self, argv, env, options, events, output_fd=None, stdin=True) -> int:
+    def spawn(self, argv, env, options, events, output_fd=None, stdin=True, output_create=None) -> int:
         self.events = events
         self.requests.append((argv, env, options, output_fd, stdin))
         return self.job_id

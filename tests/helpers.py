@@ -98,6 +98,24 @@ def processes_of(uid: int) -> list[int]:
     return found
 
 
+def workspace_left(root: str) -> str | None:
+    """What a released lease left in its workspace, or None: its tmpfs is
+    unmounted, or kept mounted for the slot's next job with nothing in it
+    but an empty ``work/`` and ``tmp/``."""
+    if not os.path.exists(root):
+        return None
+    entries = sorted(os.listdir(root))
+    if not os.path.ismount(root):
+        return f"{root} holds {entries}" if entries else None
+    if entries != ["tmp", "work"]:
+        return f"the kept workspace {root} holds {entries}"
+    for name in entries:
+        inside = os.path.join(root, name)
+        if os.path.islink(inside) or os.listdir(inside):
+            return f"{inside} is not an empty directory"
+    return None
+
+
 def async_test(method=None, *, timeout: float = TIMEOUT):
     """Run an ``async def`` test method as a Deferred with a timeout."""
 

@@ -27,6 +27,7 @@ from .helpers import (
     make_unprivileged_sandbox,
     processes_of,
     temp_dir,
+    workspace_left,
 )
 
 SHARED_TMP = tuple(d for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock") if os.path.isdir(d))
@@ -71,8 +72,7 @@ class HostileTests(unittest.TestCase):
 
     async def assert_clean(self, user, root):
         self.assertEqual(processes_of(user.uid), [], f"processes of {user.name} survived")
-        self.assertFalse(os.path.ismount(root), "workspace still mounted")
-        self.assertFalse(os.path.exists(root) and os.listdir(root), "workspace left behind")
+        self.assertIsNone(workspace_left(root))
         self.assertEqual(files_owned_by(user.uid), [], "files left in shared temporary directories")
         await assert_still_serving(self, self.sandbox)
 
@@ -272,7 +272,36 @@ class HostileTests(unittest.TestCase):
             self.assertEqual(processes_of(user.uid), [])
         for name in os.listdir(self.sandbox.job_root):
             path = os.path.join(self.sandbox.job_root, name)
-            self.assertFalse(os.path.ismount(path) or os.listdir(path), f"{path} left behind")
+            self.assertIsNone(workspace_left(path))
+
+    @async_test
+    async def test_a_kept_workspace_comes_back_empty_and_closed(self):
+        """A slot's tmpfs stays mounted from job to job: whatever a job left
+        (files, a closed-off tree, a FIFO, its directories opened up or
+        moved) is gone for the slot's next job, which finds an empty
+        work/ and tmp/, its own, mode 0700, and a root nobody else can enter."""
+        script = (
+            "mkdir -p deep/a/b && echo x > deep/a/b/f && chmod 000 deep/a deep; mkfifo fifo;"
+            " echo t > /tmp/t; ln -s / /tmp/root; mv /tmp/t ../stray; chmod 777 . .. /tmp; echo done"
+        )
+        first = await self.sandbox.acquire()
+        user = first.user
+        try:
+            job = first.spawn(["sh", "-c", script])
+            job.close_stdin()
+            self.assertEqual((await job.done).stdout, b"done\n")
+        finally:
+            await first.release()
+        second = await self.sandbox.acquire()
+        try:
+            self.assertEqual(second.user, user)  # (the slot released last goes out first)
+            job = second.spawn(["sh", "-c", "ls -A . /tmp ..; stat -c '%a %U' . /tmp .."])
+            job.close_stdin()
+            result = await job.done
+        finally:
+            await second.release()
+        listing = f".:\n\n..:\ntmp\nwork\n\n/tmp:\n700 {user.name}\n700 {user.name}\n700 {user.name}\n"
+        self.assertEqual(result.stdout.decode(), listing)
 
 
 class JailParentDeathTests(unittest.TestCase):

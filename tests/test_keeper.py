@@ -80,6 +80,36 @@ class KeeperTests(unittest.TestCase):
         self.assertEqual(processes_of(user.uid), [], "the daemon of the job before survived")
 
     @async_test
+    async def test_a_remade_workspace_reaches_the_keeper(self):
+        """The keeper keeps the slot's workspace mounted from job to job;
+        when the sandbox remakes it (a cleanup that had to unmount it), the
+        next job works in the new tmpfs, its files visible to the sandbox,
+        and nothing of the old one is left in the keeper's view."""
+        script = "echo old > /tmp/t; echo kept > f; stat -c %d . /tmp"
+        first = await self.sandbox.acquire()
+        root = first.workspace.root
+        job = first.spawn(["sh", "-c", script], Limits(wall_seconds=20))
+        job.close_stdin()
+        before = (await within(job.done)).stdout.split()
+        first.external_processes = True  # as when processes may be left: the reaper unmounts
+        await within(first.release())
+        self.assertFalse(os.path.ismount(root))
+        second = await self.sandbox.acquire()
+        try:
+            second.workspace.write_file("staged", b"new\n")
+            job = second.spawn(["sh", "-c", "ls -A . /tmp; cat staged; echo out > made; stat -c %d . /tmp"])
+            job.close_stdin()
+            result = await within(job.done)
+            self.assertEqual(second.workspace.read_file("made", 100), b"out\n")
+        finally:
+            await within(second.release())
+        *listing, dev, tmp_dev = result.stdout.decode().split("\n")[:-1]
+        self.assertEqual(listing, [".:", "staged", "", "/tmp:", "new"], result.stderr)
+        self.assertEqual(dev, tmp_dev)
+        self.assertNotEqual(dev, before[0].decode(), "the old tmpfs")
+        self.assertEqual(before[0], before[1])
+
+    @async_test
     async def test_a_keeper_that_dies_ends_its_job_and_the_slot_gets_a_new_one(self):
         await self.run_python("print('warm')")
         (keeper,) = keepers_of(self.sandbox.starter.pid)

@@ -53,6 +53,15 @@ class PoolTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(pool.acquire()), "b")
         self.assertNoResult(pool.acquire())
 
+    def test_take_hands_out_a_free_slot_now_or_none(self):
+        pool = SlotPool(["a", "b"])
+        self.assertEqual((pool.take(), pool.take(), pool.take()), ("a", "b", None))
+        waiter = pool.acquire()
+        pool.release("a")  # to the waiter, not to a later take
+        self.assertEqual((self.successResultOf(waiter), pool.take(), pool.busy), ("a", None, 2))
+        pool.release("b")
+        self.assertEqual((pool.take(), pool.free), ("b", 0))
+
     def test_release_of_unknown_slot(self):
         pool = SlotPool(["a"])
         self.assertRaises(ValueError, pool.release, "a")

@@ -111,6 +111,70 @@ class SpawnServerProtocolTests(unittest.SynchronousTestCase):
         self.assertEqual(os.pread(out, 100, 0), b"out\nerr\n")
         os.close(spawned.fds[0])
 
+    def create(self, job_id: int, directory: int, script: bytes):
+        """A spawn whose output file is made by the server, as nobody."""
+        fields = [b"spawn", b"%d" % job_id, b"dir=" + self.dir.encode(), b"stdin=null", b"output-create=why3"]
+        fields += [b"as-uid=65534", b"as-gid=65534", b"as-groups=65534", b"arg=sh", b"arg=-c", b"arg=" + script]
+        socket.send_fds(self.peer.sock, [encode(fields)], [directory])
+
+    def test_output_file_made_as_the_caller_with_the_spawn(self):
+        """output-create: the file is made in the directory sent (as the
+        as-* user: nobody's, 0600, named as mkstemp's), is the job's stdout
+        and stderr, and its name comes with ``spawned``; where that user may
+        not write, the job fails at stage output; a file made for a job that
+        then cannot start is removed."""
+        where = temp_dir(self)
+        os.chmod(where, 0o777)
+        directory = os.open(where, os.O_PATH | os.O_DIRECTORY)
+        self.addCleanup(os.close, directory)
+        self.create(6, directory, b"echo out; echo err >&2")
+        spawned = self.peer.next()
+        name = spawned.value(b"output").decode()
+        self.assertEqual((spawned.verb, len(spawned.fds), name[:4], len(name)), (b"spawned", 1, "why3", 10))
+        report = parse_report(self.peer.next().value(b"report"))
+        self.assertEqual((report["status"], report["code"]), ("exited", 0))
+        made = os.stat(os.path.join(where, name))
+        self.assertEqual((made.st_uid, made.st_gid, made.st_mode & 0o777), (65534, 65534, 0o600))
+        with open(os.path.join(where, name), "rb") as f:
+            self.assertEqual(f.read(), b"out\nerr\n")
+        os.close(spawned.fds[0])
+        self.spawn(7, "sleep", "60")
+        running = self.peer.next()
+        self.create(7, directory, b"true")  # the same id: refused after its file was made
+        report = parse_report(self.peer.next().value(b"report"))
+        self.assertEqual((report["status"], report["errno"]), ("failed", errno.EEXIST))
+        self.assertEqual(os.listdir(where), [name])
+        os.chmod(where, 0o755)
+        self.create(8, directory, b"true")
+        failed = self.peer.next()
+        report = parse_report(failed.value(b"report"))
+        self.assertEqual((failed.verb, report["stage"], report["errno"]), (b"exited", "output", errno.EACCES))
+        self.peer.send(b"kill", b"7")
+        self.assertEqual(self.peer.next().verb, b"exited")
+        for fd in running.fds:
+            os.close(fd)
+
+    def test_a_quiet_job_is_heard_of_once(self):
+        """quiet=1 (no stdin, output to a file): no ``spawned``, the made
+        file's name with ``exited``; refused for a job with pipes."""
+        where = temp_dir(self)
+        os.chmod(where, 0o777)
+        directory = os.open(where, os.O_PATH | os.O_DIRECTORY)
+        self.addCleanup(os.close, directory)
+        fields = [b"spawn", b"9", b"dir=" + self.dir.encode(), b"stdin=null", b"quiet=1", b"output-create=q"]
+        fields += [b"as-uid=65534", b"as-gid=65534", b"as-groups=", b"arg=sh", b"arg=-c", b"arg=echo quiet"]
+        socket.send_fds(self.peer.sock, [encode(fields)], [directory])
+        exited = self.peer.next()
+        name = exited.value(b"output").decode()
+        self.assertEqual((exited.verb, exited.fields[0], exited.fds), (b"exited", b"9", ()))
+        self.assertEqual(parse_report(exited.value(b"report"))["status"], "exited")
+        with open(os.path.join(where, name), "rb") as f:
+            self.assertEqual(f.read(), b"quiet\n")
+        self.spawn(10, "true", extra=[b"quiet=1"])
+        self.assertEqual(self.peer.next().verb, b"error")
+        report = parse_report(self.peer.next().value(b"report"))
+        self.assertEqual((report["status"], report["errno"]), ("failed", errno.EINVAL))
+
     def test_output_fd_without_its_descriptor_fails_the_job(self):
         self.spawn(4, "true", extra=[b"output-fd=1"])
         self.assertEqual(self.peer.next().verb, b"error")

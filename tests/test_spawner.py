@@ -103,6 +103,9 @@ class Events:
     def output(self, stream, data):
         self.seen.append(("output", stream, data))
 
+    def output_created(self, name):
+        self.seen.append(("output_created", name))
+
 
 class FakeProcess:
     def __init__(self, proto, pid):
@@ -271,7 +274,7 @@ class FakeStarter:
     def start(self):
         pass
 
-    def spawn(self, argv, env, options, events, output_fd=None, stdin=True):
+    def spawn(self, argv, env, options, events, output_fd=None, stdin=True, output_create=None):
         job_id = len(self.jobs) + 1
         self.jobs[job_id] = events
         return job_id

@@ -96,7 +96,18 @@ class FakeLease:
         self.sandbox = sandbox
         self.workspace = FakeWorkspace()
 
-    def spawn(self, argv, limits=None, env=None, on_output=None, frontend="jobs", stdin=None, output_fd=None):
+    def spawn(
+        self,
+        argv,
+        limits=None,
+        env=None,
+        on_output=None,
+        frontend="jobs",
+        stdin=None,
+        output_fd=None,
+        output_create=None,
+    ):
+        assert output_create is None  # (the fake's files are the server's own: OwnFiles)
         job = FakeJob(argv, limits, on_output, stdin, output_fd)
         self.sandbox.jobs.append(job)
         return job

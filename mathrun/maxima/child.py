@@ -250,7 +250,7 @@ class Child:
     def start(self) -> None:
         """Already running (the mother forked it)."""
 
-    def spawn(self, argv, env, options, events, output_fd=None, stdin=True) -> int:
+    def spawn(self, argv, env, options, events, output_fd=None, stdin=True, output_create=None) -> int:
         """The Job attaches itself; the child runs already (with its own pipes)."""
         return self.pid or 0
 

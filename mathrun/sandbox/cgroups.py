@@ -34,6 +34,7 @@ class SlotCgroup:
         self._written = {}
         self._fds: dict[str, int] = {}  # files read or reset for every job, kept open
         self._writable: set[str] = set()
+        self._paths: dict[str, str] = {}  # file name -> path (joined once: read for every job)
         self._oom_before = self.oom_kills()
 
     def _set(self, path: str, value: str) -> None:
@@ -98,10 +99,16 @@ class SlotCgroup:
             except OSError:
                 pass
         if self.pids_dir:
-            self._set(os.path.join(self.pids_dir, "pids.max"), str(processes or "max"))
+            path = self._paths.get("pids.max")
+            if path is None:
+                path = self._paths["pids.max"] = os.path.join(self.pids_dir, "pids.max")
+            self._set(path, str(processes or "max"))
 
     def _m(self, name: str) -> str:
-        return os.path.join(self.memory_dir, name)
+        path = self._paths.get(name)
+        if path is None:
+            path = self._paths[name] = os.path.join(self.memory_dir, name)
+        return path
 
     def oom_kills(self) -> int:
         """How often the kernel's OOM killer struck in this cgroup (a memory-limit verdict)."""

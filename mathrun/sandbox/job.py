@@ -56,6 +56,8 @@ class Job:
         self._ended = False
         self._direct = False  # output straight to a file of the front end's
         self._no_stdin = False
+        self.output_name: str | None = None  # the file the starter made for the output
+        self.on_end: Callable[[], None] | None = None  # called as soon as the job has ended (see _finished)
 
     @property
     def done(self) -> defer.Deferred:
@@ -67,19 +69,23 @@ class Job:
         self._waiters.append(d)
         return d
 
-    def start(self, starter, argv: list[str], env: dict[str, str], options: list[str], output_fd=None) -> None:
+    def start(self, starter, argv, env, options, output_fd=None, output_create=None) -> None:
         """Ask ``starter`` (an IJobStarter) for the process; the wall-clock
         limit counts from now.  With ``output_fd`` the job's stdout and stderr
         go straight into that file (as the C why3server's provers' do): no
-        pipes to read, no output cap but the file size limit.  A job whose
+        pipes to read, no output cap but the file size limit; the same with
+        ``output_create`` (IJobStarter.spawn), a file the starter makes, its
+        name in ``output_name`` once known.  A job whose
         stdin was closed before the start gets /dev/null, not a pipe."""
         if self.limits.wall_seconds is not None:
             self._timer = self._reactor.callLater(self.limits.wall_seconds, self.stop, Status.TIME_LIMIT)
         self._starter = starter
-        self._direct = output_fd is not None
+        self._direct = output_fd is not None or output_create is not None
         extra = {}
         if output_fd is not None:
             extra["output_fd"] = output_fd
+        if output_create is not None:
+            extra["output_create"] = output_create
         if self._stdin_closed and not self._stdin_queue:
             extra["stdin"] = False
         self._no_stdin = "stdin" in extra
@@ -146,6 +152,10 @@ class Job:
             reader = PipeReader(self._reactor, fd, self._reading(name), self._eof(name), nonblocking=True)
             self._readers[name] = reader
             reader.startReading()
+
+    def output_created(self, name: str) -> None:
+        """IJobEvents: the output file the starter made (``output_create``)."""
+        self.output_name = name
 
     def exited(self, report: bytes) -> None:
         """IJobEvents: the main process ended; the verdict once output is drained."""
@@ -221,6 +231,11 @@ class Job:
             return
         self._ended = True
         self._release_fds()
+        if self.on_end is not None:
+            # Before the verdict, the log line and the observers: a front end
+            # may start its next job in another slot first (its latency is
+            # the rate of a queue that runs N at a time).
+            self.on_end()
         report, problem = None, self._problem
         if self._report is not None:
             try:
@@ -239,7 +254,7 @@ class Job:
             peak_memory=cgroup.peak_memory() if cgroup else None,
             problem=problem,
         )
-        if self._on_output is None:
+        if self._on_output is None and not self._direct:
             stdout, stderr = b"".join(self._chunks["stdout"]), b"".join(self._chunks["stderr"])
             result = dataclasses.replace(result, stdout=stdout, stderr=stderr)
         self.result = result

@@ -40,10 +40,13 @@ class Lease:
         frontend: str = "jobs",
         stdin: bytes | None = None,
         output_fd: int | None = None,
+        output_create=None,
     ) -> Job:
         """Start ``argv`` in the sandbox.  Output is collected into the
         result unless ``on_output(stream, data)`` takes it as it comes, or
-        ``output_fd`` (a file) takes it straight from the job.  ``stdin``:
+        ``output_fd`` (a file) takes it straight from the job, or
+        ``output_create`` (IJobStarter.spawn: a file the starter makes, as
+        someone, in a directory; its name in ``job.output_name``).  ``stdin``:
         the whole input, given now (b"": none, /dev/null); None: a pipe
         that the caller writes and closes."""
         sandbox = self.sandbox
@@ -59,7 +62,7 @@ class Lease:
         environment = {"PATH": DEFAULT_PATH, "HOME": self.workspace.path, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
         if env:
             environment.update(env)
-        job.start(sandbox.starter, list(argv), environment, options, output_fd)
+        job.start(sandbox.starter, list(argv), environment, options, output_fd, output_create)
         return job
 
     def capped(self, limits: Limits | None) -> Limits:

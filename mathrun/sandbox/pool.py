@@ -69,6 +69,14 @@ class SlotPool:
         """Acquirers waiting for a slot."""
         return len(self._waiting)
 
+    def take(self):
+        """A free slot now, or None (nobody waits before a free slot)."""
+        if not self._free:
+            return None
+        slot = self._free.pop()
+        self._busy.add(slot)
+        return slot
+
     def acquire(self) -> defer.Deferred:
         """A Deferred that fires with a slot; cancel it to stop waiting."""
         if self._free:

@@ -20,6 +20,7 @@ from twisted.internet import defer
 from twisted.python import failure
 
 from . import cgroups as cgroups_mod
+from .cleanup import Cleanup
 from .config import DEFAULT_JAIL, DEFAULT_PATH, DEFAULT_SPAWN, RUN_DIR, SandboxConfig, ServerLocked, hold_server_lock
 from .job import Job
 from .lease import Lease
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-class Sandbox:
+class Sandbox(Cleanup):
     """Owns the job users, their cgroups, the shared network namespace and
     the job root; hands out leases."""
 
@@ -78,6 +79,8 @@ class Sandbox:
         self._slot_netns: dict[JobUser, str] = {}  # unprivileged mode as root: made so far
         self._slot_netns_dir: str | None = None
         self._emptied: dict[JobUser, bool] = {}  # slots whose workspace a cleanup just emptied
+        self._roots: dict[JobUser, str] = {}  # a slot's workspace root
+        self._kept: dict[JobUser, int] = {}  # privileged: slots whose tmpfs stays mounted, emptied (its size)
         self._lock_fd = -1
         self.refusal: str | None = None  # why no job can run here (unprivileged mode)
 
@@ -263,12 +266,22 @@ class Sandbox:
         d.addCallback(self._lease, workspace_bytes or self.config.limits.workspace_bytes)
         return d
 
+    def try_acquire(self, workspace_bytes: int | None = None) -> Lease | None:
+        """A Lease now if a job user is free, else None (then ``acquire``):
+        no Deferred on a front end's hot path."""
+        if self.refusal is not None:
+            raise SandboxRefused(self.refusal)
+        user = self.pool.take()
+        return None if user is None else self._lease(user, workspace_bytes or self.config.limits.workspace_bytes)
+
     def _lease(self, user: JobUser, workspace_bytes: int | None) -> Lease:
-        root = os.path.join(self.job_root, user.name)
+        root = self._roots.get(user)
+        if root is None:
+            root = self._roots[user] = os.path.join(self.job_root, user.name)
         size = min(workspace_bytes, self.config.max_limits.workspace_bytes or workspace_bytes)
         workspace = Workspace(root, user, self.privileged, size)
         try:
-            workspace.create(known_empty=self._emptied.pop(user, False))
+            workspace.create(known_empty=self._emptied.pop(user, False), kept=self._kept.pop(user, None))
         except Exception as e:
             # Never walk a directory a job may have owned: only undo our mount.
             workspace.unmount_if_mounted()
@@ -277,40 +290,6 @@ class Sandbox:
         lease = Lease(self, user, workspace, self._slot_cgroups.get(user))
         self.leases.add(lease)
         return lease
-
-    def _cleanup(self, lease: Lease) -> defer.Deferred:
-        """Kill what is left (if anything may be), empty the workspace, free
-        the user; plain callbacks (this runs after every job)."""
-        self.leases.discard(lease)
-        if lease.external_processes and self.privileged:
-            d = defer.ensureDeferred(self._reap_and_unmount(lease))
-            d.addCallbacks(lambda _: self._cleaned(lease), lambda f: self._cleanup_failed(lease, f))
-            return d
-        try:
-            self._cleaned(lease)
-        except Exception:
-            return defer.fail()
-        return defer.succeed(None)
-
-    def _cleaned(self, lease: Lease) -> None:
-        try:
-            lease.workspace.remove()
-        except Exception as e:
-            self._quarantine(lease.user, f"its cleanup failed: {e}")
-            raise
-        # Emptied, with nothing of the job left to write there again.
-        self._emptied[lease.user] = not lease.external_processes
-        self.pool.release(lease.user)
-
-    def _cleanup_failed(self, lease: Lease, reason):
-        self._quarantine(lease.user, f"its cleanup failed: {reason.getErrorMessage()}")
-        return reason
-
-    def _quarantine(self, user: JobUser, why: str) -> None:
-        """A user whose cleanup failed is not handed out again (the pool
-        shrinks by one) until the server restarts and reaps it."""
-        self.log.error("sandbox: job user {user} taken out of service: {why}", user=user.name, why=why)
-        self.pool.retire(user)
 
     def stop(self) -> defer.Deferred:
         """Release every lease (killing its job), then end the reaper and
@@ -327,30 +306,16 @@ class Sandbox:
             await self.starter.stop()
         for cgroup in self._slot_cgroups.values():
             cgroup.close()
+        kept, self._kept = self._kept, {}
+        for user in kept:
+            try:
+                unmount(os.path.join(self.job_root, user.name))
+            except OSError as e:
+                self.log.warn("sandbox: {e}", e=e)
         self._remove_slot_netns()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-
-    def _reap_async(self, user: JobUser, cgroup=None, unmount: str | None = None) -> defer.Deferred:
-        if self._reaper is None or self._reaper.ended.called:
-            self._reaper = _Reaper()
-            self.reactor.spawnProcess(
-                self._reaper, self.config.jail, [self.config.jail, "reaper"] + self._kill_options(), env={}
-            )
-        # (A slot's keeper, root, sits in its pids cgroup: the reaper does
-        # not count it, ext/jail-kill.c.)
-        return self._reaper.reap(user.uid, cgroup.pids_current if cgroup is not None else None, unmount)
-
-    async def _reap_and_unmount(self, lease: Lease) -> None:
-        """The reaper also detaches the tmpfs workspace once the user's
-        processes are gone: umount2 waits out an RCU grace period (~0.3 ms,
-        little CPU) that would otherwise stall the reactor once per job."""
-        workspace = lease.workspace
-        path = workspace.root if workspace.mounted and workspace.root.split() == [workspace.root] else None
-        await self._reap_async(lease.user, lease.cgroup, path)
-        if path is not None:
-            workspace.unmounted()
 
     def _job_finished(self, job: Job, result: JobResult) -> None:
         for observer in self.observers:

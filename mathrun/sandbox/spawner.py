@@ -37,7 +37,8 @@ __all__ = [
 
 class IJobEvents(Interface):
     """What a job hears from its starter, in this order: ``spawned`` (unless
-    the start failed), then ``exited``; or ``lost`` at any time instead."""
+    the start failed, or the job has no pipe to be handed: no stdin and its
+    output to a file), then ``exited``; or ``lost`` at any time instead."""
 
     def spawned(pid, fds):
         """The job runs; ``fds`` (stdin, stdout, stderr[, pidfd], without the
@@ -49,6 +50,10 @@ class IJobEvents(Interface):
 
     def lost(problem):
         """The starter died (or was down) with the job: nothing more will come."""
+
+    def output_created(name):
+        """The name of the output file the starter made for the job (only
+        for a job that asked for one: ``output_create``)."""
 
     def output(stream, data):
         """Output the starter read itself ("stdout" or "stderr"): from a
@@ -62,11 +67,13 @@ class IJobStarter(Interface):
     def start():
         """Begin serving (may start a process)."""
 
-    def spawn(argv, env, options, events, output_fd=None, stdin=True):
+    def spawn(argv, env, options, events, output_fd=None, stdin=True, output_create=None):
         """Ask for one job (``options``: the jail's ``--key value`` list);
         ``events`` (an IJobEvents) hears how it goes.  Returns the job's id.
         ``output_fd`` (optional): a file the job's stdout and stderr go to
-        instead of pipes; ``stdin=False``: no stdin pipe (/dev/null)."""
+        instead of pipes; ``stdin=False``: no stdin pipe (/dev/null).
+        ``output_create``: (directory fd, creds, prefix): such a file made
+        for the job by the starter, as ``creds`` (see SpawnServer.spawn)."""
 
     def kill(job_id):
         """Kill the job and everything it started (it then reports as usual)."""
@@ -158,9 +165,14 @@ class SpawnServer:
         self._started_at = self.reactor.seconds()
         self.pid = getattr(self._process, "pid", None)
 
-    def spawn(self, argv, env, options, events, output_fd: int | None = None, stdin: bool = True) -> int:
+    def spawn(self, argv, env, options, events, output_fd: int | None = None, stdin: bool = True, output_create=None):
         """``output_fd``: the job's stdout and stderr go straight into it (no
-        pipes); ``stdin=False``: its stdin is /dev/null (no pipe)."""
+        pipes); ``stdin=False``: its stdin is /dev/null (no pipe);
+        ``output_create`` = (directory fd, creds, prefix): that file is made
+        by the spawn server in the directory as ``creds`` (``open_as``'s
+        create, the name drawn as mkstemp's) with the request itself, no
+        round trip of its own; its name comes to ``events.output_created``
+        before ``spawned``."""
         job_id = next(self._ids)
         if self._proto is None:
             events.lost("the spawn server is not running (it is being restarted)")
@@ -173,8 +185,14 @@ class SpawnServer:
                 self._fields.clear()
             fields = self._fields[key] = option_fields(options)
         if not stdin:
-            fields = [*fields, b"stdin=null"]
-        if output_fd is not None:
+            # With no pipe to hand over either, no ``spawned`` (IJobEvents).
+            quiet = output_create is not None or output_fd is not None
+            fields = [*fields, b"stdin=null", b"quiet=1"] if quiet else [*fields, b"stdin=null"]
+        if output_create is not None:
+            directory, creds, prefix = output_create
+            fields = [*fields, b"output-create=" + os.fsencode(prefix), *_as_fields(creds)]
+            self._proto.transport.write(spawn_request(job_id, argv, env, fields), (directory,))
+        elif output_fd is not None:
             fields = [*fields, b"output-fd=1"]
             self._proto.transport.write(spawn_request(job_id, argv, env, fields), (output_fd,))
         else:
@@ -191,8 +209,7 @@ class SpawnServer:
         if self._proto is None:
             return defer.fail(OSError(errno.EAGAIN, "the spawn server is not running"))
         open_id = next(self._ids)
-        fields = [b"open", b"%d" % open_id, b"as-uid=%d" % creds.uid, b"as-gid=%d" % creds.gid]
-        fields.append(b"as-groups=" + ",".join(str(g) for g in creds.groups).encode())
+        fields = [b"open", b"%d" % open_id, *_as_fields(creds)]
         if path is not None:
             fields.append(b"path=" + os.fsencode(path))
             frame, fds = encode(fields), ()
@@ -214,10 +231,16 @@ class SpawnServer:
                 for fd in m.fds:
                     os.close(fd)
             else:
+                output = m.value(b"output")
+                if output is not None:
+                    events.output_created(os.fsdecode(output))
                 events.spawned(int(m.value(b"pid")), m.fds)
         elif m.verb == b"exited":
             events = self.jobs.pop(int(m.fields[0]), None)
             if events is not None:
+                output = m.value(b"output")  # (a quiet job's)
+                if output is not None:
+                    events.output_created(os.fsdecode(output))
                 events.exited(m.value(b"report") or b"")
         elif m.verb == b"opened":
             d = self._opens.pop(int(m.fields[0]), None)
@@ -291,6 +314,12 @@ class SpawnServer:
 
         ended.addCallback(done)
         return d
+
+
+def _as_fields(creds) -> list[bytes]:
+    """Who the spawn server opens or makes a file as."""
+    groups = b"as-groups=" + ",".join(str(g) for g in creds.groups).encode()
+    return [b"as-uid=%d" % creds.uid, b"as-gid=%d" % creds.gid, groups]
 
 
 def _kill(process) -> None:

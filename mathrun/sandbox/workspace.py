@@ -1,12 +1,17 @@
 """Per-job directories.
 
 As root, a workspace is its own size-limited tmpfs, owned by the job user and
-mode 0700: a job cannot fill the host's disk, other job users cannot look in,
-and removal is an unmount: no path inside the job's reach is ever followed
-with privileges.  The mount point (one per job user, root's, empty when
-unmounted) is kept: creating and removing a directory costs more here than
-the mount itself.  The job's private /tmp, /var/tmp and /dev/shm live in it
-too (``tmp/``), so they vanish with it.
+mode 0700: a job cannot fill the host's disk and other job users cannot look
+in.  The job's private /tmp, /var/tmp and /dev/shm live in it too (``tmp/``).
+A slot's tmpfs stays mounted from job to job: once every process of a job is
+gone (its keeper killed them all), ``empty`` removes what it left through
+descriptors (a link is removed, never followed) and puts ``work/`` and
+``tmp/`` back as they were, which costs less than a mount and an unmount
+(each umount also waits out an RCU grace period) and lets the slot's keeper
+keep its mounts.  A workspace whose processes may still run is unmounted
+instead (by the reaper, once they are dead), and the next job of the slot
+gets a fresh tmpfs.  The mount point (one per job user, root's, empty when
+unmounted) is kept.
 
 Unprivileged, it is a plain directory per slot, emptied after each job with
 the fd-based ``shutil.rmtree`` (which does not follow symlinks) and kept:
@@ -23,7 +28,7 @@ import shutil
 import stat
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_MS_NOSUID, _MS_NODEV = 2, 4
+_MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 2, 4, 32
 _MNT_DETACH = 2
 DEFAULT_SIZE = 64 << 20
 # Inodes of a workspace: one per 16 KiB, at least 1024 (a job cannot exhaust
@@ -44,6 +49,15 @@ def mount_tmpfs(path: str, size: int, inodes: int, uid: int, gid: int) -> None:
     _check(
         _libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, options),
         f"mount tmpfs on {path}",
+    )
+
+
+def remount_tmpfs(path: str, size: int, inodes: int) -> None:
+    """A new size for a kept (empty) workspace."""
+    options = f"size={size},nr_inodes={inodes}".encode()
+    _check(
+        _libc.mount(b"tmpfs", os.fsencode(path), b"tmpfs", _MS_REMOUNT | _MS_NOSUID | _MS_NODEV, options),
+        f"remount tmpfs on {path}",
     )
 
 
@@ -70,10 +84,17 @@ class Workspace:
         self.size = size
         self._mounted = False
 
-    def create(self, known_empty: bool = False) -> None:
+    def create(self, known_empty: bool = False, kept: int | None = None) -> None:
         """``known_empty``: (unprivileged) the slot's last job's workspace
         was emptied by ``remove``, and no process of that job is left: no
-        need to look."""
+        need to look.  ``kept`` (privileged): the slot's tmpfs is still
+        mounted, emptied by ``empty``, with that size."""
+        if self.privileged and kept is not None:
+            size = self.size or DEFAULT_SIZE
+            if size != kept:  # (empty: any size fits)
+                remount_tmpfs(self.root, size, max(MIN_INODES, size // BYTES_PER_INODE))
+            self._mounted = True
+            return
         if not self.privileged:
             if known_empty:
                 return
@@ -121,6 +142,39 @@ class Workspace:
         if self._mounted:
             unmount(self.root)
             self._mounted = False
+
+    @property
+    def mounted_size(self) -> int:
+        """The size the tmpfs was mounted with (privileged mode)."""
+        return self.size or DEFAULT_SIZE
+
+    def empty(self) -> None:
+        """Privileged, with no process of the job left: remove what the job
+        left in its tmpfs, which stays mounted, through descriptors; put
+        ``work/`` and ``tmp/`` back, the job user's and mode 0700 (a job may
+        have replaced, moved or opened them up); raises OSError when the
+        root is no longer a mount of ours."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if st.st_dev == os.lstat(os.path.dirname(self.root)).st_dev:
+                raise OSError(errno.EINVAL, f"{self.root} is no longer mounted")
+            uid, gid = self.owner.uid, self.owner.gid
+            if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (0o700, uid, gid):
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, 0o700)
+            kept = set()
+            for name in os.listdir(fd):
+                if name in ("work", "tmp") and _empty_at(fd, name, uid, gid):
+                    kept.add(name)
+                else:
+                    _remove_at(fd, name)
+            for name in ("work", "tmp"):
+                if name not in kept:
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                    os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+        finally:
+            os.close(fd)
 
     def remove(self) -> None:
         """Unmount (privileged), or empty without following links."""
@@ -245,6 +299,42 @@ def _empty(directory: str) -> None:
                 os.unlink(name, dir_fd=fd)
     finally:
         os.close(fd)
+
+
+def _is_dir(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _remove_at(dir_fd: int, name: str) -> None:
+    """Remove ``name`` in ``dir_fd``, a tree or not, never following a link."""
+    if _is_dir(dir_fd, name):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _empty_at(dir_fd: int, name: str, uid: int, gid: int) -> bool:
+    """Empty the directory ``name`` in ``dir_fd`` (opened without following
+    a link) and make it ``uid``'s, mode 0700; False if it is not a directory."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            return False
+        raise
+    try:
+        st = os.fstat(fd)
+        if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (0o700, uid, gid):
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, 0o700)
+        for entry in os.listdir(fd):
+            _remove_at(fd, entry)
+    finally:
+        os.close(fd)
+    return True
 
 
 def _safe_parts(name: str) -> list[str]:

@@ -112,6 +112,10 @@ class OwnFiles:
     def output(self, client) -> tuple[int, str]:
         return make_output_file(self.output_dir)
 
+    def spawn_output(self, client) -> None:
+        """No output file made by the spawn server (see ClientFiles)."""
+        return None
+
     def discard(self, path: str) -> None:
         """An output file nobody will read (its client left)."""
         with contextlib.suppress(FileNotFoundError):
@@ -139,14 +143,15 @@ class ClientFiles:
         d.addCallbacks(read_fd, lambda _: None, callbackArgs=(self.limit,))
         return d
 
-    def inputs(self, lease, client, run) -> defer.Deferred:
-        """(args, stdin bytes): absolute paths the client may read are
-        copied into the workspace (the job's /tmp is private, so the client's
-        are not seen); one it may not read is passed on unread."""
+    def inputs(self, lease, client, run):
+        """(args, stdin bytes), or a Deferred of them when there are files to
+        read: absolute paths the client may read are copied into the
+        workspace (the job's /tmp is private, so the client's are not seen);
+        one it may not read is passed on unread."""
         creds = client.creds
-        if creds is None:
-            return defer.succeed((list(run.args), b""))
         wanted = [(n, arg) for n, arg in enumerate(run.args) if arg.startswith("/")]
+        if creds is None or (not wanted and run.stdin is None):
+            return list(run.args), b""
         reads = [self._read(creds, arg) for _n, arg in wanted]
         if run.stdin is not None:
             reads.append(self._read(creds, run.stdin))
@@ -173,6 +178,18 @@ class ClientFiles:
                 os.fchown(fd, creds.uid, -1)
             return defer.succeed((fd, path))
         return self._create(creds, 8)
+
+    def spawn_output(self, client) -> tuple[int, object, str] | None:
+        """After a hand-off: the output file is made by the spawn server,
+        as the caller, in the caller's directory, with the spawn request
+        itself (IJobStarter.spawn's ``output_create``); None otherwise."""
+        if self.caller_dir is None or client.creds is None:
+            return None
+        return self.caller_dir[0], client.creds, "why3"
+
+    def created_path(self, name: str) -> str:
+        """The path of an output file the spawn server made (spawn_output)."""
+        return os.path.join(self.caller_dir[1], name)
 
     def discard(self, path: str) -> None:
         """An output file nobody will read (its client left): in the

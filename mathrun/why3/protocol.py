@@ -130,8 +130,18 @@ class Why3Protocol(LineOnlyReceiver):
         self.factory.request(self, request)
 
     def send(self, data: bytes):
-        if self.transport is not None and not self.transport.disconnecting:
-            self.transport.write(data)
+        transport = self.transport
+        if transport is None or transport.disconnecting:
+            return
+        # A line goes out at once when nothing waits before it: no reactor
+        # turn (and two epoll changes) per S and F line; the rest, if the
+        # socket took only part of it, through the transport's buffer.
+        if getattr(transport, "_tempDataLen", 1) == 0 and len(transport.dataBuffer) == transport.offset:
+            sent = transport.writeSomeData(data)
+            if isinstance(sent, int):
+                data = data[sent:]
+        if data:
+            transport.write(data)
 
     def connectionLost(self, reason):
         self.factory.client_lost(self)

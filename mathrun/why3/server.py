@@ -158,11 +158,15 @@ class Why3Server(protocol.Factory):
         coroutine per task (this is the hot path of a proof session)."""
         try:
             limits = self._limits(request.run)
-            d = self.sandbox.acquire(limits.workspace_bytes)
+            now = getattr(self.sandbox, "try_acquire", None)  # (a job user free: no Deferred)
+            lease = now(limits.workspace_bytes) if now is not None else None
+            d = self.sandbox.acquire(limits.workspace_bytes) if lease is None else None
         except Exception:
             self._failed(request)
             self._done(request, None)
-            return
+            return None
+        if d is None:
+            return self._leased(lease, request, limits)
         d.addCallbacks(self._leased, self._lease_failed, callbackArgs=(request, limits), errbackArgs=(request,))
 
     def _lease_failed(self, reason, request: Request) -> None:
@@ -175,16 +179,37 @@ class Why3Server(protocol.Factory):
         try:
             if self._gone_or_interrupted(request, lease):
                 return
+            create = self.files.spawn_output(client)
+            if create is not None:  # (the spawn server makes the output file with the spawn)
+                inputs = self.files.inputs(lease, client, run)
+                if not isinstance(inputs, defer.Deferred):
+                    return self._start(request, lease, limits, *inputs, create)
+                inputs.addCallbacks(
+                    self._inputs_read, self._prepare_failed, (request, lease, limits, create), None, (request, lease)
+                )
+                return None
             if self.files.synchronous:
                 args, stdin = self.files.inputs(lease, client, run)
                 request.fd, request.path = self.files.output(client)
                 self._start(request, lease, limits, args, stdin)
-                return
-            d = defer.DeferredList([self.files.inputs(lease, client, run), self.files.output(client)])
+                return None
+            d = defer.DeferredList(
+                [defer.maybeDeferred(self.files.inputs, lease, client, run), self.files.output(client)]
+            )
         except Exception:
             self._failed(request)
             return self._done(request, lease)
         d.addCallback(self._prepared, request, lease, limits)
+        return None
+
+    def _inputs_read(self, inputs, request: Request, lease, limits: Limits, create) -> None:
+        if not self._gone_or_interrupted(request, lease):
+            self._start(request, lease, limits, *inputs, create)
+
+    def _prepare_failed(self, reason, request: Request, lease) -> None:
+        self.log.failure("why3 request {id} failed", reason, id=request.run.id)
+        self._failed(request, logged=True)
+        self._done(request, lease)
 
     def _gone_or_interrupted(self, request: Request, lease) -> bool:
         if request.client not in self.clients or self.stopped:
@@ -212,32 +237,55 @@ class Why3Server(protocol.Factory):
             self._failed(request)
             self._done(request, lease)
 
-    def _start(self, request: Request, lease, limits: Limits, args: list[str], stdin: bytes) -> None:
+    def _start(self, request: Request, lease, limits: Limits, args: list[str], stdin: bytes, create=None) -> None:
         run = request.run
         try:
             # The prover writes its output file itself, as the C server's do.
-            request.job = lease.spawn([run.cmd, *args], limits, frontend="why3", stdin=stdin, output_fd=request.fd)
+            extra = {"output_create": create} if create is not None else {"output_fd": request.fd}
+            request.job = lease.spawn([run.cmd, *args], limits, frontend="why3", stdin=stdin, **extra)
             request.client.send(wire.started(run.id))
         except Exception:
             self._failed(request)
             return self._done(request, lease)
+        request.job.on_end = lambda: self._ended(request)
         request.job.done.addCallback(self._ran, request, lease)
+        return None
+
+    def _ended(self, request: Request) -> None:
+        """The prover is gone: the next request may start (in another slot)
+        before this one's answer and its lease's release."""
+        self.running.discard(request)
+        self._schedule()
 
     def _ran(self, result, request: Request, lease) -> None:
         try:
-            self._finish(request, result)
+            self._output_of(request)
+            if request.path is None:  # (its output file was never made: the job did not start)
+                self._with_output(request, lambda: self._finish(request, result))
+            else:
+                self._finish(request, result)
         except Exception:
             self._failed(request)
         self._done(request, lease)
+
+    def _output_of(self, request: Request) -> None:
+        """The path of the output file the spawn server made, once known."""
+        job = request.job
+        if request.path is None and job is not None and job.output_name is not None:
+            request.path = self.files.created_path(job.output_name)
 
     def _failed(self, request: Request, logged: bool = False) -> None:
         """Every request gets its F, even when the server failed it."""
         client, run = request.client, request.run
         if not logged:
             self.log.failure("why3 request {id} failed", id=run.id)
+        self._output_of(request)
         if request.state == "answered" or client not in self.clients:
             return
         request.state = "failing"
+        if request.fd is None and request.path is not None:
+            self.files.discard(request.path)  # (made by the spawn server: a new one to write to)
+            request.path = None
 
         def answer():
             try:
@@ -278,6 +326,7 @@ class Why3Server(protocol.Factory):
         return None
 
     def _done(self, request: Request, lease) -> None:
+        self._output_of(request)
         if request.state != "failing":
             self._close_output(request)
             if request.state != "answered" and request.path is not None:
