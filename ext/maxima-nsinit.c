@@ -15,8 +15,9 @@
  *                               fd 3, when open: the base mount namespace
  *
  * Without fd 3 the keeper makes the base: a copy of the host's mounts,
- * slaves of them, without the namespace files (nsfs) and what is mounted
- * under STATE_DIR (every slot's workspace, of this server and of others);
+ * slaves of them, without the namespace files (nsfs), the cgroup file
+ * systems and what is mounted under STATE_DIR (every slot's workspace, of
+ * this server and of others);
  * the mother keeps it for the slots after.  With fd 3 it copies the base.
  *
  * A job's orphans (gnuplot still writing a plot when Maxima exits) are
@@ -126,8 +127,11 @@ static long read_table(void)
     return have;
 }
 
-/* Detach the namespace files and the mounts below `dir` (stacked ones
- * take a round each).  Returns 0 or -errno. */
+#define CGROUPS "/sys/fs/cgroup"
+
+/* Detach the namespace files, the mounts below `dir` and the cgroup file
+ * systems (a child joins its cgroups before it enters the slot's mounts);
+ * stacked ones take a round each.  Returns 0 or -errno. */
 static long detach_mounts(const char *dir)
 {
     static char point[4096];
@@ -141,7 +145,8 @@ static long detach_mounts(const char *dir)
             return r;
         for (char *line = table; *line; line++) {
             if (field(line, 4, point, sizeof point) == 0
-                && (is_nsfs(line) || (n > 1 && starts_with(point, dir, n) && point[n] == '/'))
+                && (is_nsfs(line) || (n > 1 && starts_with(point, dir, n) && point[n] == '/')
+                    || (starts_with(point, CGROUPS, sizeof CGROUPS - 1) && (point[sizeof CGROUPS - 1] == '/' || !point[sizeof CGROUPS - 1])))
                 && sys(__NR_umount2, (long)point, MNT_DETACH_, 0, 0, 0) == 0)
                 found = 1;
             while (*line && *line != '\n')

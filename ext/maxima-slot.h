@@ -14,12 +14,12 @@ int maxima_slot_init(const char *keeper_path);
  * `step` says which step failed. */
 pid_t maxima_slot_fork(uid_t uid, const char *root, const char **step);
 
-/* In the child, before jail_enter: joins the slot's network namespace
- * (cfg->netns), enters a copy of the slot's mount namespace with its own
+/* In the child, before jail_enter: joins its cgroups and the slot's network
+ * namespace (cfg->netns), enters a copy of the slot's mount namespace with its own
  * IPC namespace, mounts the workspace (`root`, a mount of the server's
  * namespace, cloned) at its path and its tmp/ over /tmp, /var/tmp, /dev/shm
  * and /run/lock; then clears what jail_enter must not do again (the
- * network namespace, the private mounts, the /proc). */
+ * cgroups, the network namespace, the private mounts, the /proc). */
 int maxima_slot_enter(struct jail_config *cfg, const char *root, const char **step);
 
 #endif
