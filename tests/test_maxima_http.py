@@ -255,6 +255,21 @@ class HttpApiTests(unittest.TestCase):
         self.assertEqual((state["mother"], state["ready"], state["busy"]), ("ready", 2, 0))
 
     @async_test
+    async def test_a_retired_child_is_gone_before_its_cleanup(self):
+        await self.server.ready()
+        child = self.server.pool.ready[0]
+        pid = child.pid
+        child.kill()
+        await within(child.exited())
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "gone"
+        self.assertIn(state, ("gone", "Z", "X"))
+        await self.server.quiet()
+
+    @async_test
     async def test_metrics(self):
         await self.server.post("1+1;")
         await self.server.post("1+1;", timeout="x")
