@@ -125,6 +125,10 @@ int jail_seccomp(void);
  * jail_enter sets. */
 int jail_seccomp_prepare(void);
 
+/* The same with SysV IPC and POSIX message queues denied too, for jobs that
+ * share an IPC namespace with their slot's other jobs (Maxima children). */
+int jail_seccomp_prepare_without_ipc(void);
+
 /* The prepared program (after jail_seccomp_prepare), and using one made
  * earlier: `make` exports it at build time (seccomp-gen) into
  * jail-seccomp-bpf.h, so that mathrun-jail, a fresh process per job, skips

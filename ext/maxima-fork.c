@@ -309,7 +309,7 @@ const char *mathrun_fork_loop(const char *netns)
     ignore.sa_handler = SIG_IGN;
     ignore.sa_flags = SA_NOCLDWAIT;
     sigaction(SIGCHLD, &ignore, &saved_sigchld);
-    if (jail_seccomp_prepare() < 0) {
+    if (jail_seccomp_prepare_without_ipc() < 0) { /* the slot's IPC namespace is shared */
         say(1, "failed - seccomp filter: %s", strerror(errno));
         _exit(1);
     }
@@ -332,8 +332,12 @@ const char *mathrun_fork_loop(const char *netns)
         /* As root (UID not -1), the child goes into its slot's namespaces. */
         const char *step = "fork";
         long long uid = -1;
+        const char *netns = NULL;
+        for (int i = 9; i < n; i++)
+            if (strncmp(w[i], "netns=", 6) == 0)
+                netns = w[i] + 6;
         pid_t pid = parse_number(w[2], &uid) < 0 || w[4][0] != '/' ? (errno = EINVAL, -1)
-                    : uid != -1                                   ? maxima_slot_fork((uid_t)uid, w[4], &step)
+                    : uid != -1                                   ? maxima_slot_fork((uid_t)uid, w[4], netns, &step)
                                                                   : fork();
         if (pid < 0) {
             say(1, "failed %s %s: %s", w[1], step, strerror(errno));

@@ -8,7 +8,8 @@
  * child's private mounts costs a tenth of what a copy of the host's did,
  * and no init, /proc or MS_SLAVE remount is made per child.
  *
- *   maxima-nsinit STATE_DIR     fd 0: the mother's life pipe (end of file:
+ *   maxima-nsinit STATE_DIR [NETNS]
+ *                               fd 0: the mother's life pipe (end of file:
  *                               the mother has ended); fd 1: where the
  *                               keeper writes one byte once set up (0, or
  *                               the errno of the step that failed);
@@ -19,6 +20,10 @@
  * systems and what is mounted under STATE_DIR (every slot's workspace, of
  * this server and of others);
  * the mother keeps it for the slots after.  With fd 3 it copies the base.
+ * It also joins the slot's network namespace (NETNS, a namespace file) and
+ * makes the slot's IPC namespace (the children may make no IPC object in it:
+ * their filter denies SysV IPC and message queues), so that a child joins
+ * all three at once with one setns of the keeper's pidfd.
  *
  * A job's orphans (gnuplot still writing a plot when Maxima exits) are
  * reparented here; SIGCHLD is ignored, so the kernel reaps them.  The keeper
@@ -33,6 +38,8 @@
 #include <linux/prctl.h>
 
 #define CLONE_NEWNS_ 0x00020000
+#define CLONE_NEWIPC_ 0x08000000
+#define CLONE_NEWNET_ 0x40000000
 #define MS_NOSUID_ 2
 #define MS_NODEV_ 4
 #define MS_NOEXEC_ 8
@@ -160,9 +167,21 @@ static long detach_mounts(const char *dir)
     return 0;
 }
 
-static long set_up(const char *state_dir)
+static long join_netns(const char *netns)
+{
+    long fd = sys(__NR_openat, AT_FDCWD_, (long)netns, O_CLOEXEC_, 0, 0);
+    if (fd < 0)
+        return fd;
+    long r = sys(__NR_setns, fd, CLONE_NEWNET_, 0, 0, 0);
+    sys(__NR_close, fd, 0, 0, 0, 0);
+    return r;
+}
+
+static long set_up(const char *state_dir, const char *netns)
 {
     long r;
+    if ((netns && (r = join_netns(netns)) < 0) || (r = sys(__NR_unshare, CLONE_NEWIPC_, 0, 0, 0, 0)) < 0)
+        return r;
     if (sys(__NR_fcntl, 3, F_GETFD_, 0, 0, 0) >= 0) {
         /* A slot after the first: a copy of the base, whose /proc is the first slot's. */
         if ((r = sys(__NR_setns, 3, CLONE_NEWNS_, 0, 0, 0)) < 0 || (r = sys(__NR_unshare, CLONE_NEWNS_, 0, 0, 0, 0)) < 0)
@@ -201,7 +220,7 @@ static int others_left(void)
     return left;
 }
 
-static void keeper(const char *state_dir)
+static void keeper(const char *state_dir, const char *netns)
 {
     struct ksigaction ignore = {1 /* SIG_IGN */, 0, 0, 0};
     unsigned long none = 0;
@@ -213,7 +232,7 @@ static void keeper(const char *state_dir)
     sys(__NR_setpriority, 0 /* PRIO_PROCESS */, 0, 0, 0, 0);
     sys(__NR_rt_sigaction, SIGCHLD_, (long)&ignore, 0, 8, 0);
     sys(__NR_rt_sigprocmask, 2 /* SIG_SETMASK */, (long)&none, 0, 8, 0);
-    r = state_dir ? set_up(state_dir) : -22;
+    r = state_dir ? set_up(state_dir, netns) : -22;
     status = (unsigned char)(r < 0 ? -r : 0);
     sys(__NR_write, 1, (long)&status, 1, 0, 0);
     if (r < 0)
@@ -241,14 +260,14 @@ __asm__(".globl _start\n_start:\n\txor %ebp, %ebp\n\tmov %rsp, %rdi\n\tand $-16,
 
 __attribute__((used, noreturn)) void nsinit_start(long *sp)
 {
-    keeper(sp[0] > 1 ? (const char *)sp[2] : 0);
+    keeper(sp[0] > 1 ? (const char *)sp[2] : 0, sp[0] > 2 ? (const char *)sp[3] : 0);
     for (;;)
         sys(__NR_exit_group, 1, 0, 0, 0, 0);
 }
 #else
 int main(int argc, char **argv)
 {
-    keeper(argc > 1 ? argv[1] : 0);
+    keeper(argc > 1 ? argv[1] : 0, argc > 2 ? argv[2] : 0);
     return 1;
 }
 #endif

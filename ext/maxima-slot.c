@@ -9,9 +9,10 @@
  * keeper's PID namespace (setns of the mother's pid_for_children around the
  * fork) and enters a copy of the keeper's mount namespace: no init exec'ed,
  * no /proc mounted and no copy of every host mount made per child.  The
- * child still has its own mount and IPC namespaces (what it mounts, and any
- * SysV object it makes, die with it), the slot's network namespace, its
- * cgroups, the uid switch and the filter (jail_enter).  In the slot's /proc
+ * child still has its own mount namespace (what it mounts dies with it),
+ * the slot's network and IPC namespaces (the latter the keeper's, where its
+ * filter lets no job make an object), its cgroups, the uid switch and the
+ * filter (jail_enter).  In the slot's /proc
  * (hidepid=invisible) a job sees its own processes only: the keeper is
  * root's, the child itself is not dumpable, and the slot's earlier jobs
  * were killed by the cleanup before its user was handed out again. */
@@ -43,8 +44,7 @@
 struct slot {
     uid_t uid;
     pid_t pid;  /* the keeper */
-    int pidfd;  /* its pidfd: its PID namespace */
-    int mnt;    /* its mount namespace */
+    int pidfd;  /* its pidfd: its PID, mount, IPC and network namespaces */
 };
 
 static struct slot slots[MAX_SLOTS];
@@ -73,14 +73,14 @@ int maxima_slot_init(const char *keeper_path)
 /* vfork and exec the keeper under a full signal mask (no handler of the
  * mother's can run in the vfork child, which shares its memory): fd 0 the
  * life pipe, fd 1 `ready`, fd 3 the base mount namespace if there is one. */
-static __attribute__((noinline)) pid_t spawn_keeper(char *state_dir, int ready)
+static __attribute__((noinline)) pid_t spawn_keeper(char *state_dir, char *netns, int ready)
 {
     sigset_t all, old;
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
     pid_t pid = vfork();
     if (pid == 0) {
-        char *argv[] = {keeper, state_dir, NULL}, *envp[] = {NULL};
+        char *argv[] = {keeper, state_dir, netns, NULL}, *envp[] = {NULL};
         if (dup2(life[0], 0) == 0 && dup2(ready, 1) == 1
             && (base_mnt >= 0 ? dup2(base_mnt, 3) == 3 : (close(3), 1)))
             execve(keeper, argv, envp);
@@ -93,15 +93,16 @@ static __attribute__((noinline)) pid_t spawn_keeper(char *state_dir, int ready)
 }
 
 /* Start the keeper of slot `s`; 0, or -1 with errno. */
-static int start_keeper(struct slot *s, const char *root)
+static int start_keeper(struct slot *s, const char *root, const char *netns)
 {
-    char state_dir[PATH_MAX], path[64];
+    char state_dir[PATH_MAX], net[PATH_MAX], path[64];
     int ready[2];
     unsigned char status = 0;
     snprintf(state_dir, sizeof state_dir, "%s", root);
     for (int up = 0; up < 2; up++) /* ROOT = STATE_DIR/jobs-PREFIX/USER */
         if (strrchr(state_dir, '/') > state_dir)
             *strrchr(state_dir, '/') = 0;
+    snprintf(net, sizeof net, "%s", netns ? netns : "");
     if (pipe2(ready, O_CLOEXEC) < 0)
         return -1;
     if (unshare(CLONE_NEWPID) < 0) {
@@ -109,7 +110,7 @@ static int start_keeper(struct slot *s, const char *root)
         close(ready[1]);
         return -1;
     }
-    pid_t pid = spawn_keeper(state_dir, ready[1]);
+    pid_t pid = spawn_keeper(state_dir, netns ? net : NULL, ready[1]);
     int saved = errno;
     if (setns(own_pidns, CLONE_NEWPID) < 0)
         abort(); /* children in the wrong namespace from now on: refuse to go on */
@@ -126,23 +127,20 @@ static int start_keeper(struct slot *s, const char *root)
     snprintf(path, sizeof path, "/proc/%d/ns/mnt", (int)pid);
     s->pid = pid;
     s->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
-    s->mnt = open(path, O_RDONLY | O_CLOEXEC);
-    if (s->pidfd < 0 || s->mnt < 0) {
+    if (s->pidfd >= 0 && base_mnt < 0 && (base_mnt = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+        close(s->pidfd);
+        s->pidfd = -1;
+    }
+    if (s->pidfd < 0) {
         saved = errno;
-        if (s->pidfd >= 0)
-            close(s->pidfd);
-        if (s->mnt >= 0)
-            close(s->mnt);
         kill(pid, SIGKILL);
         errno = saved;
         return -1;
     }
-    if (base_mnt < 0)
-        base_mnt = fcntl(s->mnt, F_DUPFD_CLOEXEC, 0);
     return 0;
 }
 
-static struct slot *slot_of(uid_t uid, const char *root)
+static struct slot *slot_of(uid_t uid, const char *root, const char *netns)
 {
     for (int i = 0; i < nslots; i++)
         if (slots[i].uid == uid && slots[i].pidfd >= 0)
@@ -158,8 +156,8 @@ static struct slot *slot_of(uid_t uid, const char *root)
         return NULL;
     }
     s->uid = uid;
-    s->pidfd = s->mnt = -1;
-    if (start_keeper(s, root) < 0) {
+    s->pidfd = -1;
+    if (start_keeper(s, root, netns) < 0) {
         s->pidfd = -1;
         return NULL;
     }
@@ -171,16 +169,15 @@ static struct slot *slot_of(uid_t uid, const char *root)
 static void forget(struct slot *s)
 {
     close(s->pidfd);
-    close(s->mnt);
-    s->pidfd = s->mnt = -1;
+    s->pidfd = -1;
 }
 
-pid_t maxima_slot_fork(uid_t uid, const char *root, const char **step)
+pid_t maxima_slot_fork(uid_t uid, const char *root, const char *netns, const char **step)
 {
     struct slot *s = NULL;
     for (int attempt = 0; !s; attempt++) {
         *step = "start the slot's keeper";
-        if (!(s = slot_of(uid, root)))
+        if (!(s = slot_of(uid, root, netns)))
             return -1;
         *step = "enter the slot's PID namespace";
         if (setns(s->pidfd, CLONE_NEWPID) < 0) {
@@ -222,17 +219,6 @@ static int mkdir_parents(char *path)
         if (!c)
             return 0;
     }
-}
-
-static int join_netns(const char *netns)
-{
-    int fd = open(netns, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    int r = setns(fd, CLONE_NEWNET), saved = errno;
-    close(fd);
-    errno = saved;
-    return r;
 }
 
 /* The shared writable directories, bound to the workspace's tmp/. */
@@ -286,17 +272,16 @@ int maxima_slot_enter(struct jail_config *cfg, const char *root, const char **st
     *step = "join the cgroups";
     if (join_cgroups(cfg) < 0)
         return -1;
-    *step = "join the network namespace";
-    if (cfg->netns && join_netns(cfg->netns) < 0)
-        return -1;
     /* The workspace, a mount of the server's namespace: a detached clone of
      * it can be attached in the child's. */
     *step = "clone the workspace mount";
     int tree = (int)syscall(SYS_open_tree, AT_FDCWD, root, OPEN_TREE_CLONE | O_CLOEXEC);
     if (tree < 0)
         return -1;
-    *step = "enter the slot's mount namespace";
-    if (setns(entered->mnt, CLONE_NEWNS) < 0 || unshare(CLONE_NEWNS | CLONE_NEWIPC) < 0)
+    /* The keeper's network (the slot's), IPC and mount namespaces at once;
+     * then a copy of the mount namespace, for the child's own mounts. */
+    *step = "enter the slot's namespaces";
+    if (setns(entered->pidfd, CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWNET) < 0 || unshare(CLONE_NEWNS) < 0)
         return -1;
     *step = "mount the workspace";
     snprintf(point, sizeof point, "%s", root);
