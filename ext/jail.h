@@ -125,9 +125,10 @@ int jail_seccomp(void);
  * jail_enter sets. */
 int jail_seccomp_prepare(void);
 
-/* The same with SysV IPC and POSIX message queues denied too, for jobs that
- * share an IPC namespace with their slot's other jobs (Maxima children). */
-int jail_seccomp_prepare_without_ipc(void);
+/* The same for the Maxima children: SysV IPC and POSIX message queues
+ * denied too (they share an IPC namespace with their slot's other jobs), and
+ * loaded without the kernel's action cache (they live short). */
+int jail_seccomp_prepare_maxima(void);
 
 /* The prepared program (after jail_seccomp_prepare), and using one made
  * earlier: `make` exports it at build time (seccomp-gen) into

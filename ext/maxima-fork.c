@@ -309,7 +309,7 @@ const char *mathrun_fork_loop(const char *netns)
     ignore.sa_handler = SIG_IGN;
     ignore.sa_flags = SA_NOCLDWAIT;
     sigaction(SIGCHLD, &ignore, &saved_sigchld);
-    if (jail_seccomp_prepare_without_ipc() < 0) { /* the slot's IPC namespace is shared */
+    if (jail_seccomp_prepare_maxima() < 0) { /* the slot's IPC namespace is shared */
         say(1, "failed - seccomp filter: %s", strerror(errno));
         _exit(1);
     }
