@@ -132,7 +132,7 @@ int jail_seccomp_prepare(void)
     return prepared ? 0 : build(0, 0);
 }
 
-/* For short-lived jobs (a Maxima child makes a few hundred system calls): a
+/* For short-lived jobs (a Maxima child makes ~90 system calls per request): a
  * first instruction that loads a word the kernel's action cache cannot know
  * in advance (the instruction pointer) makes the kernel give up that cache
  * at load, where filling it runs the filter once for each of the ~460 syscall
