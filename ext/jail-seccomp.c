@@ -148,7 +148,8 @@ static int skip_action_cache(void)
         errno = ENOMEM;
         return -1;
     }
-    prog[0] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, instruction_pointer));
+    prog[0] = (struct sock_filter)BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+                                           offsetof(struct seccomp_data, instruction_pointer));
     memcpy(prog + 1, prepared, prepared_len * sizeof *prog);
     free(prepared);
     prepared = prog;

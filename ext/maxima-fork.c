@@ -344,9 +344,11 @@ const char *mathrun_fork_loop(const char *netns)
         for (int i = 9; i < n; i++)
             if (strncmp(w[i], "netns=", 6) == 0)
                 netns = w[i] + 6;
-        pid_t pid = parse_number(w[2], &uid) < 0 || w[4][0] != '/' ? (errno = EINVAL, -1)
-                    : uid != -1                                   ? maxima_slot_fork((uid_t)uid, w[4], netns, &step)
-                                                                  : fork();
+        pid_t pid;
+        if (parse_number(w[2], &uid) < 0 || w[4][0] != '/')
+            pid = -1, errno = EINVAL;
+        else
+            pid = uid != -1 ? maxima_slot_fork((uid_t)uid, w[4], netns, &step) : fork();
         if (pid < 0) {
             say(1, "failed %s %s: %s", w[1], step, strerror(errno));
             continue;

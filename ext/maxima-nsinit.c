@@ -127,7 +127,8 @@ static long read_table(void)
     long fd = sys(__NR_openat, AT_FDCWD_, (long)"/proc/self/mountinfo", O_CLOEXEC_, 0, 0), have = 0, r;
     if (fd < 0)
         return fd;
-    while (have < (long)sizeof table - 1 && (r = sys(__NR_read, fd, (long)table + have, sizeof table - 1 - have, 0, 0)) > 0)
+    long room = (long)sizeof table - 1;
+    while (have < room && (r = sys(__NR_read, fd, (long)table + have, room - have, 0, 0)) > 0)
         have += r;
     sys(__NR_close, fd, 0, 0, 0, 0);
     table[have] = 0;
@@ -135,6 +136,12 @@ static long read_table(void)
 }
 
 #define CGROUPS "/sys/fs/cgroup"
+
+/* Whether `point` is `dir` or below it (`n`: its length). */
+static int at_or_below(const char *point, const char *dir, long n)
+{
+    return starts_with(point, dir, n) && (point[n] == '/' || !point[n]);
+}
 
 /* Detach the namespace files, the mounts below `dir` and the cgroup file
  * systems (a child joins its cgroups before it enters the slot's mounts);
@@ -153,7 +160,7 @@ static long detach_mounts(const char *dir)
         for (char *line = table; *line; line++) {
             if (field(line, 4, point, sizeof point) == 0
                 && (is_nsfs(line) || (n > 1 && starts_with(point, dir, n) && point[n] == '/')
-                    || (starts_with(point, CGROUPS, sizeof CGROUPS - 1) && (point[sizeof CGROUPS - 1] == '/' || !point[sizeof CGROUPS - 1])))
+                    || at_or_below(point, CGROUPS, sizeof CGROUPS - 1))
                 && sys(__NR_umount2, (long)point, MNT_DETACH_, 0, 0, 0) == 0)
                 found = 1;
             while (*line && *line != '\n')
@@ -184,7 +191,9 @@ static long set_up(const char *state_dir, const char *netns)
         return r;
     if (sys(__NR_fcntl, 3, F_GETFD_, 0, 0, 0) >= 0) {
         /* A slot after the first: a copy of the base, whose /proc is the first slot's. */
-        if ((r = sys(__NR_setns, 3, CLONE_NEWNS_, 0, 0, 0)) < 0 || (r = sys(__NR_unshare, CLONE_NEWNS_, 0, 0, 0, 0)) < 0)
+        if ((r = sys(__NR_setns, 3, CLONE_NEWNS_, 0, 0, 0)) < 0)
+            return r;
+        if ((r = sys(__NR_unshare, CLONE_NEWNS_, 0, 0, 0, 0)) < 0)
             return r;
         sys(__NR_umount2, (long)"/proc", MNT_DETACH_, 0, 0, 0);
     } else if ((r = sys(__NR_unshare, CLONE_NEWNS_, 0, 0, 0, 0)) < 0
@@ -240,7 +249,8 @@ static void keeper(const char *state_dir, const char *netns)
     sys(__NR_close_range, 1, ~0U, 0, 0, 0);
     /* Until the mother ends (its end of the life pipe closes)... */
     struct pollfd p = {0, POLLIN, 0};
-    while ((r = sys(__NR_poll, (long)&p, 1, -1, 0, 0)) == -EINTR_ || (r > 0 && !(p.revents & (POLLHUP | POLLERR)))) {
+    while ((r = sys(__NR_poll, (long)&p, 1, -1, 0, 0)) == -EINTR_
+           || (r > 0 && !(p.revents & (POLLHUP | POLLERR)))) {
         char c;
         if (r > 0 && sys(__NR_read, 0, (long)&c, 1, 0, 0) == 0)
             break;
@@ -256,7 +266,8 @@ static void keeper(const char *state_dir, const char *netns)
 }
 
 #if defined(__x86_64__) && defined(MAXIMA_NSINIT_RAW)
-__asm__(".globl _start\n_start:\n\txor %ebp, %ebp\n\tmov %rsp, %rdi\n\tand $-16, %rsp\n\tcall nsinit_start\n\thlt\n");
+__asm__(".globl _start\n_start:\n\txor %ebp, %ebp\n\tmov %rsp, %rdi\n"
+        "\tand $-16, %rsp\n\tcall nsinit_start\n\thlt\n");
 
 __attribute__((used, noreturn)) void nsinit_start(long *sp)
 {
