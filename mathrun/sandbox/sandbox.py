@@ -29,7 +29,7 @@ from .reaper import _JobLogger, _Reaper
 from .result import JobResult
 from .spawner import SpawnServer
 from .userns import userns_refusal
-from .workspace import Workspace, remove_pipes, unmount
+from .workspace import Workspace, unmount
 
 __all__ = [
     "DEFAULT_JAIL",
@@ -187,8 +187,6 @@ class Sandbox:
                 unmount(path)
             if not self.privileged:
                 shutil.rmtree(path)
-            elif os.path.isdir(path) and not os.path.ismount(path):
-                remove_pipes(path)  # a Maxima child's, of a server that was killed
 
     def job_netns(self, user: JobUser) -> str:
         """The network namespace of a job user's jobs (privileged mode, no

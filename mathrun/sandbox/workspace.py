@@ -54,18 +54,6 @@ def unmount(path: str) -> None:
     _check(_libc.umount2(os.fsencode(path), _MNT_DETACH), f"unmount {path}")
 
 
-def remove_pipes(root: str) -> None:
-    """The named pipes a Maxima child's slot directory (``child_mounts``)
-    holds while the child starts: only FIFOs, never followed."""
-    for name in ("inpipe", "outpipe"):
-        path = os.path.join(root, name)
-        try:
-            if stat.S_ISFIFO(os.lstat(path).st_mode):
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-
-
 class FileTooLarge(Exception):
     """A file to read is over the caller's limit: refused whole, never cut."""
 
