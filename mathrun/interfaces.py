@@ -107,9 +107,6 @@ class IMaximaChild(Interface):
     def kill():
         """Kill it."""
 
-    def hold():
-        """Take the ready child for a job: False if it has died meanwhile."""
-
     def exited():
         """A Deferred firing once the child's process has ended (or a bound
         time has passed): its user's cleanup follows."""

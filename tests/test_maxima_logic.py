@@ -359,9 +359,6 @@ class FakeChild:
     def exited(self):
         return defer.succeed(None)
 
-    def hold(self):
-        return self.state == "ready"
-
 
 @implementer(IMother)
 class FakeMother:

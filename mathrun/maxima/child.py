@@ -210,6 +210,8 @@ class Child:
         self._started = self.reactor.seconds()
         limits = self.limits.with_wall_seconds(min(timeout, self.limits.wall_seconds or timeout))
         self.job = self.lease.adopt(self, limits, frontend="maxima")
+        if self._own_mounts:
+            self._hold_output()
         for data in self._early:
             self.job.output("stdout", data)
         self._early = []
@@ -246,25 +248,23 @@ class Child:
             self._writer.write(text[sent:])
             self._writer.loseConnection()
 
-    def hold(self) -> bool:
-        """Take the ready child for a job; False if it has died meanwhile.
-        A child's own workspace ends with its mount namespace: its output/
-        is held from now (nothing of the job has run yet) for the plots."""
-        if not self._own_mounts or self._output_fd >= 0:
-            return True
+    def _hold_output(self) -> None:
+        """The child's own workspace is in its own mount namespace, which
+        ends with the job: its output/ is held by a descriptor from now, when
+        nothing of the job has run yet (the child waits for its input), to
+        read the plots from after the job's end."""
         try:
             self._output_fd = os.open(
                 f"/proc/{self.pid}/root{self.output_dir}", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
             )
         except OSError:
-            return False  # it died just now (its end of file is on its way)
-        return True
+            pass  # it died just now: its job ends without plots
 
     def _with_files(self, result: JobResult) -> JobResult:
         """The plot files of a job that ended well; reading them may fail."""
         output, self._output_fd = self._output_fd, -1
         try:
-            if result.status is not Status.OK or (output < 0 and self._own_mounts):
+            if result.status is not Status.OK:
                 return result
             files = read_files(
                 output if output >= 0 else self.output_dir, self.config.plot_files, self.config.plot_bytes
@@ -348,7 +348,7 @@ class _ExitWatch:
     def connectionLost(self, reason) -> None:
         self._finish()
 
-    def logPrefix(self) -> str:  # noqa: N802 (Twisted's name)
+    def logPrefix(self) -> str:
         return "maxima-child"
 
     def _finish(self) -> None:
@@ -388,7 +388,8 @@ class OutputReader(PipeReader):
 
 def _remove_leftovers(root: str, pipes_only: bool = False) -> None:
     """A reused workspace root (unprivileged, or one whose child mounts its
-    own workspace over it) may still hold its last child's pipes and output."""
+    own workspace over it) may still hold the pipes and output directory of
+    its last child; a privileged one the server mounts is a fresh tmpfs."""
     for name in ("inpipe", "outpipe"):
         try:
             os.unlink(os.path.join(root, name))

@@ -127,7 +127,7 @@ class MaximaPool:
         return self._take().addCallback(self._run, text, timeout, self.reactor.seconds())
 
     def _run(self, child: Child, text: bytes, timeout: float, asked: float) -> defer.Deferred:
-        if child.state != "ready" or not child.hold():  # it died just now
+        if child.state != "ready":  # it died just now
             self._retire(child)
             return self._take().addCallback(self._run, text, timeout, asked)
         if self.metrics:
