@@ -14,17 +14,13 @@
  * child's error can never unwind into the mother's loop.
  *
  * Request:  fork TOKEN UID GID ROOT CPU FSIZE NOFILE NPROC [CGROUP...] [netns=FILE]
- *                [ws=SIZE:INODES]
  *           (UID -1: unprivileged mode, no user switch but a user and a PID
  *           namespace of its own; a limit of -1: none; FILE: the network
- *           namespace the child joins; ws=: as root, the child mounts its
- *           workspace itself, a tmpfs of SIZE bytes and INODES inodes at
- *           ROOT in its own mount namespace, with work/, tmp/ and output/)
+ *           namespace the child joins)
  * Answers:  forked TOKEN PID          from the mother
  *           failed TOKEN MESSAGE      from the mother or the failing child
  * ROOT holds inpipe and outpipe (made by the server, which already holds
- * their other ends open), work/ (the cwd) and tmp/ (the private /tmp);
- * with ws=, only the pipes (the child mounts the rest over them).
+ * their other ends open), work/ (the cwd) and tmp/ (the private /tmp).
  */
 #define _GNU_SOURCE
 #include "jail.h"
@@ -54,7 +50,6 @@
 
 static char child_root[PATH_MAX - 64];
 static int fresh_netns; /* unprivileged mode: each child its own network namespace */
-static const char *child_workspace; /* ws=SIZE:INODES: the child mounts its own workspace */
 static unsigned int child_seed[8];
 static struct sigaction saved_sigchld;
 
@@ -178,12 +173,9 @@ static int child_config(char **w, int nwords, struct jail_config *cfg, char *wor
     cfg->uid = (uid_t)uid;
     cfg->gid = (gid_t)gid;
     cfg->as = -1; /* SBCL reserves its whole heap: memory is the cgroup's job */
-    child_workspace = NULL;
     for (int i = 9; i < nwords; i++) {
         if (strncmp(w[i], "netns=", 6) == 0)
             cfg->netns = w[i] + 6;
-        else if (strncmp(w[i], "ws=", 3) == 0)
-            child_workspace = w[i] + 3;
         else if (cfg->ncgroups < JAIL_MAX_CGROUPS)
             cfg->cgroups[cfg->ncgroups++] = w[i];
     }
@@ -232,7 +224,7 @@ static void child_setup(const char *token, char **w, int nwords)
         if (unprivileged_fork(token, &cfg) < 0)
             goto fail;
     }
-    if (!cfg.userns && maxima_slot_enter(&cfg, child_root, child_workspace, &step) < 0)
+    if (!cfg.userns && maxima_slot_enter(&cfg, child_root, &step) < 0)
         goto fail;
     step = "enter the jail";
     if (jail_enter(&cfg) < 0)

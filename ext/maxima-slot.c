@@ -266,43 +266,17 @@ static int join_cgroups(const struct jail_config *cfg)
     return 0;
 }
 
-/* The child's own workspace: a fresh tmpfs at `root` in its mount namespace
- * (it ends with the namespace, and no one need unmount it), owned by the job
- * user, with work/, tmp/ and output/; nothing of a job has run in it yet, so
- * its paths are safe to follow. */
-static int mount_workspace(const struct jail_config *cfg, const char *root, long long size, long long inodes)
-{
-    static const char *dirs[] = {"work", "tmp", "output", NULL};
-    char opts[160], path[PATH_MAX];
-    snprintf(opts, sizeof opts, "size=%lld,nr_inodes=%lld,mode=0700,uid=%u,gid=%u", size, inodes,
-             (unsigned)cfg->uid, (unsigned)cfg->gid);
-    if (mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
-        return -1;
-    for (int i = 0; dirs[i]; i++) {
-        snprintf(path, sizeof path, "%s/%s", root, dirs[i]);
-        if (mkdir(path, 0700) < 0 || chown(path, cfg->uid, cfg->gid) < 0)
-            return -1;
-    }
-    return 0;
-}
-
-int maxima_slot_enter(struct jail_config *cfg, const char *root, const char *workspace, const char **step)
+int maxima_slot_enter(struct jail_config *cfg, const char *root, const char **step)
 {
     char point[PATH_MAX];
-    long long size = 0, inodes = 0;
-    int tree = -1;
     *step = "join the cgroups";
     if (join_cgroups(cfg) < 0)
         return -1;
-    if (workspace && (sscanf(workspace, "%lld:%lld", &size, &inodes) != 2 || size <= 0 || inodes <= 0)) {
-        *step = "read the workspace's size";
-        errno = EINVAL;
-        return -1;
-    }
-    /* Without a size, the workspace is a mount of the server's namespace: a
-     * detached clone of it can be attached in the child's. */
+    /* The workspace, a mount of the server's namespace: a detached clone of
+     * it can be attached in the child's. */
     *step = "clone the workspace mount";
-    if (!workspace && (tree = (int)syscall(SYS_open_tree, AT_FDCWD, root, OPEN_TREE_CLONE | O_CLOEXEC)) < 0)
+    int tree = (int)syscall(SYS_open_tree, AT_FDCWD, root, OPEN_TREE_CLONE | O_CLOEXEC);
+    if (tree < 0)
         return -1;
     /* The keeper's network (the slot's), IPC and mount namespaces at once;
      * then a copy of the mount namespace, for the child's own mounts. */
@@ -313,11 +287,9 @@ int maxima_slot_enter(struct jail_config *cfg, const char *root, const char *wor
     snprintf(point, sizeof point, "%s", root);
     if (access(point, F_OK) < 0 && mkdir_parents(point) < 0)
         return -1;
-    if (workspace ? mount_workspace(cfg, root, size, inodes) < 0
-                  : syscall(SYS_move_mount, tree, "", AT_FDCWD, point, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+    if (syscall(SYS_move_mount, tree, "", AT_FDCWD, point, MOVE_MOUNT_F_EMPTY_PATH) < 0)
         return -1;
-    if (tree >= 0)
-        close(tree);
+    close(tree);
     *step = "private /tmp";
     if (bind_tmp(root) < 0)
         return -1;

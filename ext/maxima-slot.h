@@ -17,10 +17,9 @@ pid_t maxima_slot_fork(uid_t uid, const char *root, const char *netns, const cha
 
 /* In the child, before jail_enter: joins its cgroups, the slot's network
  * and IPC namespaces, and a copy of the slot's mount namespace; mounts the
- * workspace at its path `root`: with `workspace` ("SIZE:INODES"), a fresh
- * tmpfs of the child's own, else a clone of the mount the server made
- * there; and its tmp/ over /tmp, /var/tmp, /dev/shm and /run/lock; then clears what jail_enter must not do again (the
+ * workspace (`root`, a mount of the server's namespace, cloned) at its path
+ * and its tmp/ over /tmp, /var/tmp, /dev/shm and /run/lock; then clears what jail_enter must not do again (the
  * cgroups, the network namespace, the private mounts, the /proc). */
-int maxima_slot_enter(struct jail_config *cfg, const char *root, const char *workspace, const char **step);
+int maxima_slot_enter(struct jail_config *cfg, const char *root, const char **step);
 
 #endif

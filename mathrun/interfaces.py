@@ -37,9 +37,7 @@ class ISandbox(Interface):
     refusal = Attribute("Why jobs are refused (unprivileged without user namespaces), or None.")
 
     def acquire(workspace_bytes=None):
-        """A Deferred firing with an ILease once a job user is free (the
-        sandbox's own also takes ``child_mounts``: its job mounts its
-        workspace itself, as a Maxima child does)."""
+        """A Deferred firing with an ILease once a job user is free."""
 
 
 class ILease(Interface):

@@ -3,6 +3,7 @@ job users, real gnuplot, a real HTTP port, driven as STACK drives it."""
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -451,17 +452,9 @@ class HostileInputTests(unittest.TestCase):
                 timeout="3000",
             )
         )
-
-        def secrets():
-            # The writer's workspace is in its own mount namespace: seen through its /proc root.
-            return [
-                os.path.join(c.root, "work", "secret.txt")
-                for c in self.server.pool.busy
-                if c.pid and os.path.exists(f"/proc/{c.pid}/root{c.root}/work/secret.txt")
-            ]
-
-        await self.server.until(secrets, "the secret is written")
-        (path,) = secrets()
+        pattern = os.path.join(self.server.sandbox.job_root, "*", "work", "secret.txt")
+        await self.server.until(lambda: glob.glob(pattern), "the secret is written")
+        (path,) = glob.glob(pattern)
         code, _, body = await self.server.post(f'printfile("{path}")$ print(file_search("{path}"))$')
         self.assertEqual(code, 200)
         self.assertNotIn(b"the-secret", body)

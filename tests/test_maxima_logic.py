@@ -308,7 +308,7 @@ class FakeSandbox:
         self.netns = "/run/mathrun/netns"
         self.refusal = None
 
-    def acquire(self, workspace_bytes=None, child_mounts=False):
+    def acquire(self, workspace_bytes=None):
         return self.pool.acquire().addCallback(lambda user: FakeLease(self, user))
 
 

@@ -47,8 +47,6 @@ class Child:
         self.job = None
         self.root = lease.workspace.root
         self.output_dir = os.path.join(self.root, "output")
-        self._own_mounts = lease.workspace.child_mounts  # the child mounts its workspace (as root)
-        self._output_fd = -1  # then: its output/, held from the job's start
         self.pid: int | None = None
         self._pidfd = -1
         self.state = "spawning"  # -> ready -> running -> done
@@ -69,12 +67,11 @@ class Child:
         ready (a FIFO without writers reads as EOF)."""
         user = self.lease.user
         self.lease.prepare_limits(self.limits)
-        if not self.lease.workspace.privileged or self._own_mounts:
-            _remove_leftovers(self.root)  # a reused directory (else a fresh tmpfs)
-        if not self._own_mounts:
-            os.mkdir(self.output_dir, 0o700)
-            if self.lease.workspace.privileged:
-                os.chown(self.output_dir, user.uid, user.gid)
+        if not self.lease.workspace.privileged:
+            _remove_leftovers(self.root)  # a privileged workspace is a fresh tmpfs
+        os.mkdir(self.output_dir, 0o700)
+        if self.lease.workspace.privileged:
+            os.chown(self.output_dir, user.uid, user.gid)
         inpipe, outpipe = (os.path.join(self.root, n) for n in ("inpipe", "outpipe"))
         os.mkfifo(inpipe, 0o600)
         os.mkfifo(outpipe, 0o600)
@@ -103,9 +100,6 @@ class Child:
             fields += lease.cgroup.dirs
         if privileged and not lease.sandbox.config.network:
             fields.append("netns=" + lease.sandbox.job_netns(lease.user))
-        if self._own_mounts:
-            size, inodes = lease.workspace.tmpfs_size()
-            fields.append(f"ws={size}:{inodes}")
         for f in fields:
             if f.split() != [f]:  # empty, or with blanks: the line would not parse
                 raise ValueError(f"unusable fork request field {f!r}")
@@ -146,9 +140,6 @@ class Child:
         then finds the user's processes gone at its first count, instead
         of killing and counting again while the child still tears down its
         memory (a Maxima child's exit takes a fraction of a millisecond)."""
-        if self._output_fd >= 0:  # a job that was cancelled: no plots read
-            os.close(self._output_fd)
-            self._output_fd = -1
         fd, self._pidfd = self._pidfd, -1
         if fd < 0:
             return defer.succeed(None)
@@ -171,8 +162,6 @@ class Child:
             os.close(self._keep)
             self._keep = -1
             self.state = "ready"
-            if self._own_mounts:
-                _remove_leftovers(self.root, pipes_only=True)  # opened by now: the names can go
             if rest:
                 self._collect(rest)
             self.ready.callback(self)
@@ -210,8 +199,6 @@ class Child:
         self._started = self.reactor.seconds()
         limits = self.limits.with_wall_seconds(min(timeout, self.limits.wall_seconds or timeout))
         self.job = self.lease.adopt(self, limits, frontend="maxima")
-        if self._own_mounts:
-            self._hold_output()
         for data in self._early:
             self.job.output("stdout", data)
         self._early = []
@@ -248,34 +235,16 @@ class Child:
             self._writer.write(text[sent:])
             self._writer.loseConnection()
 
-    def _hold_output(self) -> None:
-        """The child's own workspace is in its own mount namespace, which
-        ends with the job: its output/ is held by a descriptor from now, when
-        nothing of the job has run yet (the child waits for its input), to
-        read the plots from after the job's end."""
-        try:
-            self._output_fd = os.open(
-                f"/proc/{self.pid}/root{self.output_dir}", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-            )
-        except OSError:
-            pass  # it died just now: its job ends without plots
-
     def _with_files(self, result: JobResult) -> JobResult:
         """The plot files of a job that ended well; reading them may fail."""
-        output, self._output_fd = self._output_fd, -1
+        if result.status is not Status.OK:
+            return result
         try:
-            if result.status is not Status.OK:
-                return result
-            files = read_files(
-                output if output >= 0 else self.output_dir, self.config.plot_files, self.config.plot_bytes
-            )
+            files = read_files(self.output_dir, self.config.plot_files, self.config.plot_bytes)
         except (OSError, ValueError) as e:
             return dataclasses.replace(
                 result, status=Status.INTERNAL_ERROR, detail=f"the plot files could not be returned: {e}"
             )
-        finally:
-            if output >= 0:
-                os.close(output)
         # No plots (most requests): the result as it is, not a copy.
         return dataclasses.replace(result, files=tuple(files)) if files else result
 
@@ -386,17 +355,14 @@ class OutputReader(PipeReader):
         return None
 
 
-def _remove_leftovers(root: str, pipes_only: bool = False) -> None:
-    """A reused workspace root (unprivileged, or one whose child mounts its
-    own workspace over it) may still hold the pipes and output directory of
-    its last child; a privileged one the server mounts is a fresh tmpfs."""
+def _remove_leftovers(root: str) -> None:
+    """A reused (unprivileged) workspace root may still hold the pipes and
+    output directory of its last child; a privileged one is a fresh tmpfs."""
     for name in ("inpipe", "outpipe"):
         try:
             os.unlink(os.path.join(root, name))
         except FileNotFoundError:
             pass
-    if pipes_only:
-        return
     output = os.path.join(root, "output")
     if os.path.lexists(output):
         _empty(output)

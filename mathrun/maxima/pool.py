@@ -202,7 +202,7 @@ class MaximaPool:
         """A job user, a fork into it, its readiness: a Deferred firing with
         the ready Child.  Plain callbacks, not a coroutine: this runs for
         every request."""
-        acquiring = self.sandbox.acquire(self.config.workspace_bytes, child_mounts=True)
+        acquiring = self.sandbox.acquire(self.config.workspace_bytes)
         if not acquiring.called:
             self._acquiring.append(acquiring)
             acquiring.addBoth(self._acquired, acquiring)

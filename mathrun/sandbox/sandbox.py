@@ -251,24 +251,22 @@ class Sandbox:
         return settings
 
     # -- leases ---------------------------------------------------------------
-    def acquire(self, workspace_bytes: int | None = None, child_mounts: bool = False) -> defer.Deferred:
+    def acquire(self, workspace_bytes: int | None = None) -> defer.Deferred:
         """A Deferred firing with a Lease once a job user is free.
 
         The workspace's size is fixed here (default: the configured limits'
         ``workspace_bytes``), since input files go in before the job starts.
-        ``child_mounts``: as root, the job's process mounts its workspace
-        itself, in its own mount namespace (a Maxima child; see Workspace).
         """
         if self.refusal is not None:
             return defer.fail(SandboxRefused(self.refusal))
         d = self.pool.acquire()
-        d.addCallback(self._lease, workspace_bytes or self.config.limits.workspace_bytes, child_mounts)
+        d.addCallback(self._lease, workspace_bytes or self.config.limits.workspace_bytes)
         return d
 
-    def _lease(self, user: JobUser, workspace_bytes: int | None, child_mounts: bool = False) -> Lease:
+    def _lease(self, user: JobUser, workspace_bytes: int | None) -> Lease:
         root = os.path.join(self.job_root, user.name)
         size = min(workspace_bytes, self.config.max_limits.workspace_bytes or workspace_bytes)
-        workspace = Workspace(root, user, self.privileged, size, child_mounts=child_mounts)
+        workspace = Workspace(root, user, self.privileged, size)
         try:
             workspace.create(known_empty=self._emptied.pop(user, False))
         except Exception as e:

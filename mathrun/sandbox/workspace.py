@@ -6,9 +6,7 @@ and removal is an unmount: no path inside the job's reach is ever followed
 with privileges.  The mount point (one per job user, root's, empty when
 unmounted) is kept: creating and removing a directory costs more here than
 the mount itself.  The job's private /tmp, /var/tmp and /dev/shm live in it
-too (``tmp/``), so they vanish with it.  A Maxima child mounts its tmpfs
-itself, in its own mount namespace (``child_mounts``): the server makes no
-mount there and removes none.
+too (``tmp/``), so they vanish with it.
 
 Unprivileged, it is a plain directory per slot, emptied after each job with
 the fd-based ``shutil.rmtree`` (which does not follow symlinks) and kept:
@@ -61,35 +59,21 @@ class FileTooLarge(Exception):
 
 
 class Workspace:
-    """One job's directory tree: ``path`` (its cwd) and ``tmp``.
+    """One job's directory tree: ``path`` (its cwd) and ``tmp``."""
 
-    ``child_mounts`` (privileged): the job's own process mounts the tmpfs at
-    ``root``, in a mount namespace of its own (a Maxima child, see
-    ext/maxima-slot.c), where it ends with the job: the server makes no mount
-    and removes none; ``root`` stays a plain directory of root's here."""
-
-    def __init__(self, root: str, owner, privileged: bool, size: int | None, child_mounts: bool = False):
+    def __init__(self, root: str, owner, privileged: bool, size: int | None):
         self.root = root
         self.path = os.path.join(root, "work")
         self.tmp = os.path.join(root, "tmp")
         self.owner = owner
         self.privileged = privileged
         self.size = size
-        self.child_mounts = privileged and child_mounts
         self._mounted = False
-
-    def tmpfs_size(self) -> tuple[int, int]:
-        """The tmpfs's size in bytes and its inodes."""
-        size = self.size or DEFAULT_SIZE
-        return size, max(MIN_INODES, size // BYTES_PER_INODE)
 
     def create(self, known_empty: bool = False) -> None:
         """``known_empty``: (unprivileged) the slot's last job's workspace
         was emptied by ``remove``, and no process of that job is left: no
         need to look."""
-        if self.child_mounts:
-            self._mount_point()  # an empty mount point, not mounted: the child mounts there
-            return
         if not self.privileged:
             if known_empty:
                 return
@@ -100,7 +84,8 @@ class Workspace:
                 raise OSError(errno.ENOTEMPTY, f"{self.root} still holds a job's files")
             return
         self._mount_point()
-        mount_tmpfs(self.root, *self.tmpfs_size(), self.owner.uid, self.owner.gid)
+        size = self.size or DEFAULT_SIZE
+        mount_tmpfs(self.root, size, max(MIN_INODES, size // BYTES_PER_INODE), self.owner.uid, self.owner.gid)
         self._mounted = True
         for sub in (self.path, self.tmp):
             os.mkdir(sub, 0o700)
@@ -190,13 +175,11 @@ class Workspace:
         return _read_regular(fd, name, limit)
 
 
-def read_files(directory: str | int, max_files: int, max_bytes: int) -> list[tuple[str, bytes]]:
+def read_files(directory: str, max_files: int, max_bytes: int) -> list[tuple[str, bytes]]:
     """The regular files a job left in ``directory`` (a path no job can
-    replace, or a descriptor of it, O_PATH will do), sorted by name, at most
-    ``max_bytes`` together; links and other odd entries are skipped, never
-    followed."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    dir_fd = os.open(".", flags, dir_fd=directory) if isinstance(directory, int) else os.open(directory, flags)
+    replace), sorted by name, at most ``max_bytes`` together; links and
+    other odd entries are skipped, never followed."""
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         names = sorted(os.listdir(dir_fd))
         if len(names) > max_files:
