@@ -519,8 +519,15 @@ class LoadTests(unittest.TestCase):
         # A ready child is in its slot keeper's PID namespace, which sees only that slot.
         child = server.pool.ready[0]
         self.assertIn(pid_namespace(child.pid), [pid_namespace(k) for k in keepers])
+        killed = {pid_namespace(k) for k in keepers} | {None}
         for keeper in keepers:
             os.kill(keeper, 9)  # ends its namespace, and the ready child in it
+        # (A request that took a child in its last microseconds would get
+        # what it printed: nothing.  The pool replaces the dead ones.)
+        await server.until(
+            lambda: server.pool.ready and all(pid_namespace(c.pid) not in killed for c in server.pool.ready),
+            "the ready children are in new keepers' namespaces",
+        )
         answers = [await server.post(f"{n}*7;") for n in range(4)]
         self.assertEqual([(c, b.strip()) for c, _, b in answers], [(200, str(n * 7).encode()) for n in range(4)])
         await server.until(lambda: len(_keepers_of(mother)) >= 2, "the keepers are started again")
