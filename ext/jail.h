@@ -125,6 +125,11 @@ int jail_seccomp(void);
  * jail_enter sets. */
 int jail_seccomp_prepare(void);
 
+/* The same for the Maxima children: SysV IPC and POSIX message queues
+ * denied too (they share an IPC namespace with their slot's other jobs), and
+ * loaded without the kernel's action cache (they live short). */
+int jail_seccomp_prepare_maxima(void);
+
 /* The prepared program (after jail_seccomp_prepare), and using one made
  * earlier: `make` exports it at build time (seccomp-gen) into
  * jail-seccomp-bpf.h, so that mathrun-jail, a fresh process per job, skips

@@ -5,12 +5,10 @@
  * line on stdin, forks, and answers on stdout.  It returns only in a child,
  * once that child holds its named pipes as stdio and has entered its job's
  * confinement (jail_enter: setsid, cgroups, private /tmp, its own network
- * namespace, rlimits, job user, seccomp filter).  As root each child is PID 2
- * of a fresh PID namespace whose PID 1 is `maxima-nsinit` (found next to
- * this library; the steps of `mathrun-jail nsinit` without libc's start-up),
- * exec'ed rather than forked so that the SBCL mother's page tables are not
- * copied twice (fork_with_init): the child sees only itself and what it
- * starts in /proc.
+ * namespace, rlimits, job user, seccomp filter).  As root each child is
+ * forked into the PID namespace of its slot's keeper (`maxima-nsinit`, found
+ * next to this library; ext/maxima-slot.c) and enters a copy of the
+ * keeper's mount namespace: the child sees only its own processes in /proc.
  * The child then goes back to the Maxima REPL, which reads the job's input
  * from the pipe.  Doing all this in C, outside any Lisp handler, means that a
  * child's error can never unwind into the mother's loop.
@@ -26,6 +24,7 @@
  */
 #define _GNU_SOURCE
 #include "jail.h"
+#include "maxima-slot.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -50,7 +49,6 @@
 #define MAX_WORDS (10 + JAIL_MAX_CGROUPS)
 
 static char child_root[PATH_MAX - 64];
-static char init_path[PATH_MAX];
 static int fresh_netns; /* unprivileged mode: each child its own network namespace */
 static unsigned int child_seed[8];
 static struct sigaction saved_sigchld;
@@ -181,7 +179,8 @@ static int child_config(char **w, int nwords, struct jail_config *cfg, char *wor
         else if (cfg->ncgroups < JAIL_MAX_CGROUPS)
             cfg->cgroups[cfg->ncgroups++] = w[i];
     }
-    /* As root fork_with_init made the PID namespace: mount its /proc. */
+    /* Unprivileged: the PID namespace the child's fork makes gets a /proc
+     * (as root, the slot's keeper has one: maxima_slot_enter clears it). */
     cfg->pidns = 1;
     cfg->seccomp = 1;
     snprintf(child_root, sizeof child_root, "%s", w[4]);
@@ -225,6 +224,8 @@ static void child_setup(const char *token, char **w, int nwords)
         if (unprivileged_fork(token, &cfg) < 0)
             goto fail;
     }
+    if (!cfg.userns && maxima_slot_enter(&cfg, child_root, &step) < 0)
+        goto fail;
     step = "enter the jail";
     if (jail_enter(&cfg) < 0)
         goto fail;
@@ -251,87 +252,18 @@ fail:
     _exit(126);
 }
 
-/* The child as PID 2 of a fresh PID namespace whose PID 1 is maxima-nsinit:
- * the steps of jail_fork_with_init, with the init started by a plain
- * vfork and execve under a full signal mask instead of posix_spawn (whose
- * child resets each of SBCL's ~60 signal handlers, and which maps a stack
- * for every spawn).  The vfork child shares the mother's memory until its
- * exec: it only makes system calls, and no signal handler can run in it.
- * Returns 0 in the child, its pid in the mother, -1 (errno) on failure. */
-static __attribute__((noinline)) pid_t spawn_init(int sync_fd)
-{
-    sigset_t all, old;
-    sigfillset(&all);
-    sigprocmask(SIG_SETMASK, &all, &old);
-    pid_t init = vfork();
-    if (init == 0) {
-        char *argv[] = {init_path, NULL}, *envp[] = {NULL};
-        if (dup2(sync_fd, 0) == 0)
-            execve(init_path, argv, envp);
-        _exit(127);
-    }
-    int saved = errno;
-    sigprocmask(SIG_SETMASK, &old, NULL);
-    errno = saved;
-    return init;
-}
-
-static pid_t fork_with_init(void)
-{
-    static int own = -1;
-    int sync[2], saved = 0;
-    pid_t init, pid = -1;
-
-    if (own < 0 && (own = open("/proc/self/ns/pid", O_RDONLY | O_CLOEXEC)) < 0)
-        return -1;
-    if (pipe2(sync, O_CLOEXEC) < 0)
-        return -1;
-    if (unshare(CLONE_NEWPID) < 0) {
-        saved = errno;
-        goto out;
-    }
-    init = spawn_init(sync[0]);
-    saved = errno;
-    if (setns(own, CLONE_NEWPID) < 0)
-        abort(); /* children in the wrong namespace from now on: refuse to go on */
-    if (init < 0)
-        goto out;
-    int pidfd = (int)syscall(SYS_pidfd_open, init, 0);
-    if (pidfd < 0 || setns(pidfd, CLONE_NEWPID) < 0) {
-        saved = errno;
-        kill(init, SIGKILL);
-    } else {
-        pid = fork();
-        saved = errno;
-        if (pid == 0) {
-            close(sync[0]);
-            close(sync[1]);
-            close(pidfd);
-            return 0;
-        }
-        if (setns(own, CLONE_NEWPID) < 0)
-            abort();
-    }
-    if (pidfd >= 0)
-        close(pidfd);
-out:
-    close(sync[0]);
-    close(sync[1]); /* the init may look for its job now */
-    errno = saved;
-    return pid;
-}
-
 /* maxima-nsinit, in the directory this library was loaded from. */
 static int find_init(void)
 {
     Dl_info info;
+    char path[PATH_MAX];
     if (!dladdr((void *)find_init, &info) || !info.dli_fname || !strrchr(info.dli_fname, '/')) {
         errno = ENOENT;
         return -1;
     }
     int dir = (int)(strrchr(info.dli_fname, '/') - info.dli_fname);
-    snprintf(init_path, sizeof init_path, "%.*s/maxima-nsinit", dir, info.dli_fname);
-    return access(init_path, X_OK);
+    snprintf(path, sizeof path, "%.*s/maxima-nsinit", dir, info.dli_fname);
+    return maxima_slot_init(path);
 }
 
 /* Word I (0..7) of the child's random seed, drawn from the kernel at fork. */
@@ -377,7 +309,7 @@ const char *mathrun_fork_loop(const char *netns)
     ignore.sa_handler = SIG_IGN;
     ignore.sa_flags = SA_NOCLDWAIT;
     sigaction(SIGCHLD, &ignore, &saved_sigchld);
-    if (jail_seccomp_prepare() < 0) {
+    if (jail_seccomp_prepare_maxima() < 0) { /* the slot's IPC namespace is shared */
         say(1, "failed - seccomp filter: %s", strerror(errno));
         _exit(1);
     }
@@ -397,17 +329,27 @@ const char *mathrun_fork_loop(const char *netns)
             say(1, "failed %s bad request", n > 1 ? w[1] : "-");
             continue;
         }
-        /* As root (UID not -1), the child is PID 2 of its own namespace. */
-        pid_t pid = strcmp(w[2], "-1") != 0 ? fork_with_init() : fork();
+        /* As root (UID not -1), the child goes into its slot's namespaces. */
+        const char *step = "fork";
+        long long uid = -1;
+        const char *netns = NULL;
+        for (int i = 9; i < n; i++)
+            if (strncmp(w[i], "netns=", 6) == 0)
+                netns = w[i] + 6;
+        pid_t pid;
+        if (parse_number(w[2], &uid) < 0 || w[4][0] != '/')
+            pid = -1, errno = EINVAL;
+        else
+            pid = uid != -1 ? maxima_slot_fork((uid_t)uid, w[4], netns, &step) : fork();
         if (pid < 0) {
-            say(1, "failed %s fork: %s", w[1], strerror(errno));
+            say(1, "failed %s %s: %s", w[1], step, strerror(errno));
             continue;
         }
         if (pid == 0) {
             child_setup(w[1], w, n);
             return child_root;
         }
-        if (strcmp(w[2], "-1") != 0) /* unprivileged: the child answers */
+        if (uid != -1) /* unprivileged: the child answers */
             say(1, "forked %s %d", w[1], (int)pid);
     }
     _exit(0);

@@ -107,6 +107,10 @@ class IMaximaChild(Interface):
     def kill():
         """Kill it."""
 
+    def exited():
+        """A Deferred firing once the child's process has ended (or a bound
+        time has passed): its user's cleanup follows."""
+
 
 class IMother(Interface):
     """The Maxima mother process, kept running (restarted with backoff)."""

@@ -305,3 +305,31 @@ class MaximaIsolationTests(unittest.TestCase):
         self.assertIn(b"unshare-denied", body)
         self.assertIn(b"\n1\n", body, "only a loopback interface")
         await server.quiet()
+
+    @async_test
+    async def test_a_maxima_child_sees_no_other_workspace_and_makes_no_ipc_object(self):
+        from .test_maxima_http import MaximaServer
+
+        server = MaximaServer(self, jobs=4, ready=2)
+        await server.ready()
+        # The request takes the first ready child; the other's workspace is mounted meanwhile.
+        mine, other = (c.root for c in server.pool.ready)
+        self.assertTrue(os.path.ismount(other))
+        state_dir = os.path.dirname(os.path.dirname(mine))
+        code, _, body = await server.post(
+            'print(system("ipcmk -M 4096 2>&1; ipcmk -Q 2>&1; grep -c . /proc/sysvipc/shm /proc/sysvipc/msg;'
+            ' awk \'{print \\"mount\\", $5, $(NF-2)}\' /proc/self/mountinfo"))$'
+        )
+        self.assertEqual(code, 200, body)
+        mounts = [line.split()[1:] for line in body.decode().splitlines() if line.startswith("mount ")]
+        under_state = [point for point, _ in mounts if point.startswith(state_dir + "/")]
+        # Its own workspace is the only mount of the state directory it has;
+        # the other slots', the namespace files and the cgroup file systems
+        # are not there.
+        self.assertEqual(under_state, [mine], mounts)
+        self.assertEqual([p for p, kind in mounts if kind in ("nsfs", "cgroup", "cgroup2")], [], mounts)
+        # It can make no SysV object (and sees none of the host's).
+        self.assertEqual(body.count(b"Operation not permitted"), 2, body)
+        self.assertIn(b"/proc/sysvipc/shm:1", body)  # the header line only
+        self.assertIn(b"/proc/sysvipc/msg:1", body)
+        await server.quiet()

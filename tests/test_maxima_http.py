@@ -256,6 +256,21 @@ class HttpApiTests(unittest.TestCase):
         self.assertEqual((state["mother"], state["ready"], state["busy"]), ("ready", 2, 0))
 
     @async_test
+    async def test_a_retired_child_is_gone_before_its_cleanup(self):
+        await self.server.ready()
+        child = self.server.pool.ready[0]
+        pid = child.pid
+        child.kill()
+        await within(child.exited())
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "gone"
+        self.assertIn(state, ("gone", "Z", "X"))
+        await self.server.quiet()
+
+    @async_test
     async def test_metrics(self):
         await self.server.post("1+1;")
         await self.server.post("1+1;", timeout="x")
@@ -450,6 +465,19 @@ class HostileInputTests(unittest.TestCase):
         await self.server.quiet()
 
 
+def _keepers_of(mother: int) -> list[int]:
+    """The slot keepers the mother started (they are its children)."""
+    found = []
+    for pid in children_of(mother):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "maxima-keeper":
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
 class LoadTests(unittest.TestCase):
     @async_test
     async def test_32_concurrent_requests(self):
@@ -479,6 +507,40 @@ class LoadTests(unittest.TestCase):
         code, _, body = await server.post("2^10;")
         self.assertEqual((code, body.strip()), (200, b"1024"))
         await server.quiet()
+
+    @async_test
+    async def test_slot_keepers_come_back_and_leave_with_their_mother(self):
+        if not ROOT:
+            raise unittest.SkipTest("slot keepers are root's")
+        server = MaximaServer(self, jobs=4, ready=2)
+        await server.ready()
+        mother = server.pool.mother.pid
+        keepers = _keepers_of(mother)
+        self.assertGreaterEqual(len(keepers), 2)
+        # A ready child is in its slot keeper's PID namespace, which sees only that slot.
+        child = server.pool.ready[0]
+        self.assertIn(pid_namespace(child.pid), [pid_namespace(k) for k in keepers])
+        killed = {pid_namespace(k) for k in keepers} | {None}
+        for keeper in keepers:
+            os.kill(keeper, 9)  # ends its namespace, and the ready child in it
+        # (A request that took a child in its last microseconds would get
+        # what it printed: nothing.  The pool replaces the dead ones.)
+        await server.until(
+            lambda: server.pool.ready and all(pid_namespace(c.pid) not in killed for c in server.pool.ready),
+            "the ready children are in new keepers' namespaces",
+        )
+        answers = [await server.post(f"{n}*7;") for n in range(4)]
+        self.assertEqual([(c, b.strip()) for c, _, b in answers], [(200, str(n * 7).encode()) for n in range(4)])
+        await server.until(lambda: len(_keepers_of(mother)) >= 2, "the keepers are started again")
+        # Once their mother has ended, the keepers leave as soon as their slots are empty.
+        old = _keepers_of(mother)
+        os.kill(mother, 9)
+        await server.until(lambda: server.pool.mother.ready and server.pool.mother.pid != mother, "a new mother")
+        for _ in range(4):  # the old ready children are used up, and their slots cleaned
+            code, _headers, body = await server.post("2+2;")
+            self.assertEqual((code, body.strip()), (200, b"4"))
+        await server.quiet()
+        await server.until(lambda: not [k for k in old if os.path.exists(f"/proc/{k}")], "the old keepers left")
 
     @async_test
     async def test_overload_is_503_with_retry_after(self):

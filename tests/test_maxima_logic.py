@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import subprocess
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,7 +19,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
 from mathrun.interfaces import IMaximaChild, IMaximaPool, IMother, ISandbox
-from mathrun.maxima.child import OutputReader
+from mathrun.maxima.child import EXIT_WAIT, OutputReader, _ExitWatch
 from mathrun.maxima.config import MaximaConfig
 from mathrun.maxima.http import MaximaResource
 from mathrun.maxima.mother import ForkFailed, Mother, MotherProtocol, MotherUnavailable, maxima_string, preamble
@@ -354,6 +356,9 @@ class FakeChild:
     def kill(self):
         pass
 
+    def exited(self):
+        return defer.succeed(None)
+
 
 @implementer(IMother)
 class FakeMother:
@@ -569,6 +574,46 @@ class WriteNowTests(unittest.TestCase):
         transport.pipes = {}
         write_now(transport, b"line\n")
         self.assertEqual(transport.written, [b"line\n"])
+
+
+class ExitWatchTests(unittest.SynchronousTestCase):
+    """The wait for a child's end before its user's cleanup, on a real
+    process's pidfd and a fake clock."""
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.proc = subprocess.Popen(["sleep", "30"])
+        self.addCleanup(self.proc.wait)
+        self.addCleanup(self.proc.kill)
+        self.fd = os.pidfd_open(self.proc.pid)
+
+    def test_fires_when_the_process_ends(self):
+        watch = _ExitWatch(self.clock, self.fd)
+        self.assertIn(watch, self.clock.getReaders())
+        done = []
+        watch.done.addCallback(done.append)
+        self.assertEqual(done, [])
+        self.proc.kill()
+        self.proc.wait()
+        # The reactor would call doRead now: the pidfd is readable.
+        self.assertTrue(select.select([self.fd], [], [], 5)[0])
+        watch.doRead()
+        self.assertEqual(done, [None])
+        self.assertNotIn(watch, self.clock.getReaders())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        with self.assertRaises(OSError):
+            os.fstat(self.fd)  # closed
+
+    def test_gives_up_after_the_bound(self):
+        watch = _ExitWatch(self.clock, self.fd)
+        done = []
+        watch.done.addCallback(done.append)
+        self.clock.advance(EXIT_WAIT - 0.1)
+        self.assertEqual(done, [])
+        self.clock.advance(0.2)
+        self.assertEqual(done, [None])
+        self.assertNotIn(watch, self.clock.getReaders())
+        self.assertIsNone(self.proc.poll(), "the process still runs: only the wait ended")
 
 
 class OutputReaderTests(unittest.TestCase):

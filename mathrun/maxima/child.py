@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import select
 import signal
 
 from twisted.internet import defer, main
+from twisted.internet.interfaces import IReadDescriptor
 from zope.interface import implementer
 
 from ..sandbox.pipes import PipeReader, PipeWriter
@@ -22,6 +24,7 @@ from ..sandbox.spawner import IJobStarter
 from ..sandbox.workspace import _empty, read_files
 
 READY_MARKER = b"\x02mathrun-child-ready\n"
+EXIT_WAIT = 2.0  # seconds a cleanup waits for the child's exit before it goes on anyway
 
 
 class ChildDied(Exception):
@@ -123,16 +126,27 @@ class Child:
         """Kill the child, if it still lives.  Unprivileged, it is the init
         of its own PID namespace, so that every process it started dies
         with it; as root the sandbox's cleanup kills everything of the user
-        anyway."""
+        anyway.  The pidfd stays open for ``exited``."""
         if self._pidfd < 0:
             return
         try:
             signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
         except OSError:
             pass  # already gone
-        finally:
-            os.close(self._pidfd)
-            self._pidfd = -1
+
+    def exited(self) -> defer.Deferred:
+        """Fires once the child's process has ended (its pidfd turns
+        readable), or after EXIT_WAIT seconds: the cleanup that follows
+        then finds the user's processes gone at its first count, instead
+        of killing and counting again while the child still tears down its
+        memory (a Maxima child's exit takes a fraction of a millisecond)."""
+        fd, self._pidfd = self._pidfd, -1
+        if fd < 0:
+            return defer.succeed(None)
+        if select.select([fd], [], [], 0)[0]:
+            os.close(fd)
+            return defer.succeed(None)
+        return _ExitWatch(self.reactor, fd).done
 
     # -- the pipes ------------------------------------------------------------
     def _data(self, data: bytes) -> None:
@@ -280,6 +294,41 @@ class Child:
         for end in (self._reader, self._writer):
             if end is not None:
                 end.close()
+
+
+@implementer(IReadDescriptor)
+class _ExitWatch:
+    """A child's pidfd in the reactor until it turns readable (the process
+    has ended) or EXIT_WAIT has passed; then closed."""
+
+    def __init__(self, reactor, fd: int):
+        self.reactor = reactor
+        self.fd = fd
+        self.done = defer.Deferred()
+        self._timer = reactor.callLater(EXIT_WAIT, self._finish)
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> None:
+        self._finish()
+
+    def connectionLost(self, reason) -> None:
+        self._finish()
+
+    def logPrefix(self) -> str:
+        return "maxima-child"
+
+    def _finish(self) -> None:
+        if self.fd < 0:
+            return
+        self.reactor.removeReader(self)
+        if self._timer.active():
+            self._timer.cancel()
+        os.close(self.fd)
+        self.fd = -1
+        self.done.callback(None)
 
 
 class OutputReader(PipeReader):

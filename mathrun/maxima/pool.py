@@ -324,7 +324,8 @@ class MaximaPool:
         (in the background), then fork a replacement."""
         child.close()
         child.kill()
-        d = child.lease.release()
+        # The user's cleanup once the child has ended: its first count is then 0.
+        d = child.exited().addCallback(lambda _: child.lease.release())
         self._releasing.add(d)
 
         def released(result):
