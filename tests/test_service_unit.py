@@ -83,8 +83,19 @@ class CapabilityTests(unittest.TestCase):
         log = open(os.path.join(self.dir, "twistd.log"), "wb")
         self.addCleanup(log.close)
         proc = subprocess.Popen(argv, cwd=self.dir, stdout=log, stderr=subprocess.STDOUT)
-        self.addCleanup(lambda: proc.poll() is None and (proc.kill(), proc.wait()))
+        self.addCleanup(self.stop, proc)
         return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        """SIGTERM, as systemd stops it, so that the server unmounts what
+        it mounted (a SIGKILLed server leaves that to the next one's start)."""
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def log(self) -> str:
         with open(os.path.join(self.dir, "twistd.log"), errors="replace") as f:
