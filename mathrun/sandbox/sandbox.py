@@ -187,7 +187,10 @@ class Sandbox(Cleanup):
         for name in os.listdir(self.job_root):
             path = os.path.join(self.job_root, name)
             if os.path.ismount(path):
-                unmount(path)
+                try:
+                    unmount(path)
+                except OSError as e:  # e.g. started without CAP_SYS_ADMIN
+                    raise OSError(e.errno, f"a workspace left by a server that was killed: {e}") from None
             if not self.privileged:
                 shutil.rmtree(path)
 
