@@ -8,7 +8,15 @@ from twisted.trial import unittest
 
 from mathrun.maxima.config import MaximaConfig
 from mathrun.maxima.cores import CoreBuildFailed, build_script, core_key
-from mathrun.maxima.libraries import STACK_AFTER, STACK_BEFORE, LibraryError, LibrarySet, library_sets, stack_set
+from mathrun.maxima.libraries import (
+    STACK_AFTER,
+    STACK_AUTOLOADED,
+    STACK_BEFORE,
+    LibraryError,
+    LibrarySet,
+    library_sets,
+    stack_set,
+)
 
 from .helpers import temp_dir
 
@@ -58,7 +66,8 @@ class LibrarySetTests(unittest.TestCase):
         version, libs = stack_set(STACKLIKE, generated)
         self.assertEqual(version, "2099010100")
         local = libs.loads[len(STACK_BEFORE)]
-        self.assertEqual(libs.loads, (*STACK_BEFORE, local, os.path.join(STACKLIKE, "stackmaxima.mac"), *STACK_AFTER))
+        main = os.path.join(STACKLIKE, "stackmaxima.mac")
+        self.assertEqual(libs.loads, (*STACK_BEFORE, local, main, *STACK_AFTER, *STACK_AUTOLOADED))
         with open(local) as f:
             text = f.read()
         self.assertIn(f'file_search_maxima: append([sconcat("{STACKLIKE}", "/###.{{mac,mc}}")]', text)

@@ -364,6 +364,13 @@ class StackLibraryTests(unittest.TestCase):
         self.assertEqual(len({p.mother.core for p in pools}), 1)
         code, _, body = await server.post("print(stackfun(20), stackmaximaversion)$", version="2099010100")
         self.assertEqual((code, body.split()), (200, [b"41", b"2099010100"]))
+        # What STACK's answer tests autoload is in the core: defined before
+        # any call (an autoload would only define it at the first), and it works.
+        code, _, body = await server.post(
+            "print(member(collectterms, map(op, functions)))$ print(string(collectterms(a*x+a*y, a)))$",
+            version="2099010100",
+        )
+        self.assertEqual((code, body.split()), (200, [b"true", b"a*(y+x)"]))
         for pool in server.service.pools.values():
             # Run from a saved core, not from the base core with loads at start.
             self.assertTrue(pool.mother.core.startswith(server.config.core_cache), pool.mother.core)

@@ -5,8 +5,9 @@ or a STACK installation's ``stack/maxima`` directory).
 For STACK this does what STACK's install helper and goemaxima's image do:
 a maximalocal.mac with the search paths and ``STACK_SETUP``, then coma,
 lsquares, that file, stackmaxima.mac, stats, distrib, descriptive and
-simplex, in goemaxima's order; the version is read from stackmaxima.mac the
-way STACK reads it.
+simplex, in goemaxima's order, and last the share packages STACK's answer
+tests autoload (STACK_AUTOLOADED); the version is read from stackmaxima.mac
+the way STACK reads it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ STACK_VERSION = re.compile(rb"stackmaximaversion:(\d{10})")
 # coma and lsquares first: STACK's plot and fboundp must win over theirs.
 STACK_BEFORE = ("coma", "lsquares")
 STACK_AFTER = ("stats", "distrib", "descriptive", "simplex")
+# Share packages that STACK's answer tests autoload on first use, in every
+# fresh child again: ATAlgEquiv's algebraic_equivalence calls collectterms,
+# whose autoload searches every share directory (~650 stats) and parses
+# facexp.mac and genut.mac, ~14 ms of the request's ~23 ms of Lisp work.
+# Saved into the core, a child finds the functions defined.  Only packages
+# whose loading defines functions and nothing else that a request could
+# see otherwise: facexp's names are not STACK's, and its one alias() is
+# commented out.  (trgsmp, trigsimp's, is not: its defrules and
+# matchdeclares give common symbols properties.)
+STACK_AUTOLOADED = ("facexp",)
 
 
 @dataclass(frozen=True)
@@ -95,7 +106,7 @@ def stack_set(directory: str, generated_dir: str) -> tuple[str, LibrarySet]:
         with open(tmp, "w") as f:
             f.write(text)
         os.replace(tmp, local)
-    loads = (*STACK_BEFORE, local, os.path.join(directory, STACK_MAIN), *STACK_AFTER)
+    loads = (*STACK_BEFORE, local, os.path.join(directory, STACK_MAIN), *STACK_AFTER, *STACK_AUTOLOADED)
     return version, LibrarySet(loads=loads, tracked=(directory,))
 
 
