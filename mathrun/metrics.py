@@ -134,8 +134,8 @@ class MaximaMetrics:
             "mathrun_maxima_queue_wait_seconds", "Time a request waited for a ready Maxima child."
         )
         self.responses = Counter("mathrun_maxima_responses", "Maxima responses by result.", ["result"], registry=None)
-        for result in MAXIMA_RESULTS:
-            self.responses.labels(result)
+        # Looked up once: ``labels`` validates and locks at every call.
+        self.response_counts = {result: self.responses.labels(result) for result in MAXIMA_RESULTS}
         self.children = Gauge("mathrun_maxima_children", "Maxima children by state.", ["state"], registry=None)
 
         def total(key):

@@ -311,6 +311,10 @@ class FakeSandbox:
     def acquire(self, workspace_bytes=None):
         return self.pool.acquire().addCallback(lambda user: FakeLease(self, user))
 
+    def try_acquire(self, workspace_bytes=None):
+        user = self.pool.take()
+        return None if user is None else FakeLease(self, user)
+
 
 @implementer(IMaximaChild)
 class FakeChild:

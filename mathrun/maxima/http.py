@@ -148,7 +148,7 @@ class MaximaHandler:
 
     def _count(self, result: str) -> None:
         if self.metrics:
-            self.metrics.responses.labels(result).inc()
+            self.metrics.response_counts[result].inc()
 
 
 class MaximaResource(resource.Resource):

@@ -210,6 +210,9 @@ class MaximaPool:
         """A job user, a fork into it, its readiness: a Deferred firing with
         the ready Child.  Plain callbacks, not a coroutine: this runs for
         every request."""
+        lease = self.sandbox.try_acquire(self.config.workspace_bytes)
+        if lease is not None:  # the common case: no Deferred for the job user
+            return self._fork(lease)
         acquiring = self.sandbox.acquire(self.config.workspace_bytes)
         if not acquiring.called:
             self._acquiring.append(acquiring)

@@ -25,7 +25,10 @@ class Cleanup:
         the user; plain callbacks (this runs after every job)."""
         self.leases.discard(lease)
         if lease.external_processes and self.privileged:
-            d = defer.ensureDeferred(self._reap_and_unmount(lease))
+            try:
+                d = self._reap_and_unmount(lease)
+            except Exception:
+                d = defer.fail()
             d.addCallbacks(lambda _: self._cleaned(lease), lambda f: self._cleanup_failed(lease, f))
             return d
         try:
@@ -78,12 +81,14 @@ class Cleanup:
         # not count it, ext/jail-kill.c.)
         return self._reaper.reap(user.uid, cgroup.pids_current if cgroup is not None else None, unmount)
 
-    async def _reap_and_unmount(self, lease: Lease) -> None:
+    def _reap_and_unmount(self, lease: Lease) -> defer.Deferred:
         """The reaper also detaches the tmpfs workspace once the user's
         processes are gone: umount2 waits out an RCU grace period (~0.3 ms,
-        little CPU) that would otherwise stall the reactor once per job."""
+        little CPU) that would otherwise stall the reactor once per job.
+        Plain callbacks, not a coroutine: this runs after every Maxima job."""
         workspace = lease.workspace
         path = workspace.root if workspace.mounted and workspace.root.split() == [workspace.root] else None
-        await self._reap_async(lease.user, lease.cgroup, path)
+        d = self._reap_async(lease.user, lease.cgroup, path)
         if path is not None:
-            workspace.unmounted()
+            d.addCallback(lambda _: workspace.unmounted())
+        return d

@@ -9,7 +9,6 @@ the output cap and the stop causes, and turns the report into a JobResult.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 
@@ -246,6 +245,9 @@ class Job:
             # The spawn server died, or processes survived it: reap at release.
             self.lease.external_processes = True
         cgroup = self.lease.cgroup
+        streams = None
+        if self._on_output is None and not self._direct:
+            streams = {name: b"".join(chunks) for name, chunks in self._chunks.items()}
         result = classify(
             report,
             self.limits,
@@ -253,10 +255,8 @@ class Job:
             oom_killed=cgroup.oom_killed() if cgroup else False,
             peak_memory=cgroup.peak_memory() if cgroup else None,
             problem=problem,
+            streams=streams,
         )
-        if self._on_output is None and not self._direct:
-            stdout, stderr = b"".join(self._chunks["stdout"]), b"".join(self._chunks["stderr"])
-            result = dataclasses.replace(result, stdout=stdout, stderr=stderr)
         self.result = result
         self.lease.sandbox._job_finished(self, result)
         waiters, self._waiters = self._waiters, []

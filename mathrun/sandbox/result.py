@@ -138,24 +138,28 @@ def classify(
     oom_killed: bool = False,
     peak_memory: int | None = None,
     problem: str = "",
+    streams: dict | None = None,
 ) -> JobResult:
-    """The verdict on one job.
+    """The verdict on one job (``streams``: its collected ``stdout`` and
+    ``stderr``, put in the result as it is made, not copied in afterwards).
 
     ``cause`` is why the server stopped it (wall time, output cap, cancel),
     which wins over how the process died (the server killed it), except a
     kill by the kernel for memory, which is the root cause.
     """
+    streams = streams or {}
     if report is None:
         if cause is not None:
             # Stopped before the jail had set up its signal handling: nothing ran.
-            return JobResult(cause, detail="stopped before it started")
-        return JobResult(Status.INTERNAL_ERROR, detail=problem or "no report from the jail")
+            return JobResult(cause, detail="stopped before it started", **streams)
+        return JobResult(Status.INTERNAL_ERROR, detail=problem or "no report from the jail", **streams)
     common = dict(
         user_cpu=report.get("utime", 0.0),
         system_cpu=report.get("stime", 0.0),
         wall=report.get("wall", 0.0),
         peak_memory=peak_memory if peak_memory is not None else report.get("maxrss_kb", 0) * 1024,
         leftover=bool(report.get("leftover", 0)),
+        **streams,
     )
     if report.get("remaining", 0):
         return JobResult(Status.INTERNAL_ERROR, detail="processes of the job survived the kill", **common)
