@@ -28,7 +28,8 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from maxima_bench import STACK_REQUEST, free_port, start_server, tree_pss  # noqa: E402
+from maxima_bench import STACK_REQUEST, free_port, start_server  # noqa: E402
+from maxima_bench import tree_pss as pss_by_command  # noqa: E402
 
 ERRORS: collections.Counter = collections.Counter()
 
@@ -89,6 +90,11 @@ def burst(jobs: int, args) -> None:
         ERRORS.clear()
     print(f"  answered: p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
     print(f"  server PSS: before {before / 1e6:.1f} MB, peak {max(peak) / 1e6:.1f} MB, after {after / 1e6:.1f} MB")
+
+
+def tree_pss(pid: int) -> int:
+    """The whole server's PSS in bytes (every process under ``pid``)."""
+    return sum(size for size, _ in pss_by_command(pid).values())
 
 
 def main() -> None:
