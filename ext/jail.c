@@ -99,10 +99,26 @@ static int keep_workspace_visible(int fd, const char *path)
     return mount(source, path, NULL, MS_BIND, NULL);
 }
 
-static int private_mounts(const struct jail_config *cfg)
+/* The job's private tmp/ (held open as TMP_FD, so that the first mount
+ * cannot shadow the source) bound over each of the host's temporary
+ * directories that exists: -1 (errno) on a failed mount. */
+int jail_bind_tmp(int tmp_fd)
 {
     static const char *targets[] = {"/tmp", "/var/tmp", "/dev/shm", "/run/lock", NULL};
     char source[64];
+    snprintf(source, sizeof source, "/proc/self/fd/%d", tmp_fd);
+    for (int i = 0; targets[i]; i++) {
+        struct stat st;
+        if (stat(targets[i], &st) < 0 || !S_ISDIR(st.st_mode))
+            continue;
+        if (mount(source, targets[i], NULL, MS_BIND, NULL) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int private_mounts(const struct jail_config *cfg)
+{
     if (unshare(CLONE_NEWNS | CLONE_NEWIPC) < 0)
         return -1;
     if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0)
@@ -123,14 +139,8 @@ static int private_mounts(const struct jail_config *cfg)
         if (root_fd < 0)
             return -1;
     }
-    snprintf(source, sizeof source, "/proc/self/fd/%d", fd);
-    for (int i = 0; targets[i]; i++) {
-        struct stat st;
-        if (stat(targets[i], &st) < 0 || !S_ISDIR(st.st_mode))
-            continue;
-        if (mount(source, targets[i], NULL, MS_BIND, NULL) < 0)
-            return -1;
-    }
+    if (jail_bind_tmp(fd) < 0)
+        return -1;
     close(fd);
     if (root_fd >= 0) {
         int r = keep_workspace_visible(root_fd, root);

@@ -115,6 +115,10 @@ int jail_enter_userns(void);
 /* In the child, after fork: everything up to (not including) exec. */
 int jail_enter(const struct jail_config *cfg);
 
+/* Bind the job's tmp/ (an O_PATH descriptor of it) over /tmp, /var/tmp,
+ * /dev/shm and /run/lock, those that exist: -1 (errno) on failure. */
+int jail_bind_tmp(int tmp_fd);
+
 /* Load the job's seccomp filter (see jail-seccomp.c): the calls that widen
  * the kernel's attack surface or reach other processes fail with EPERM. */
 int jail_seccomp(void);

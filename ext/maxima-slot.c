@@ -224,24 +224,16 @@ static int mkdir_parents(char *path)
 /* The shared writable directories, bound to the workspace's tmp/. */
 static int bind_tmp(const char *root)
 {
-    static const char *targets[] = {"/tmp", "/var/tmp", "/dev/shm", "/run/lock", NULL};
-    char path[PATH_MAX], source[64];
+    char path[PATH_MAX];
     snprintf(path, sizeof path, "%s/tmp", root);
     int fd = open(path, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return -1;
-    snprintf(source, sizeof source, "/proc/self/fd/%d", fd);
-    for (int i = 0; targets[i]; i++) {
-        struct stat st;
-        if (stat(targets[i], &st) < 0 || !S_ISDIR(st.st_mode))
-            continue;
-        if (mount(source, targets[i], NULL, MS_BIND, NULL) < 0) {
-            close(fd);
-            return -1;
-        }
-    }
+    int r = jail_bind_tmp(fd);
+    int saved = errno;
     close(fd);
-    return 0;
+    errno = saved;
+    return r;
 }
 
 /* The job's cgroups, joined from the server's mount namespace: the slot's
