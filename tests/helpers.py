@@ -153,6 +153,20 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def children_named(pid: int, comm: str) -> list[int]:
+    """The children of ``pid`` whose command name is ``comm`` (e.g. the
+    keepers a spawn server or a Maxima mother started)."""
+    found = []
+    for child in children_of(pid):
+        try:
+            with open(f"/proc/{child}/comm") as f:
+                if f.read().strip() == comm:
+                    found.append(child)
+        except OSError:
+            pass
+    return found
+
+
 def namespace_members(namespace: str) -> list[int]:
     """Live (non-zombie) processes of a PID namespace, as this one sees them."""
     assert namespace is not None

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from mathrun.sandbox import Limits, Status
 
-from .helpers import PYTHON, ROOT, async_test, make_sandbox, processes_of, within
+from .helpers import PYTHON, ROOT, async_test, children_named, make_sandbox, processes_of, within
 
 PROBE = """
 import json, os, subprocess, sys
@@ -37,17 +37,7 @@ print('left')
 
 def keepers_of(server_pid: int) -> list[int]:
     """The spawn server's children named mathrun-keeper."""
-    with open(f"/proc/{server_pid}/task/{server_pid}/children") as f:
-        children = [int(c) for c in f.read().split()]
-    found = []
-    for pid in children:
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() == "mathrun-keeper":
-                    found.append(pid)
-        except OSError:
-            pass
-    return found
+    return children_named(server_pid, "mathrun-keeper")
 
 
 class KeeperTests(unittest.TestCase):

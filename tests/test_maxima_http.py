@@ -26,6 +26,7 @@ from .helpers import (
     ROOT,
     PeakCounter,
     async_test,
+    children_named,
     children_of,
     make_sandbox,
     namespace_members,
@@ -474,15 +475,7 @@ class HostileInputTests(unittest.TestCase):
 
 def _keepers_of(mother: int) -> list[int]:
     """The slot keepers the mother started (they are its children)."""
-    found = []
-    for pid in children_of(mother):
-        try:
-            with open(f"/proc/{pid}/comm") as f:
-                if f.read().strip() == "maxima-keeper":
-                    found.append(pid)
-        except OSError:
-            pass
-    return found
+    return children_named(mother, "maxima-keeper")
 
 
 class LoadTests(unittest.TestCase):
