@@ -73,3 +73,21 @@ def connect(url: str, reactor=None):
 
 def messages(received, verb):
     return [m for m in received if m[0] == verb]
+
+
+def serve_queue(testcase, backends, max_upload: int = 10_000):
+    """An AsyQueue over ``backends`` behind a QueueFactory on an ephemeral
+    port (limits as a server sets them); (queue, its ws:// URL)."""
+    from twisted.internet import reactor
+
+    from mathrun.asy.queue import AsyQueue, QueueConfig
+    from mathrun.asy.queue_ws import QueueFactory
+    from mathrun.asy.runner_ws import limit_websocket
+
+    queue = AsyQueue(backends, reactor, QueueConfig(max_upload=max_upload))
+    testcase.addCleanup(queue.stop)
+    factory = QueueFactory(queue, "ws://127.0.0.1/asy")
+    limit_websocket(factory, 20_000, ["*"], 16)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    testcase.addCleanup(port.stopListening)
+    return queue, f"ws://127.0.0.1:{port.getHost().port}/asy"

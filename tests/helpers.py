@@ -44,6 +44,20 @@ async def until(condition, what: str, seconds: float = 20.0, step: float = 0.01)
         await task.deferLater(reactor, step, lambda: None)
 
 
+def stop_process(proc, seconds: float = 30) -> None:
+    """SIGTERM, as an operator (or systemd) stops a server, so that it
+    cleans up what it made; SIGKILL if it has not ended in ``seconds``."""
+    import subprocess
+
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def temp_dir(testcase, prefix="mathrun-test-") -> str:
     path = tempfile.mkdtemp(prefix=prefix)
     testcase.addCleanup(shutil.rmtree, path, True)

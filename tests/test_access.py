@@ -26,7 +26,7 @@ from twisted.trial import unittest
 from mathrun.maxima.config import DEFAULT_CORE
 
 from .asyclient import Session, messages
-from .helpers import ROOT, async_test, server_args, within
+from .helpers import ROOT, async_test, server_args, stop_process, within
 from .test_twistd import TWISTD, free_port
 
 TOKEN = "queue-and-runner-share-this-0123456789"
@@ -65,13 +65,7 @@ class Server:
             return f.read()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         shutil.rmtree(self.dir, True)
 

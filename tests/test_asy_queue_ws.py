@@ -11,12 +11,12 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from mathrun.asy.backends import RemoteBackend
-from mathrun.asy.queue import AsyQueue, QueueConfig
+from mathrun.asy.queue import AsyQueue
 from mathrun.asy.queue_ws import QueueFactory
 from mathrun.asy.runner import RunnerConfig
-from mathrun.asy.runner_ws import RunnerFactory, limit_websocket
+from mathrun.asy.runner_ws import RunnerFactory
 
-from .asyclient import connect, messages
+from .asyclient import connect, messages, serve_queue
 from .fakes import FakeBackend
 from .helpers import async_test, make_sandbox, within
 
@@ -26,13 +26,7 @@ CIRCLE = b"size(50); draw(unitcircle);"
 class QueueProtocolTests(unittest.TestCase):
     def setUp(self):
         self.backends = [FakeBackend("a"), FakeBackend("b")]
-        self.queue = AsyQueue(self.backends, reactor, QueueConfig(max_upload=10_000))
-        self.addCleanup(self.queue.stop)
-        factory = QueueFactory(self.queue, "ws://127.0.0.1/asy")
-        limit_websocket(factory, 20_000, ["*"], 16)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.url = f"ws://127.0.0.1:{port.getHost().port}/asy"
+        self.queue, self.url = serve_queue(self, self.backends)
 
     async def client(self):
         factory = connect(self.url)

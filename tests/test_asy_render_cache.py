@@ -15,12 +15,11 @@ from twisted.trial import unittest
 
 from mathrun.asy.backends import LocalBackend
 from mathrun.asy.protocol import RunOptions
-from mathrun.asy.queue import AsyQueue, QueueConfig
+from mathrun.asy.queue import AsyQueue
 from mathrun.asy.queue_ws import QueueFactory
 from mathrun.asy.render_cache import Recorder, Render, RenderCache, render_key
-from mathrun.asy.runner_ws import limit_websocket
 
-from .asyclient import connect, messages
+from .asyclient import connect, messages, serve_queue
 from .helpers import async_test, make_sandbox, within
 from .test_asy_queue_ws import CIRCLE, FakeBackend
 
@@ -138,13 +137,7 @@ class QueueCacheTests(unittest.TestCase):
 
     def setUp(self):
         self.backends = [FakeBackend("a")]
-        self.queue = AsyQueue(self.backends, reactor, QueueConfig(max_upload=10_000))
-        self.addCleanup(self.queue.stop)
-        factory = QueueFactory(self.queue, "ws://127.0.0.1/asy")
-        limit_websocket(factory, 20_000, ["*"], 16)
-        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.url = f"ws://127.0.0.1:{port.getHost().port}/asy"
+        self.queue, self.url = serve_queue(self, self.backends)
 
     async def render(self, files, options=None, finish=True, interactive_input=None):
         """One client: its files (the first is main), options, run; the

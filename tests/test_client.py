@@ -41,7 +41,7 @@ from mathrun.client import (
 )
 from mathrun.maxima.config import DEFAULT_CORE
 
-from .helpers import ROOT, async_test, server_args, temp_dir, within
+from .helpers import ROOT, async_test, server_args, stop_process, temp_dir, within
 from .test_twistd import TWISTD, free_port
 
 MATHRUN = os.path.join(os.path.dirname(sys.executable), "mathrun")
@@ -236,13 +236,7 @@ class Server:
         raise RuntimeError("the server did not get ready: " + log)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         subprocess.run(["rm", "-rf", self.dir], check=False)
 

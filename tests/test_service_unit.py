@@ -16,7 +16,7 @@ import urllib.request
 
 from twisted.trial import unittest
 
-from .helpers import ROOT, server_args
+from .helpers import ROOT, server_args, stop_process
 from .test_twistd import PROJECT, free_port
 
 UNIT = os.path.join(PROJECT, "docs", "examples", "mathrun.service")
@@ -83,19 +83,8 @@ class CapabilityTests(unittest.TestCase):
         log = open(os.path.join(self.dir, "twistd.log"), "wb")
         self.addCleanup(log.close)
         proc = subprocess.Popen(argv, cwd=self.dir, stdout=log, stderr=subprocess.STDOUT)
-        self.addCleanup(self.stop, proc)
+        self.addCleanup(stop_process, proc)  # SIGTERM: it unmounts what it mounted
         return proc
-
-    def stop(self, proc: subprocess.Popen) -> None:
-        """SIGTERM, as systemd stops it, so that the server unmounts what
-        it mounted (a SIGKILLed server leaves that to the next one's start)."""
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
     def log(self) -> str:
         with open(os.path.join(self.dir, "twistd.log"), errors="replace") as f:

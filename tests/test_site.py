@@ -26,12 +26,10 @@ class Echo(resource.Resource):
         return json.dumps({k.decode(): [v.decode() for v in vs] for k, vs in sorted(request.args.items())}).encode()
 
 
-class SiteTests(unittest.TestCase):
-    def setUp(self):
-        self.sandbox = make_sandbox(self, jobs=2)
-        registry = CollectorRegistry()
-        SandboxMetrics(registry, self.sandbox)
-        site = build_site(self.sandbox, registry, [("echo", Echo())], max_body=1000)
+class SiteClient:
+    """A site on an ephemeral port of 127.0.0.1 and GETs to it."""
+
+    def listen(self, site) -> None:
         port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.url = f"http://127.0.0.1:{port.getHost().port}"
@@ -39,6 +37,15 @@ class SiteTests(unittest.TestCase):
     async def get(self, path):
         response = await within(treq.get(self.url + path, persistent=False))
         return response.code, response.headers, await within(treq.content(response))
+
+
+class SiteTests(SiteClient, unittest.TestCase):
+    def setUp(self):
+        self.sandbox = make_sandbox(self, jobs=2)
+        registry = CollectorRegistry()
+        SandboxMetrics(registry, self.sandbox)
+        site = build_site(self.sandbox, registry, [("echo", Echo())], max_body=1000)
+        self.listen(site)
 
     @async_test
     async def test_health(self):
@@ -123,7 +130,7 @@ class SiteTests(unittest.TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer)
 
 
-class PageTests(unittest.TestCase):
+class PageTests(SiteClient, unittest.TestCase):
     """The page: ``/`` serves ``index.html`` of the static directory (with its
     policy), ``/static/`` its files, never a listing; no page, the old line."""
 
@@ -140,13 +147,7 @@ class PageTests(unittest.TestCase):
         with open(os.path.join(self.static, "sub", "app.js"), "w") as f:
             f.write("console.log(1);")
         site = build_site(self.sandbox, CollectorRegistry(), static_dir=self.static)
-        port = reactor.listenTCP(0, site, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.url = f"http://127.0.0.1:{port.getHost().port}"
-
-    async def get(self, path):
-        response = await within(treq.get(self.url + path, persistent=False))
-        return response.code, response.headers, await within(treq.content(response))
+        self.listen(site)
 
     @async_test
     async def test_index_and_static_files(self):

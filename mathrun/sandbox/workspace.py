@@ -293,10 +293,7 @@ def _empty(directory: str) -> None:
         return
     try:
         for name in os.listdir(fd):
-            if stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
-                shutil.rmtree(name, dir_fd=fd)
-            else:
-                os.unlink(name, dir_fd=fd)
+            _remove_at(fd, name)
     finally:
         os.close(fd)
 
